@@ -1,0 +1,148 @@
+"""What every model adapter shares: the :class:`Run` it returns and the :class:`ModelAdapter` interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .sites import SITES, Site, parse_sites
+
+
+class UnsupportedModelError(TypeError):
+    """The model's architecture has no adapter map."""
+
+
+class PromptError(ValueError):
+    """A prompt the model cannot run: empty, or longer than its context."""
+
+
+class Aborted(Exception):
+    """Raised inside a forward pass when its result is no longer wanted (a newer prompt arrived)."""
+
+
+@dataclass
+class Run:
+    """One forward pass over one prompt.
+
+    ``tokens``: int64 ``[T]``; ``token_strs``: the text of each token; ``logits``: float32
+    ``[T, vocab]``; ``cache``: ``{"<site>.<layer>": tensor}`` holding exactly the sites asked for
+    (shapes in :mod:`mechviz.models.sites`, no batch axis), detached, on the CPU.
+    """
+
+    prompt: str
+    tokens: torch.Tensor
+    token_strs: list[str]
+    logits: torch.Tensor
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        try:
+            return self.cache[site]
+        except KeyError:
+            raise KeyError(f"{site!r} was not captured in this run; captured: {sorted(self.cache)}") from None
+
+    def stack(self, name: str) -> torch.Tensor:
+        """All captured layers of one site stacked on a new leading axis, e.g. ``[L, H, T, T]``."""
+        layers = sorted(int(k.split(".")[1]) for k in self.cache if k.split(".")[0] == name)
+        if not layers:
+            raise KeyError(f"site {name!r} was not captured; captured: {sorted(self.cache)}")
+        return torch.stack([self.cache[f"{name}.{lay}"] for lay in layers])
+
+    def __repr__(self) -> str:
+        return (f"Run(prompt={self.prompt!r}, n_tokens={len(self.token_strs)}, "
+                f"captured={sorted(self.cache, key=lambda s: (int(s.split('.')[1]), s))})")
+
+
+class ModelAdapter:
+    """One interface over HuggingFace and TransformerLens models.
+
+    Subclasses set the shape attributes and implement :meth:`_forward`. The adapter never changes
+    what the model computes: hooks only read (and can abort a pass that is no longer wanted).
+    """
+
+    name: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    max_len: int | None
+    tokenizer = None
+    prepend_bos: bool = True
+
+    # -- tokenisation -------------------------------------------------------------------------
+    def bos_id(self) -> int | None:
+        tok = self.tokenizer
+        if tok is None:
+            return None
+        bos = getattr(tok, "bos_token_id", None)
+        return bos if bos is not None else getattr(tok, "eos_token_id", None)
+
+    def to_tokens(self, prompt: str | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Token ids ``[T]`` for a prompt (BOS prepended when the model has one, as TransformerLens
+        does); ids passed in are used as they are."""
+        if isinstance(prompt, torch.Tensor):
+            ids = prompt.reshape(-1).long()
+        elif isinstance(prompt, str):
+            if not prompt.strip():
+                raise PromptError("the prompt is empty: type some text to run the model on")
+            if self.tokenizer is None:
+                raise PromptError("this model has no tokenizer: pass token ids instead of text")
+            ids_list = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            bos = self.bos_id()
+            if self.prepend_bos and bos is not None:
+                ids_list = [bos] + ids_list
+            ids = torch.tensor(ids_list, dtype=torch.long)
+        else:
+            ids = torch.tensor(list(prompt), dtype=torch.long)
+        if ids.numel() == 0:
+            raise PromptError("the prompt has no tokens")
+        if self.max_len is not None and ids.numel() > self.max_len:
+            raise PromptError(
+                f"the prompt is {ids.numel()} tokens long but {self.name} takes at most "
+                f"{self.max_len}: shorten it"
+            )
+        if int(ids.min()) < 0 or int(ids.max()) >= self.d_vocab:
+            raise PromptError(f"token ids must lie in [0, {self.d_vocab}); got {ids.min()}..{ids.max()}")
+        return ids
+
+    def to_str_tokens(self, ids: torch.Tensor) -> list[str]:
+        """The text of each token (undecodable bytes shown as U+FFFD)."""
+        if self.tokenizer is None:
+            return [str(int(i)) for i in ids]
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, prompt, capture=(), abort: Callable[[], bool] | None = None) -> Run:
+        """One forward pass; returns a :class:`Run` holding only the sites in ``capture``.
+
+        ``abort``, if given, is polled before each block; when it returns True the pass stops by
+        raising :class:`Aborted`.
+
+        >>> run = adapter.run("Hello world", capture=["attn_pattern.0"])   # doctest: +SKIP
+        >>> run["attn_pattern.0"].shape                                    # doctest: +SKIP
+        torch.Size([12, 3, 3])
+        """
+        sites = parse_sites(capture, self.n_layers) if capture else []
+        ids = self.to_tokens(prompt)
+        with torch.inference_mode():
+            logits, cache = self._forward(ids, sites, abort)
+        text = prompt if isinstance(prompt, str) else ""
+        return Run(prompt=text, tokens=ids, token_strs=self.to_str_tokens(ids),
+                   logits=logits.float(), cache=cache)
+
+    def _forward(self, ids: torch.Tensor, sites: list[Site], abort) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    @property
+    def sites(self) -> list[str]:
+        """Every site name this adapter can capture."""
+        return list(SITES)
+
+    def __repr__(self) -> str:
+        gqa = f", n_kv_heads={self.n_kv_heads}" if self.n_kv_heads != self.n_heads else ""
+        return (f"{type(self).__name__}({self.name}: n_layers={self.n_layers}, n_heads={self.n_heads}{gqa}, "
+                f"d_model={self.d_model}, d_vocab={self.d_vocab})")

@@ -1,0 +1,109 @@
+"""Canonical activation-site names: the one place where every site is defined.
+
+A *site* is a named point in the forward pass. Per-layer sites are written ``"<name>.<layer>"``
+(for example ``"resid_pre.3"``); ``"<name>"`` alone means that site in every layer. Shapes are
+for one prompt of ``T`` tokens (no batch axis); ``H`` is the number of query heads, ``H_kv`` the
+number of key/value heads (``H_kv < H`` for grouped-query attention), ``d`` the model width.
+
+======================  ====================  ======================================================
+site                    shape                 meaning
+======================  ====================  ======================================================
+``resid_pre.L``         ``[T, d]``            residual stream entering block ``L``
+``attn_pattern.L``      ``[H, T_dst, T_src]`` softmaxed attention, rows = destination (query) token
+``q.L``                 ``[T, H, d_head]``    queries, before rotary embedding
+``k.L``                 ``[T, H_kv, d_head]`` keys, before rotary embedding
+``v.L``                 ``[T, H_kv, d_head]`` values
+``z.L``                 ``[T, H, d_head]``    per-head attention output (pattern @ v), before W_O
+``attn_out.L``          ``[T, d]``            attention block output added to the residual stream
+``resid_mid.L``         ``[T, d]``            ``resid_pre + attn_out`` (what the MLP reads unless the
+                                              block is parallel, as in GPT-NeoX/Pythia)
+``mlp_out.L``           ``[T, d]``            MLP output added to the residual stream
+``resid_post.L``        ``[T, d]``            residual stream leaving block ``L``
+======================  ====================  ======================================================
+
+These are the names TransformerLens calls ``blocks.L.hook_resid_pre``, ``blocks.L.attn.hook_pattern``,
+``blocks.L.attn.hook_q`` ... ``blocks.L.hook_resid_post``; :data:`TL_HOOKS` maps them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+#: Every per-layer site, in forward order, with a one-line description.
+SITES: dict[str, str] = {
+    "resid_pre": "residual stream entering the block [T, d]",
+    "q": "queries before rotary embedding [T, H, d_head]",
+    "k": "keys before rotary embedding [T, H_kv, d_head]",
+    "v": "values [T, H_kv, d_head]",
+    "attn_pattern": "softmaxed attention [H, T_dst, T_src]",
+    "z": "per-head attention output before W_O [T, H, d_head]",
+    "attn_out": "attention output added to the residual stream [T, d]",
+    "resid_mid": "resid_pre + attn_out [T, d]",
+    "mlp_out": "MLP output added to the residual stream [T, d]",
+    "resid_post": "residual stream leaving the block [T, d]",
+}
+
+#: TransformerLens hook names for each site (format with the layer).
+TL_HOOKS: dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",
+    "q": "blocks.{layer}.attn.hook_q",
+    "k": "blocks.{layer}.attn.hook_k",
+    "v": "blocks.{layer}.attn.hook_v",
+    "attn_pattern": "blocks.{layer}.attn.hook_pattern",
+    "z": "blocks.{layer}.attn.hook_z",
+    "attn_out": "blocks.{layer}.hook_attn_out",
+    "resid_mid": "blocks.{layer}.hook_resid_mid",
+    "mlp_out": "blocks.{layer}.hook_mlp_out",
+    "resid_post": "blocks.{layer}.hook_resid_post",
+}
+assert TL_HOOKS.keys() == SITES.keys()
+
+
+class SiteError(ValueError):
+    """An unknown site name or a layer the model does not have."""
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """One site in one layer, e.g. ``Site("resid_pre", 3)``; ``str()`` gives ``"resid_pre.3"``."""
+
+    name: str
+    layer: int
+
+    def __str__(self) -> str:
+        return f"{self.name}.{self.layer}"
+
+
+def parse_sites(spec, n_layers: int) -> list[Site]:
+    """Turn ``"resid_pre.3"``, ``"attn_pattern"`` (all layers), ``Site`` objects or
+    ``("z", 2)`` tuples (or a list of any of these) into a sorted, de-duplicated list of Sites.
+
+    >>> [str(s) for s in parse_sites(["attn_pattern", "resid_pre.1"], n_layers=2)]
+    ['attn_pattern.0', 'attn_pattern.1', 'resid_pre.1']
+    """
+    if isinstance(spec, (str, Site, tuple)):
+        spec = [spec]
+    out: set[Site] = set()
+    for item in spec:
+        if isinstance(item, Site):
+            name, layer = item.name, item.layer
+        elif isinstance(item, tuple) and len(item) == 2:
+            name, layer = item
+        elif isinstance(item, str):
+            name, _, layer_s = item.partition(".")
+            if layer_s and not layer_s.lstrip("-").isdigit():
+                raise SiteError(f"bad site {item!r}: expected '<name>.<layer>', e.g. 'resid_pre.0'")
+            layer = int(layer_s) if layer_s else None
+        else:
+            raise SiteError(f"cannot read {item!r} as a site; use a string like 'resid_pre.0'")
+        if name not in SITES:
+            close = difflib.get_close_matches(str(name), list(SITES), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SiteError(f"unknown site {name!r}.{hint} Known sites: {', '.join(SITES)}.")
+        layers = range(n_layers) if layer is None else [int(layer)]
+        for lay in layers:
+            if not 0 <= lay < n_layers:
+                raise SiteError(f"site {name}.{lay}: the model has layers 0..{n_layers - 1}")
+            out.add(Site(name, lay))
+    return sorted(out, key=lambda s: (s.layer, list(SITES).index(s.name)))
