@@ -1,0 +1,13 @@
+"""mechviz: live, linked Jupyter widgets for mechanistic interpretability of language models.
+
+>>> import mechviz
+>>> lab = mechviz.Lab.default()       # the bundled offline model
+>>> lab.show(lab.attention())         # doctest: +SKIP
+"""
+
+from .lab import Lab, pin_threads
+from .models import Run, SITES, wrap
+from .widgets import AttentionView, PromptBox
+
+__version__ = "0.1.0"
+__all__ = ["Lab", "Run", "SITES", "wrap", "pin_threads", "AttentionView", "PromptBox", "__version__"]

@@ -1,0 +1,89 @@
+"""The live loop: newest edit wins, compute off the kernel's main thread, results applied on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from ..models.base import Aborted
+
+log = logging.getLogger(__name__)
+
+
+class LatestOnlyRunner:
+    """Run ``compute(arg, is_stale)`` in one worker thread; only the newest request's result counts.
+
+    ``request(arg)`` (call it on the event loop's thread, e.g. from a trait observer) waits
+    ``delay`` seconds for more edits, then starts the computation unless one is running, in which
+    case only the newest request waits for it. A running computation learns through
+    ``is_stale()`` that a newer request arrived (the model adapter polls it between layers and
+    aborts). ``apply(arg, result)`` / ``on_error(arg, exc)`` run back on the loop's thread, and only
+    for the newest request; ``on_start(arg)`` runs when a computation starts.
+    """
+
+    def __init__(self, compute: Callable[[Any, Callable[[], bool]], Any], apply: Callable[[Any, Any], None],
+                 on_error: Callable[[Any, BaseException], None], on_start: Callable[[Any], None] | None = None,
+                 delay: float = 0.05, loop: asyncio.AbstractEventLoop | None = None):
+        self.compute, self.apply, self.on_error, self.on_start = compute, apply, on_error, on_start
+        self.delay = delay
+        self.loop = loop or _kernel_loop()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechviz")
+        self.gen = 0
+        self.busy = False
+        self.pending: tuple[int, Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.stats = {"requested": 0, "started": 0, "applied": 0, "aborted": 0, "dropped": 0}
+
+    def request(self, arg) -> None:
+        self.gen += 1
+        self.stats["requested"] += 1
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(self.delay, self._fire, self.gen, arg)
+
+    def _fire(self, gen: int, arg) -> None:
+        self._timer = None
+        if self.busy:
+            self.pending = (gen, arg)
+        else:
+            self._start(gen, arg)
+
+    def _start(self, gen: int, arg) -> None:
+        self.busy = True
+        self.stats["started"] += 1
+        if self.on_start is not None:
+            self.on_start(arg)
+        fut = self.pool.submit(self.compute, arg, lambda: gen != self.gen)
+        fut.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._done, gen, arg, f))
+
+    def _done(self, gen: int, arg, fut: Future) -> None:
+        self.busy = False
+        exc = fut.exception()
+        if gen != self.gen or isinstance(exc, Aborted):
+            self.stats["aborted" if isinstance(exc, Aborted) else "dropped"] += 1
+        elif exc is not None:
+            self.on_error(arg, exc)
+        else:
+            self.stats["applied"] += 1
+            self.apply(arg, fut.result())
+        if self.pending is not None:
+            (g, a), self.pending = self.pending, None
+            if g == self.gen:
+                self._start(g, a)
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and self._timer is None and self.pending is None
+
+    def close(self) -> None:
+        self.gen += 1
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _kernel_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.get_event_loop_policy().get_event_loop()

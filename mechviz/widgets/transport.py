@@ -1,0 +1,57 @@
+"""Binary transport of numpy arrays into synced widget traits.
+
+An array travels as ``{"dtype", "shape", "scale", "data"}`` where ``data`` is raw little-endian
+bytes. ipywidgets lifts ``bytes`` out of the state into binary websocket frames, and a saved
+notebook keeps them (base64) in the widget state, so a static export renders from them with no
+kernel. Nothing is ever sent as a JSON list of floats.
+
+``uint8`` arrays hold values in ``[0, 1]`` quantised as ``round(x * 255)`` (``scale = 1/255``):
+one byte per attention weight instead of ~23 bytes of JSON text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import traitlets as t
+
+_DTYPES = ("uint8", "float16", "float32", "int32")
+
+
+def pack(arr, dtype: str = "float16") -> dict:
+    """Pack ``arr`` for a binary trait.
+
+    ``dtype="uint8"`` quantises values in [0, 1] to bytes; ``"float16"``/``"float32"``/``"int32"``
+    cast. NaNs are kept in float dtypes (the views draw them as missing) and become 0 in uint8.
+
+    >>> p = pack(np.array([[0.0, 0.5, 1.0]]), "uint8")
+    >>> p["shape"], list(p["data"])
+    ([1, 3], [0, 128, 255])
+    """
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    a = np.asarray(arr)
+    scale = 1.0
+    if dtype == "uint8":
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0)
+        a = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
+        scale = 1.0 / 255.0
+    else:
+        a = a.astype(np.dtype(dtype).newbyteorder("<"))
+    return {"dtype": dtype, "shape": [int(s) for s in a.shape], "scale": scale,
+            "data": np.ascontiguousarray(a).tobytes()}
+
+
+def unpack(packed: dict | None) -> np.ndarray | None:
+    """Inverse of :func:`pack` (uint8 comes back as float32 in [0, 1])."""
+    if packed is None:
+        return None
+    a = np.frombuffer(bytes(packed["data"]), dtype=np.dtype(packed["dtype"]).newbyteorder("<"))
+    a = a.reshape(packed["shape"])
+    if packed["dtype"] == "uint8":
+        return a.astype(np.float32) * np.float32(packed["scale"])
+    return a
+
+
+def ArrayTrait(**kwargs) -> t.Dict:
+    """A synced trait holding a packed array (or ``None``)."""
+    return t.Dict(default_value=None, allow_none=True, **kwargs).tag(sync=True)

@@ -1,0 +1,136 @@
+"""The Lab and its live loop, on a real (small, random-weight) torch model and real widgets."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from mechviz import AttentionView, Lab
+from mechviz.models import PromptError
+
+from .conftest import build_hf
+
+
+@pytest.fixture()
+def lab(tokenizer):
+    return Lab(build_hf("gpt2"), tokenizer, prompt="The cat sat on the mat.", threads=1)
+
+
+def count_forwards(lab):
+    calls = []
+    lab.model.model.register_forward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+def test_view_shows_the_prompts_attention(lab):
+    view = lab.attention()
+    run = lab.run(capture=["attn_pattern"])
+    ref = run.stack("attn_pattern").numpy()
+    assert view.prompt == "The cat sat on the mat." and view.tokens == run.token_strs
+    assert view.pattern["dtype"] == "uint8" and view.pattern["shape"] == list(ref.shape)
+    assert len(view.pattern["data"]) == ref.size  # one byte per attention weight
+    np.testing.assert_allclose(view.values, ref, atol=0.5 / 255 + 1e-6)
+    assert lab.prompt_box.shown == "The cat sat on the mat." and lab.prompt_box.n_tokens == len(run.token_strs)
+    assert "AttentionView(prompt='The cat sat on the mat.', layers=3, heads=4" in repr(view)
+
+
+def test_one_forward_pass_per_prompt_for_all_views(lab):
+    a, b = lab.attention(), lab.attention()
+    calls = count_forwards(lab)
+    lab.prompt = "Mary gave John a drink"
+    assert len(calls) == 1
+    assert a.prompt == b.prompt == "Mary gave John a drink" and a.pattern == b.pattern
+
+
+def test_bad_prompt_keeps_the_last_good_view(lab, tokenizer):
+    view = lab.attention()
+    good = dict(view.pattern)
+    with pytest.raises(PromptError, match="empty"):
+        lab.prompt = "   "
+    assert view.pattern == good and view.prompt == "The cat sat on the mat."
+    assert "empty" in view.error and "empty" in lab.prompt_box.error and lab.prompt_box.status == "error"
+    assert lab.prompt_box.value == "   "  # what the user typed is never replaced
+    with pytest.raises(PromptError, match="at most 64"):
+        lab.prompt = "cat " * 100
+    assert view.pattern == good
+    lab.prompt = "The mat"
+    assert view.error == "" and lab.prompt_box.error == "" and view.prompt == "The mat"
+
+
+def test_nan_weights_give_a_clear_error_not_a_blank_view(tokenizer):
+    model = build_hf("gpt2")
+    lab = Lab(model, tokenizer, prompt="The cat", threads=1)
+    view = lab.attention()
+    good = dict(view.pattern)
+    with torch.no_grad():
+        model.transformer.h[0].attn.c_attn.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        lab.prompt = "The mat"
+    assert view.pattern == good and "NaN" in view.error
+
+
+def test_live_edits_newest_wins_and_kernel_stays_responsive(tokenizer):
+    async def scenario():
+        model = build_hf("gpt2")
+        gate, entered = threading.Event(), threading.Event()
+
+        def hold(*_):  # the first live forward pass blocks until the test lets it go
+            entered.set()
+            gate.wait(10)
+
+        lab = Lab(model, tokenizer, prompt="The cat", threads=1)
+        view = lab.attention()
+        handle = model.transformer.h[0].register_forward_pre_hook(hold)
+        lab.prompt_box.value = "first edit"
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        assert lab.prompt_box.status == "running"
+        # the model is busy in the worker thread; the event loop still serves other work
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.sleep(0.05)
+        assert asyncio.get_running_loop().time() - t0 < 1.0
+        lab.prompt_box.value = "second edit"
+        await asyncio.sleep(0.1)
+        lab.prompt_box.value = "third and newest edit"
+        await asyncio.sleep(0.1)
+        handle.remove()
+        gate.set()
+        for _ in range(500):
+            if lab._runner.idle:
+                break
+            await asyncio.sleep(0.02)
+        return lab, view
+
+    lab, view = asyncio.run(scenario())
+    assert view.prompt == "third and newest edit" and lab.prompt_box.shown == "third and newest edit"
+    stats = lab._runner.stats
+    assert stats["applied"] == 1 and stats["aborted"] == 1  # the first pass was aborted between layers
+    assert stats["started"] == 2  # "second edit" was superseded while waiting: never computed
+    assert lab.prompt_box.status == "idle"
+    ref = lab.run("third and newest edit", capture=["attn_pattern"]).stack("attn_pattern").numpy()
+    np.testing.assert_allclose(view.values, ref, atol=0.5 / 255 + 1e-6)
+
+
+def test_live_error_is_shown_and_prompt_kept(tokenizer):
+    async def scenario():
+        lab = Lab(build_hf("gpt2"), tokenizer, prompt="The cat", threads=1)
+        view = lab.attention()
+        lab.prompt_box.value = ""
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if lab._runner.idle and lab.prompt_box.status == "error":
+                break
+        return lab, view
+
+    lab, view = asyncio.run(scenario())
+    assert lab.prompt_box.status == "error" and "empty" in lab.prompt_box.error
+    assert view.prompt == "The cat" and "empty" in view.error and lab.prompt == "The cat"
+
+
+def test_attention_view_rejects_mismatched_tokens():
+    with pytest.raises(ValueError, match=r"T = len\(tokens\) = 2"):
+        AttentionView().show(np.zeros((1, 1, 3, 3)), ["a", "b"])
