@@ -59,3 +59,12 @@ def test_tl_attn_only_model_has_no_mlp_sites():
     assert adapter.run([1, 2, 3], capture=["attn_pattern.0"])["attn_pattern.0"].shape == (4, 3, 3)
     with pytest.raises(SiteError, match="mlp_out.0 does not exist.*attn_only=True"):
         adapter.run([1, 2, 3], capture=["mlp_out.0"])
+
+
+def test_final_norm_and_unembed_reproduce_the_logits(pair):
+    """The logit lens at the last layer is the model's own output, for HF and TL alike."""
+    _, hf, tl = pair
+    last = f"resid_post.{hf.n_layers - 1}"
+    for adapter in (hf, tl):
+        run = adapter.run(IDS, capture=[last])
+        torch.testing.assert_close(adapter.logits_of(run[last]), run.logits, atol=1e-5, rtol=1e-5)

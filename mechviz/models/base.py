@@ -137,6 +137,19 @@ class ModelAdapter:
     def _forward(self, ids: torch.Tensor, sites: list[Site], abort) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's own final normalisation, applied as the model applies it (``[..., d]``)."""
+        raise NotImplementedError
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised residual ``[..., d]`` to logits ``[..., vocab]`` (the model's own unembedding)."""
+        raise NotImplementedError
+
+    def logits_of(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits the model would output if ``resid`` were its final residual stream (logit lens)."""
+        with torch.inference_mode():
+            return self.unembed(self.final_norm(resid)).float()
+
     @property
     def sites(self) -> list[str]:
         """Every site name this adapter can capture."""

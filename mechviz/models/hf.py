@@ -24,7 +24,8 @@ class ArchSpec:
     ``("split", path)`` for a fused [q|k|v] projection, ``("heads", path)`` for a fused projection
     laid out per head as [q k v], or ``("separate", (q_path, k_path, v_path))``.
     ``parallel``: config attribute that says attention and MLP read the same residual (or None).
-    ``final_norm``/``unembed``: from the root, for the logit lens.
+    ``final_norm``: from the root, for the logit lens (the unembedding is HF's
+    ``get_output_embeddings()``).
     """
 
     blocks: str
@@ -34,7 +35,6 @@ class ArchSpec:
     mlp_in: str
     qkv: tuple
     final_norm: str
-    unembed: str
     parallel: str | None = None
 
 
@@ -42,19 +42,19 @@ _LLAMA = ArchSpec(
     blocks="model.layers", attn="self_attn", o_proj="self_attn.o_proj", mlp="mlp",
     mlp_in="post_attention_layernorm",
     qkv=("separate", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-    final_norm="model.norm", unembed="lm_head",
+    final_norm="model.norm",
 )
 
 #: model_type -> ArchSpec
 ARCHS: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(
         blocks="transformer.h", attn="attn", o_proj="attn.c_proj", mlp="mlp", mlp_in="ln_2",
-        qkv=("split", "attn.c_attn"), final_norm="transformer.ln_f", unembed="lm_head",
+        qkv=("split", "attn.c_attn"), final_norm="transformer.ln_f",
     ),
     "gpt_neox": ArchSpec(
         blocks="gpt_neox.layers", attn="attention", o_proj="attention.dense", mlp="mlp",
         mlp_in="post_attention_layernorm", qkv=("heads", "attention.query_key_value"),
-        final_norm="gpt_neox.final_layer_norm", unembed="embed_out", parallel="use_parallel_residual",
+        final_norm="gpt_neox.final_layer_norm", parallel="use_parallel_residual",
     ),
     "llama": _LLAMA,
     "mistral": _LLAMA,
@@ -197,6 +197,15 @@ class HFAdapter(ModelAdapter):
                 if n in names:
                     keep(f"{n}.{layer}", p.contiguous(), (heads[n], dh))
         add(_get(block, where), "post", on_fused)
+
+    def final_norm(self, resid):
+        return _get(self.model, self.spec.final_norm)(resid.to(self._device(), self._dtype()))
+
+    def unembed(self, x):
+        return self.model.get_output_embeddings()(x)
+
+    def _dtype(self):
+        return next(self.model.parameters()).dtype
 
     def _device(self):
         return next(self.model.parameters()).device

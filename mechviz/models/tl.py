@@ -65,3 +65,11 @@ class TLAdapter(ModelAdapter):
             raise SiteError(f"site {missing[0]} does not exist in this TransformerLens model "
                             f"({self.name}; attn_only={self.model.cfg.attn_only}): its hook never fired")
         return logits[0].detach().float().cpu(), {str(s): store[str(s)] for s in sites}
+
+    def final_norm(self, resid):
+        ln = getattr(self.model, "ln_final", None)
+        resid = resid.to(self.model.cfg.device)
+        return resid if ln is None else ln(resid)
+
+    def unembed(self, x):
+        return self.model.unembed(x)

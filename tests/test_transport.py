@@ -1,0 +1,39 @@
+"""Arrays travel as binary buffers, never as JSON lists of floats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ipywidgets.widgets.widget import _remove_buffers
+
+from mechviz import AttentionView
+from mechviz.widgets.transport import pack, unpack
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int32"])
+def test_pack_roundtrip(dtype):
+    a = (np.arange(24).reshape(2, 3, 4) / 7).astype(dtype)
+    p = pack(a, dtype)
+    assert p["shape"] == [2, 3, 4] and len(p["data"]) == a.size * np.dtype(dtype).itemsize
+    np.testing.assert_array_equal(unpack(p), a)
+
+
+def test_uint8_quantises_unit_interval_and_clips():
+    p = pack(np.array([0.0, 0.25, 1.0, 1.7, -0.2, np.nan]), "uint8")
+    assert list(p["data"]) == [0, 64, 255, 255, 0, 0]
+    np.testing.assert_allclose(unpack(p)[:3], [0.0, 64 / 255, 1.0])
+
+
+def test_widget_state_carries_one_binary_buffer_not_json_floats():
+    rng = np.random.default_rng(0)
+    pattern = rng.dirichlet(np.ones(40), size=(2, 3, 40)).astype(np.float32)
+    view = AttentionView()
+    view.show(pattern, [f"t{i}" for i in range(40)], prompt="p")
+    state, buffer_paths, buffers = _remove_buffers(view.get_state())
+    assert buffer_paths == [["pattern", "data"]]
+    assert len(buffers) == 1 and bytes(buffers[0]) == view.pattern["data"]
+    assert len(buffers[0]) == pattern.size  # 1 byte per attention weight
+    text = json.dumps(state)  # the JSON part is small: traits and token strings only
+    assert len(text) < 2000 + len(view._esm)
