@@ -68,3 +68,26 @@ def test_final_norm_and_unembed_reproduce_the_logits(pair):
     for adapter in (hf, tl):
         run = adapter.run(IDS, capture=[last])
         torch.testing.assert_close(adapter.logits_of(run[last]), run.logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["resid_pre.1", "resid_post.0", "attn_out.2", "mlp_out.1", "z.1", "q.2", "k.1", "v.0"])
+def test_edits_act_the_same_in_hf_and_tl(pair, site):
+    """An edit (here: add a fixed random vector) changes the logits, identically for HF and TL, and
+    the captured site shows the edited value; an identity edit changes nothing."""
+    _, hf, tl = pair
+    torch.manual_seed(1)
+    probe = hf.run(IDS, capture=[site])[site]
+    delta = torch.randn_like(probe)
+    runs = [a.run(IDS, capture=[site], edits={site: lambda x: x + delta}) for a in (hf, tl)]
+    torch.testing.assert_close(runs[0].logits, runs[1].logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(runs[0][site], probe + delta, atol=1e-5, rtol=1e-5)
+    assert float((runs[0].logits - hf.run(IDS).logits).abs().max()) > 1e-3
+    torch.testing.assert_close(hf.run(IDS, edits={site: lambda x: x}).logits, hf.run(IDS).logits, atol=0, rtol=0)
+
+
+def test_edit_errors(pair):
+    _, hf, _ = pair
+    with pytest.raises(SiteError, match="needs a layer"):
+        hf.run(IDS, edits={"resid_pre": lambda x: x})
+    with pytest.raises(SiteError, match="can be read but not edited"):
+        hf.run(IDS, edits={"attn_pattern.0": lambda x: x})

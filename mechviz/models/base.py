@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .sites import SITES, Site, parse_sites
+from .sites import SITES, Site, SiteError, parse_sites
 
 
 class UnsupportedModelError(TypeError):
@@ -116,25 +116,35 @@ class ModelAdapter:
         return [self.tokenizer.decode([int(i)]) for i in ids]
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, prompt, capture=(), abort: Callable[[], bool] | None = None) -> Run:
+    def run(self, prompt, capture=(), abort: Callable[[], bool] | None = None,
+            edits: dict | None = None) -> Run:
         """One forward pass; returns a :class:`Run` holding only the sites in ``capture``.
 
         ``abort``, if given, is polled before each block; when it returns True the pass stops by
-        raising :class:`Aborted`.
+        raising :class:`Aborted`. ``edits`` maps single-layer sites to functions that take the
+        site's activation (shape as in :mod:`~mechviz.models.sites`, no batch axis) and return the
+        replacement, e.g. ``{"resid_post.1": lambda x: x + 4 * direction}`` (steering); captured
+        sites then show the edited values. Without ``edits`` hooks only read.
 
         >>> run = adapter.run("Hello world", capture=["attn_pattern.0"])   # doctest: +SKIP
         >>> run["attn_pattern.0"].shape                                    # doctest: +SKIP
         torch.Size([12, 3, 3])
         """
         sites = parse_sites(capture, self.n_layers) if capture else []
+        edit_fns = {}
+        for key, fn in (edits or {}).items():
+            if isinstance(key, str) and "." not in key:
+                raise SiteError(f"edit site {key!r} needs a layer, e.g. '{key}.0'")
+            (site,) = parse_sites(key, self.n_layers)
+            edit_fns[site] = fn
         ids = self.to_tokens(prompt)
         with torch.inference_mode():
-            logits, cache = self._forward(ids, sites, abort)
+            logits, cache = self._forward(ids, sites, abort, edit_fns)
         text = prompt if isinstance(prompt, str) else ""
         return Run(prompt=text, tokens=ids, token_strs=self.to_str_tokens(ids),
                    logits=logits.float(), cache=cache)
 
-    def _forward(self, ids: torch.Tensor, sites: list[Site], abort) -> tuple[torch.Tensor, dict]:
+    def _forward(self, ids: torch.Tensor, sites: list[Site], abort, edits) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:

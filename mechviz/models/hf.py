@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Aborted, ModelAdapter, UnsupportedModelError
-from .sites import Site
+from .sites import Site, SiteError
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,21 @@ def _first(x):
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
+def _get_input(value):
+    args, kwargs = value
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _put_input(value, x):
+    args, kwargs = value
+    if args:
+        return (x, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": x}
+
+
+_INPUT = (_get_input, _put_input)  # a pre-hook's (args, kwargs): the module's first input
+
+
 class HFAdapter(ModelAdapter):
     """Adapter for a HuggingFace ``*ForCausalLM`` of a supported architecture.
 
@@ -107,96 +122,100 @@ class HFAdapter(ModelAdapter):
         self.parallel = bool(self.spec.parallel and getattr(cfg, self.spec.parallel, False))
         self.blocks = _get(model, self.spec.blocks)
 
-    def _forward(self, ids, sites: list[Site], abort):
-        spec, T = self.spec, ids.numel()
+    # -- where each site is read: (module, "pre" | "post", get, put) -------------------------
+    def _tap(self, layer: int, name: str):
+        """How to read (and write) site ``name`` in block ``layer``: the module, the hook kind, a
+        getter from the hooked value to a ``[1, T, ...]`` tensor and a putter writing one back
+        (``None`` where writing would not change the computation)."""
+        block, spec = self.blocks[layer], self.spec
+        H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
+        first = (_first, lambda v, x: (x, *v[1:]) if isinstance(v, tuple) else x)
+        if name == "resid_pre":
+            return block, "pre", *_INPUT
+        if name == "resid_post":
+            return block, "post", *first
+        if name == "attn_out":
+            return _get(block, spec.attn), "post", *first
+        if name == "attn_pattern":
+            return _get(block, spec.attn), "post", (lambda v: v[1]), None
+        if name == "mlp_out":
+            return _get(block, spec.mlp), "post", *first
+        if name == "resid_mid":
+            return _get(block, spec.mlp_in), "pre", _INPUT[0], None
+        if name == "z":
+            return _get(block, spec.o_proj), "pre", *_INPUT
+        kind, where = spec.qkv
+        i = "qkv".index(name)
+        if kind == "separate":
+            return _get(block, where[i]), "post", (lambda v: v), (lambda v, x: x)
+        if kind == "split":  # [.., q(H*dh) | k(Hkv*dh) | v(Hkv*dh)]
+            sizes = [H * dh, Hkv * dh, Hkv * dh]
+            lo, hi = sum(sizes[:i]), sum(sizes[:i + 1])
+            return (_get(block, where), "post", (lambda v: v[..., lo:hi]),
+                    (lambda v, x: torch.cat([v[..., :lo], x, v[..., hi:]], dim=-1)))
+
+        def get_heads(v):  # "heads": [.., H, (q k v) * dh]
+            return v.reshape(*v.shape[:-1], H, 3 * dh)[..., i * dh:(i + 1) * dh]
+
+        def put_heads(v, x):
+            w = v.reshape(*v.shape[:-1], H, 3 * dh).clone()
+            w[..., i * dh:(i + 1) * dh] = x
+            return w.reshape(v.shape)
+        return _get(block, where), "post", get_heads, put_heads
+
+    def _site_shape(self, name: str):
+        """Per-token shape of a site when it differs from the module's flat output."""
+        return {"q": (self.n_heads, self.d_head), "k": (self.n_kv_heads, self.d_head),
+                "v": (self.n_kv_heads, self.d_head), "z": (self.n_heads, self.d_head)}.get(name)
+
+    def _forward(self, ids, sites: list[Site], abort, edits=None):
+        edits = edits or {}
+        T = ids.numel()
         store: dict[str, torch.Tensor] = {}
+        # parallel blocks have no resid_mid on their path: derive it as resid_pre + attn_out
+        derived = [s for s in sites if s.name == "resid_mid" and self.parallel]
+        reads = {(s.layer, s.name) for s in sites if s not in derived}
+        reads |= {(s.layer, n) for s in derived for n in ("resid_pre", "attn_out")}
+        reads |= {(s.layer, s.name) for s in edits}
+        groups: dict[tuple, list] = {}
+        for layer, name in sorted(reads):
+            module, kind, get, put = self._tap(layer, name)
+            site = Site(name, layer)
+            if site in edits and put is None:
+                raise SiteError(f"site {site} can be read but not edited in a HuggingFace model")
+            groups.setdefault((id(module), kind), [module, kind, []])[2].append((site, get, put))
+
+        def process(value, taps):  # edit, then read, every site this module carries
+            for site, get, put in taps:
+                x = get(value)
+                shape = self._site_shape(site.name)
+                if site in edits:
+                    new = edits[site]((x[0].reshape(T, *shape) if shape else x[0]).clone())
+                    value = put(value, new.reshape(x.shape[1:]).to(x.dtype)[None])
+                    x = get(value)
+                store[str(site)] = (x.detach()[0].reshape(T, *shape) if shape else x.detach()[0]).float().cpu()
+            return value
+
         handles = []
-
-        def keep(key, x, shape=None):
-            x = x.detach()[0]
-            store[key] = (x.reshape(T, *shape) if shape else x).float().cpu()
-
-        def add(module, kind, fn):  # "pre" hooks see (module, args, kwargs); "post" see (module, args, out)
-            if kind == "pre":
-                handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(fn))
-
-        wanted: dict[int, set[str]] = {}
-        for s in sites:
-            wanted.setdefault(s.layer, set()).add(s.name)
-            if s.name == "resid_mid" and self.parallel:  # derived: resid_pre + attn_out
-                wanted[s.layer] |= {"_resid_pre", "_attn_out"}
-
         if abort is not None:
             def check(_m, _a, _k):
                 if abort():
                     raise Aborted()
-            for block in self.blocks:
-                add(block, "pre", check)
-
-        for layer, names in wanted.items():
-            block = self.blocks[layer]
-            def tag(n, layer=layer):
-                return f"{n}.{layer}"
-            if names & {"resid_pre", "_resid_pre"}:
-                def pre(_m, args, kwargs, names=names, layer=layer):
-                    h = args[0] if args else kwargs["hidden_states"]
-                    for n in names & {"resid_pre", "_resid_pre"}:
-                        keep(f"{n}.{layer}", h)
-                add(block, "pre", pre)
-            if "resid_post" in names:
-                add(block, "post", lambda _m, _a, out, k=tag("resid_post"): keep(k, _first(out)))
-            attn_names = names & {"attn_pattern", "attn_out", "_attn_out"}
-            if attn_names:
-                def on_attn(_m, _a, out, names=attn_names, layer=layer):
-                    for n in names:
-                        keep(f"{n}.{layer}", out[1] if n == "attn_pattern" else out[0])
-                add(_get(block, spec.attn), "post", on_attn)
-            if "mlp_out" in names:
-                add(_get(block, spec.mlp), "post", lambda _m, _a, out, k=tag("mlp_out"): keep(k, _first(out)))
-            if "resid_mid" in names and not self.parallel:
-                add(_get(block, spec.mlp_in), "pre",
-                    lambda _m, args, kwargs, k=tag("resid_mid"): keep(k, args[0] if args else kwargs["hidden_states"]))
-            if "z" in names:
-                add(_get(block, spec.o_proj), "pre",
-                    lambda _m, args, kwargs, k=tag("z"): keep(k, args[0] if args else kwargs["input"],
-                                                              (self.n_heads, self.d_head)))
-            qkv_names = names & {"q", "k", "v"}
-            if qkv_names:
-                self._hook_qkv(block, layer, qkv_names, keep, add)
-
+            handles += [block.register_forward_pre_hook(check, with_kwargs=True) for block in self.blocks]
+        for module, kind, taps in groups.values():
+            if kind == "pre":
+                handles.append(module.register_forward_pre_hook(
+                    lambda _m, args, kwargs, taps=taps: process((args, kwargs), taps), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(lambda _m, _a, out, taps=taps: process(out, taps)))
         try:
             out = self.model(input_ids=ids[None].to(self._device()), use_cache=False)
         finally:
             for h in handles:
                 h.remove()
-        for layer, names in wanted.items():
-            if "resid_mid" in names and self.parallel:
-                store[f"resid_mid.{layer}"] = store[f"_resid_pre.{layer}"] + store[f"_attn_out.{layer}"]
-        cache = {str(s): store[str(s)] for s in sites}
-        return out.logits[0].detach().float().cpu(), cache
-
-    def _hook_qkv(self, block, layer, names, keep, add):
-        kind, where = self.spec.qkv
-        H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
-        heads = {"q": H, "k": Hkv, "v": Hkv}
-        if kind == "separate":
-            for n, path in zip("qkv", where):
-                if n in names:
-                    add(_get(block, path), "post", lambda _m, _a, out, n=n: keep(f"{n}.{layer}", out, (heads[n], dh)))
-            return
-
-        def on_fused(_m, _a, out):
-            x = out.detach()
-            if kind == "split":      # [.., q(H*dh) | k | v]
-                parts = x.split(H * dh, dim=-1)
-            else:                    # "heads": [.., H, (q k v) * dh]
-                parts = x.reshape(*x.shape[:-1], H, 3 * dh).split(dh, dim=-1)
-            for n, p in zip("qkv", parts):
-                if n in names:
-                    keep(f"{n}.{layer}", p.contiguous(), (heads[n], dh))
-        add(_get(block, where), "post", on_fused)
+        for s in derived:
+            store[str(s)] = store[f"resid_pre.{s.layer}"] + store[f"attn_out.{s.layer}"]
+        return out.logits[0].detach().float().cpu(), {str(s): store[str(s)] for s in sites}
 
     def final_norm(self, resid):
         return _get(self.model, self.spec.final_norm)(resid.to(self._device(), self._dtype()))

@@ -36,9 +36,13 @@ class TLAdapter(ModelAdapter):
                             f"({self.name}; attn_only={self.model.cfg.attn_only})")
         return hook
 
-    def _forward(self, ids, sites: list[Site], abort):
+    def _forward(self, ids, sites: list[Site], abort, edits=None):
         store: dict[str, torch.Tensor] = {}
         hooks = []
+        for site, edit in (edits or {}).items():
+            def fn(x, hook, edit=edit):
+                return edit(x[0].clone()).to(x.dtype)[None]
+            hooks.append((self._hook_name(site.name, site.layer), fn))
 
         def keep(key):
             def fn(x, hook):
