@@ -1,0 +1,35 @@
+"""The tour notebook runs top to bottom on a fresh kernel and saves renderable widget state."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tour_executes_and_saves_binary_widget_state(tmp_path):
+    nb = nbformat.read(ROOT / "notebooks" / "tour.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    views = [m for m in state.values() if m["state"].get("_anywidget_id") == "mechviz.widgets.attention.AttentionView"]
+    assert views, "no AttentionView in the saved widget state"
+    for m in views:
+        s = m["state"]
+        (buf,) = [b for b in m.get("buffers", []) if b["path"] == ["pattern", "data"]]
+        n_layers, n_heads, T, T2 = s["pattern"]["shape"]
+        assert T == T2 == len(s["tokens"]) and len(base64.b64decode(buf["data"])) == n_layers * n_heads * T * T
+        assert s["prompt"]
+    # every widget output cell refers to a model whose state was saved
+    shown = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in nb.cells
+             if c.cell_type == "code" for o in c.get("outputs", []) if "data" in o
+             and "application/vnd.jupyter.widget-view+json" in o["data"]]
+    assert shown and all(mid in state for mid in shown)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "best induction head: layer" in printed
