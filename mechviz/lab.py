@@ -11,6 +11,7 @@ from .models import ModelAdapter, Run, wrap
 from .widgets.attention import AttentionView
 from .widgets.prompt import PromptBox
 from .widgets.runner import LatestOnlyRunner
+from .widgets.selection import Selection
 
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
 
@@ -56,6 +57,8 @@ class Lab:
         self._views: weakref.WeakSet = weakref.WeakSet()
         self.last_run: Run | None = None
         self._runner: LatestOnlyRunner | None = None
+        self.selection = Selection()  # shared by every view: linked in the browser (survives export)
+        self._links: list = []
         self.prompt_box = PromptBox(value=prompt, max_tokens=self.model.max_len or 0)
         self.prompt_box.observe(self._on_edit, names="value")
         self._prompt = prompt
@@ -141,6 +144,7 @@ class Lab:
     # -- views --------------------------------------------------------------------------------
     def _add(self, view):
         self._views.add(view)
+        self._links += self.selection.link(view)
         run = self.last_run
         if run is not None:
             if not all(any(k.startswith(f"{site}.") for k in run.cache) for site in view.needs):

@@ -134,3 +134,16 @@ def test_live_error_is_shown_and_prompt_kept(tokenizer):
 def test_attention_view_rejects_mismatched_tokens():
     with pytest.raises(ValueError, match=r"T = len\(tokens\) = 2"):
         AttentionView().show(np.zeros((1, 1, 3, 3)), ["a", "b"])
+
+
+def test_views_share_one_selection_through_browser_links(lab):
+    """Every view's layer/head/token is jslinked to the Lab's Selection (client-side links that a
+    static export keeps); the links are real ipywidgets Link models between the right traits."""
+    a, b = lab.attention(), lab.attention(layer=2)
+    assert a.layer == b.layer == lab.selection.layer  # a new view starts at the shared selection
+    links = [w for w in lab._links if type(w).__name__ == "Link"]
+    pairs = {(l.source[0].model_id, l.source[1], l.target[0].model_id, l.target[1]) for l in links}
+    for view in (a, b):
+        for name in ("layer", "head", "token"):
+            assert (lab.selection.model_id, name, view.model_id, name) in pairs
+    assert not any(name == "feature" for *_, name in pairs)  # attention views have no feature trait
