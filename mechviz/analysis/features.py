@@ -1,0 +1,157 @@
+"""SAE features of a prompt: activations over tokens, top features, logit effects, and steering.
+
+Steering edits the SAE's site in one forward pass (``adapter.run(..., edits=...)``): at each position
+the residual (or whatever the site holds) gets ``(target - act) * d_f``, where ``act`` is the
+feature's activation there, ``target`` the clamp ``value`` or ``scale * act``, and ``d_f`` the
+feature's decoder direction (times the token's input scale for SAEs that normalise their inputs,
+i.e. exactly ``decode(f') - decode(f)``). The SAE's reconstruction error is kept (only the feature's own share
+changes), as in SAELens' steering with the error term, so ``scale=1`` is exactly the unsteered model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.base import Run
+from ..saes.load import check_sae_fits
+from ..saes.sae import SAE, SAEError
+
+
+def needs(sae: SAE) -> list[str]:
+    """The site :func:`feature_activations` reads."""
+    return [sae.site]
+
+
+def feature_activations(sae: SAE, run: Run) -> np.ndarray:
+    """SAE feature activations of every token, float32 ``[T, d_sae]`` (``run`` must hold ``sae.site``)."""
+    if not sae.site:
+        raise SAEError("this SAE is not attached to a site: load_sae(..., site='resid_post.0')")
+    return sae.encode(run[sae.site].reshape(len(run.tokens), -1)).float().cpu().numpy()
+
+
+def top_features(acts: np.ndarray, n: int = 10, by: str = "max") -> np.ndarray:
+    """Ids (int64 ``[min(n, d_sae)]``) of the features with the largest ``by`` = ``"max"`` or ``"mean"``
+    activation over the tokens of ``acts [T, d_sae]``, largest first (ties: lower id first).
+    ``acts[:, top_features(acts, n)]`` is the tokens x top-features heatmap."""
+    acts = np.asarray(acts)
+    score = {"max": acts.max(0), "mean": acts.mean(0)}.get(by) if acts.size else np.zeros(acts.shape[-1])
+    if score is None:
+        raise ValueError(f"by must be 'max' or 'mean', got {by!r}")
+    order = np.lexsort((np.arange(score.size), -score))
+    return order[: max(0, min(int(n), score.size))].astype(np.int64)
+
+
+@dataclass
+class LogitEffects:
+    """A feature's direct effect on the output logits: ``values [vocab]`` float32 and the ``k`` most
+    promoted (largest first) and suppressed (most negative first) token ids, values and text."""
+
+    feature: int
+    values: np.ndarray
+    promoted_ids: np.ndarray
+    promoted_values: np.ndarray
+    suppressed_ids: np.ndarray
+    suppressed_values: np.ndarray
+    promoted_strs: list[str]
+    suppressed_strs: list[str]
+    norm: bool
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {n: getattr(self, n) for n in ("values", "promoted_ids", "promoted_values",
+                                              "suppressed_ids", "suppressed_values")}
+
+
+def _like_model(adapter, x: torch.Tensor) -> torch.Tensor:
+    model = getattr(adapter, "model", None)
+    p = next(model.parameters(), None) if model is not None else None
+    return x if p is None else x.to(p.device, p.dtype)
+
+
+def feature_logit_effects(sae: SAE, adapter, feature: int, k: int = 10, norm: bool = False) -> LogitEffects:
+    """The tokens a feature promotes and suppresses: its decoder direction through the unembedding.
+
+    ``norm=False`` (default, the standard "logit weights" of sae_vis / Neuronpedia): ``d_f @ W_U``,
+    the unembedding's weights only (its bias cancels: ``unembed(d_f) - unembed(0)``); no final norm.
+    On a TransformerLens model loaded with ``fold_ln=True``, ``W_U`` carries the final norm's gain
+    (and centring), so values then differ from the HF model by that gain. ``norm=True``: the
+    direction first goes through the model's final norm as if it were the whole residual,
+    ``final_norm(d_f) - final_norm(0)`` (the gain, centring for LayerNorm, and a positive scale), i.e.
+    the logit lens of ``d_f``: what a large clamp of the feature at the last layer tends to.
+    Only for SAEs on ``d_model``-wide sites (residual, attn_out, mlp_out).
+    """
+    site = check_sae_fits(sae, adapter, allow_model_mismatch=True)
+    if sae.d_in != adapter.d_model:
+        raise SAEError(f"logit effects need an SAE on a d_model-wide site; {site} is {sae.d_in} wide")
+    if not 0 <= int(feature) < sae.d_sae:
+        raise IndexError(f"feature {feature} out of range: the SAE has {sae.d_sae} features")
+    d = sae.directions()[int(feature)].float()
+    with torch.inference_mode():
+        x = _like_model(adapter, torch.stack([d, torch.zeros_like(d)]))
+        if norm:
+            x = adapter.final_norm(x)
+        out = adapter.unembed(x).float().cpu()
+    values = (out[0] - out[1]).numpy()
+    k = max(0, min(int(k), values.size))
+    up = np.argsort(-values, kind="stable")[:k]
+    down = np.argsort(values, kind="stable")[:k]
+    strs = adapter.to_str_tokens(torch.from_numpy(np.concatenate([up, down])))
+    return LogitEffects(feature=int(feature), values=values, promoted_ids=up, promoted_values=values[up],
+                        suppressed_ids=down, suppressed_values=values[down], promoted_strs=strs[:k],
+                        suppressed_strs=strs[k:], norm=norm)
+
+
+def steering_edit(sae: SAE, feature: int, value=None, scale: float | None = None, positions=None):
+    """The edit function (for ``adapter.run(edits={sae.site: fn})``) that clamps feature
+    ``feature`` to ``value`` (a number, or one per token ``[T]``) or scales it by ``scale``, at every
+    position or only at ``positions`` (indices or a boolean mask ``[T]``)."""
+    if (value is None) == (scale is None):
+        raise ValueError("give exactly one of value= (clamp the feature) or scale= (multiply it)")
+    if not 0 <= int(feature) < sae.d_sae:
+        raise IndexError(f"feature {feature} out of range: the SAE has {sae.d_sae} features")
+    f = int(feature)
+    moved: dict = {}
+
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        s = moved.get(x.device)
+        if s is None:
+            s = moved[x.device] = sae if sae.W_enc.device == x.device else sae.to(device=x.device)
+        T = x.shape[0]
+        flat = x.reshape(T, -1).to(s.W_enc.dtype)
+        act = s.encode(flat)[:, f]
+        if value is not None:
+            target = torch.as_tensor(np.asarray(value, dtype=np.float32), device=x.device).to(act.dtype)
+            target = target.expand(T) if target.ndim == 0 else target.reshape(T)
+        else:
+            target = act * float(scale)
+        delta = target - act
+        if positions is not None:
+            mask = torch.zeros(T, dtype=torch.bool, device=x.device)
+            mask[torch.as_tensor(np.asarray(positions), device=x.device)] = True
+            delta = torch.where(mask, delta, torch.zeros_like(delta))
+        out = flat + delta[:, None] * s.directions()[f] * s.output_scale(flat)
+        return out.reshape(x.shape).to(x.dtype)
+
+    return edit
+
+
+def steer(adapter, sae: SAE, prompt, feature: int, value=None, scale: float | None = None, *,
+          positions=None, capture=(), allow_model_mismatch: bool = False) -> Run:
+    """One forward pass of ``prompt`` with SAE feature ``feature`` clamped to ``value`` or scaled by
+    ``scale`` at the SAE's site (see :func:`steering_edit`); returns the steered :class:`Run`
+    (its ``logits`` give the new next-token distribution; pass ``capture=logit_lens.needs(L)`` to
+    see the steered logit lens). Sites captured at or after the SAE's site show steered values.
+
+    >>> run = steer(adapter, sae, "The cat sat on the", feature=12, value=20.0,
+    ...             capture=logit_lens.needs(adapter.n_layers))                    # doctest: +SKIP
+    """
+    site = check_sae_fits(sae, adapter, allow_model_mismatch=allow_model_mismatch)
+    edit = steering_edit(sae, feature, value=value, scale=scale, positions=positions)
+    return adapter.run(prompt, capture=capture, edits={site: edit})
+
+
+def next_token_probs(run: Run, position: int = -1) -> np.ndarray:
+    """The model's next-token distribution at ``position`` (default: the last token), float32 ``[vocab]``."""
+    return torch.softmax(run.logits[position].float(), dim=-1).numpy()

@@ -1,0 +1,84 @@
+"""Static matplotlib figures of the analysis arrays (for papers, reports and headless use).
+
+Each function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global state, no
+display), so it works under any backend; save it with ``fig.savefig("lens.png")``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _clip(text: str, n: int = 8) -> str:
+    text = "".join(c if c.isprintable() else ("\\n" if c == "\n" else f"\\x{ord(c):02x}") for c in str(text))
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def logit_lens_figure(lens, by: str = "top_prob", annotate: bool = True, max_tokens: int = 60):
+    """The logit-lens grid (rows = residual points, columns = tokens), coloured by ``by``
+    (``"top_prob"``, ``"target_prob"``, ``"target_rank"`` or ``"entropy"``, see
+    :meth:`LogitLens.colour`), each cell labelled with its top token."""
+    values = np.asarray(lens.colour(by), dtype=float)[:, -max_tokens:]
+    R, T = values.shape
+    fig = _figure(max(4.0, 0.7 * T + 1.5), max(2.5, 0.4 * R + 1.2))
+    ax = fig.add_subplot()
+    cmap = {"entropy": "magma", "target_rank": "viridis_r"}.get(by, "Blues")
+    if by == "target_rank":  # -1 (no target) -> blank
+        data = np.log10(np.where(values >= 0, values, np.nan) + 1)
+    else:
+        data = values
+    im = ax.imshow(data, aspect="auto", cmap=cmap, origin="lower", interpolation="nearest",
+                   vmin=0 if by in ("top_prob", "target_prob") else None,
+                   vmax=1 if by in ("top_prob", "target_prob") else None)
+    fig.colorbar(im, ax=ax, label="log10(rank + 1)" if by == "target_rank" else by)
+    ax.set_yticks(range(R), lens.rows)
+    ax.set_xticks(range(T), [_clip(t) for t in lens.token_strs[-T:]], rotation=90)
+    ax.set_xlabel("token (prediction for the next one)")
+    if annotate and lens.top_strs is not None:
+        strs = lens.top_strs[:, -T:, 0]
+        hi = np.nanmax(data) if np.isfinite(data).any() else 1.0
+        for r in range(R):
+            for t in range(T):
+                dark = np.isfinite(data[r, t]) and data[r, t] > 0.6 * hi
+                ax.text(t, r, _clip(strs[r, t], 6), ha="center", va="center", fontsize=6,
+                        color="white" if dark and cmap == "Blues" else "black")
+    ax.set_title(f"Logit lens ({by})")
+    return fig
+
+
+def feature_heatmap_figure(acts: np.ndarray, features, token_strs, max_tokens: int = 80):
+    """Tokens x features heatmap of SAE activations: ``acts [T, d_sae]`` restricted to ``features``
+    (e.g. ``top_features(acts, 20)``)."""
+    features = np.asarray(features, dtype=np.int64)
+    data = np.asarray(acts)[-max_tokens:, features].T          # [n_features, T]
+    F, T = data.shape
+    fig = _figure(max(4.0, 0.3 * T + 2.0), max(2.5, 0.25 * F + 1.2))
+    ax = fig.add_subplot()
+    im = ax.imshow(data, aspect="auto", cmap="Reds", vmin=0, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="activation")
+    ax.set_yticks(range(F), [str(f) for f in features])
+    ax.set_xticks(range(T), [_clip(t) for t in list(token_strs)[-T:]], rotation=90)
+    ax.set_ylabel("feature")
+    ax.set_title("SAE feature activations")
+    return fig
+
+
+def logit_effects_figure(effects):
+    """Bar chart of a feature's most promoted and suppressed tokens (a :class:`LogitEffects`)."""
+    fig = _figure(6.0, 3.0)
+    ax_up, ax_down = fig.subplots(1, 2)
+    k = len(effects.promoted_ids)
+    ax_up.barh(range(k)[::-1], effects.promoted_values, color="tab:blue")
+    ax_up.set_yticks(range(k)[::-1], [_clip(s, 12) for s in effects.promoted_strs])
+    ax_up.set_title("promoted")
+    ax_down.barh(range(k)[::-1], effects.suppressed_values, color="tab:red")
+    ax_down.set_yticks(range(k)[::-1], [_clip(s, 12) for s in effects.suppressed_strs])
+    ax_down.set_title("suppressed")
+    fig.suptitle(f"Feature {effects.feature}: logit effects{' (final norm applied)' if effects.norm else ''}")
+    return fig

@@ -1,0 +1,161 @@
+"""Logit lens: what the model would predict if the residual stream stopped at each layer.
+
+Rows are the residual stream *entering* each block plus the final one, exactly the points of
+TransformerLens' ``cache.accumulated_resid(incl_mid=False)``::
+
+    rows = resid_pre.0, resid_pre.1, ..., resid_pre.{L-1}, resid_post.{L-1}    (L + 1 rows)
+
+(``incl_mid=True`` adds each block's ``resid_mid`` after its ``resid_pre``: 2L + 1 rows, as
+``accumulated_resid(incl_mid=True)``.)
+
+Each row goes through the model's own final norm and unembedding (``adapter.logits_of``), with
+the norm's statistics recomputed from that row's residual, i.e. ``model.ln_final(resid)`` as the
+model applies it to its last layer. This is what TransformerLens 3.9's
+``cache.accumulated_resid(apply_ln=True)`` (then ``model.unembed``) computes for the full stack (it
+calls ``apply_ln_to_stack(..., recompute_ln=True)``); it is *not* the older TL behaviour of
+dividing every layer by the cached final-layer scale (``apply_ln_to_stack(recompute_ln=False)``).
+The unembedding includes its bias (TL ``b_U``), as ``model.unembed`` does. The last row therefore
+equals the model's output distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..models.base import Run
+
+
+def needs(n_layers: int, incl_mid: bool = False) -> list[str]:
+    """The sites :func:`logit_lens` reads, in row order: ``resid_pre`` of every layer (followed by
+    that layer's ``resid_mid`` if ``incl_mid``, as TL's ``accumulated_resid(incl_mid=True)``) and
+    the last ``resid_post``."""
+    rows = []
+    for layer in range(n_layers):
+        rows += [f"resid_pre.{layer}"] + ([f"resid_mid.{layer}"] if incl_mid else [])
+    return rows + [f"resid_post.{n_layers - 1}"]
+
+
+@dataclass
+class LogitLens:
+    """The logit-lens grid of one prompt: ``R = n_layers + 1`` rows (``2 n_layers + 1`` with
+    ``incl_mid``; names in ``rows``, see :func:`needs`) x ``T`` tokens.
+
+    ``top_ids`` int64 ``[R, T, k]`` and ``top_probs`` float32 ``[R, T, k]``: the k most likely next
+    tokens at each cell, most likely first; ``top_strs``: their text, ``[R, T, k]`` (numpy str);
+    ``entropy`` float32 ``[R, T]`` in nats; ``target`` int64 ``[T]`` (-1 where none),
+    ``target_prob`` float32 ``[R, T]`` (NaN where no target) and ``target_rank`` int64 ``[R, T]``
+    (0 = most likely; the number of tokens with a strictly larger logit; -1 where no target).
+    """
+
+    rows: list[str]
+    token_strs: list[str]
+    top_ids: np.ndarray
+    top_probs: np.ndarray
+    entropy: np.ndarray
+    top_strs: np.ndarray | None = None
+    target: np.ndarray | None = None
+    target_prob: np.ndarray | None = None
+    target_rank: np.ndarray | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the grid by name (the data a view sends or a user saves)."""
+        out = {"top_ids": self.top_ids, "top_probs": self.top_probs, "entropy": self.entropy}
+        for name in ("top_strs", "target", "target_prob", "target_rank"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def colour(self, by: str = "target_prob") -> np.ndarray:
+        """The ``[R, T]`` values to colour cells by: ``"target_prob"``, ``"target_rank"``, ``"entropy"``
+        or ``"top_prob"`` (probability of the top token)."""
+        if by == "top_prob":
+            return self.top_probs[..., 0]
+        if by == "entropy":
+            return self.entropy
+        if by in ("target_prob", "target_rank"):
+            if self.target is None:
+                raise ValueError(f"colour by {by!r} needs a target token: logit_lens(..., target=...)")
+            return getattr(self, by)
+        raise ValueError(f"unknown colouring {by!r}: use target_prob, target_rank, entropy or top_prob")
+
+    def __repr__(self) -> str:
+        R, T, k = self.top_ids.shape
+        return f"LogitLens(rows={R}, tokens={T}, k={k}, target={'yes' if self.target is not None else 'none'})"
+
+
+def _targets(target, run: Run, adapter) -> np.ndarray | None:
+    T = len(run.tokens)
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if target == "next":
+            ids = np.full(T, -1, dtype=np.int64)
+            ids[:-1] = run.tokens[1:].numpy()
+            return ids
+        if adapter.tokenizer is None:
+            raise ValueError("this model has no tokenizer: give the target as a token id")
+        found = list(adapter.tokenizer(target, add_special_tokens=False)["input_ids"])
+        if len(found) != 1:
+            raise ValueError(f"target {target!r} is {len(found)} tokens ({found}); choose a single token, "
+                             "e.g. with a leading space, or pass its id")
+        return np.full(T, found[0], dtype=np.int64)
+    ids = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target, dtype=np.int64).reshape(-1)
+    if ids.size == 1:
+        return np.full(T, int(ids[0]), dtype=np.int64)
+    if ids.size != T:
+        raise ValueError(f"target has {ids.size} ids but the prompt has {T} tokens")
+    return ids
+
+
+def logit_lens(adapter, run: Run, k: int = 5, target=None, decode: bool = True,
+               incl_mid: bool = False) -> LogitLens:
+    """The logit-lens grid for ``run`` (captured with at least :func:`needs` ``(adapter.n_layers)``).
+
+    ``target``: ``None``; one token id or one token's text (the same at every position); ids
+    ``[T]``, one per position; or ``"next"``: the prompt's own next token at each position (none at
+    the last). ``decode``:
+    also return the top tokens' text (``top_strs``). ``incl_mid``: add a row after each block's
+    attention (``resid_mid``; in parallel GPT-NeoX blocks that is ``resid_pre + attn_out``).
+
+    >>> run = adapter.run("The cat sat", capture=needs(adapter.n_layers))   # doctest: +SKIP
+    >>> lens = logit_lens(adapter, run, k=5, target="next")                  # doctest: +SKIP
+    >>> lens.top_probs.shape                                                  # doctest: +SKIP
+    (L + 1, T, 5)
+    """
+    rows = needs(adapter.n_layers, incl_mid)
+    missing = [s for s in rows if s not in run.cache]
+    if missing:
+        raise KeyError(f"the logit lens needs {missing} captured: run with "
+                       f"capture=logit_lens.needs(n_layers{', incl_mid=True' if incl_mid else ''})")
+    tgt = _targets(target, run, adapter)
+    T = len(run.tokens)
+    k = max(1, min(int(k), adapter.d_vocab))
+    top_ids = np.empty((len(rows), T, k), dtype=np.int64)
+    top_probs = np.empty((len(rows), T, k), dtype=np.float32)
+    entropy = np.empty((len(rows), T), dtype=np.float32)
+    t_prob = np.full((len(rows), T), np.nan, dtype=np.float32) if tgt is not None else None
+    t_rank = np.full((len(rows), T), -1, dtype=np.int64) if tgt is not None else None
+    has = torch.from_numpy(tgt >= 0) if tgt is not None else None
+    for r, site in enumerate(rows):  # one row at a time: [T, vocab] logits, not [R, T, vocab]
+        logits = adapter.logits_of(run[site]).float().cpu()
+        logp = torch.log_softmax(logits, dim=-1)
+        p = logp.exp()
+        vals, ids = torch.topk(p, k, dim=-1)
+        top_ids[r], top_probs[r] = ids.numpy(), vals.numpy()
+        entropy[r] = (-(p * logp).nan_to_num().sum(-1)).numpy()
+        if tgt is not None:
+            idx = torch.from_numpy(np.where(tgt >= 0, tgt, 0))[:, None]
+            tp = p.gather(-1, idx)[:, 0]
+            rank = (logits > logits.gather(-1, idx)).sum(-1)
+            t_prob[r] = torch.where(has, tp, torch.nan).numpy()
+            t_rank[r] = torch.where(has, rank, -1).numpy()
+    top_strs = None
+    if decode:
+        uniq, inv = np.unique(top_ids, return_inverse=True)
+        strs = np.asarray(adapter.to_str_tokens(torch.from_numpy(uniq)), dtype=str)
+        top_strs = strs[inv.reshape(top_ids.shape)]
+    return LogitLens(rows=rows, token_strs=list(run.token_strs), top_ids=top_ids, top_probs=top_probs,
+                     entropy=entropy, top_strs=top_strs, target=tgt, target_prob=t_prob, target_rank=t_rank)
