@@ -1,0 +1,162 @@
+"""Export a notebook with live mechviz views to one HTML file that renders with no kernel.
+
+Widget state (including the binary arrays, stored base64, and each view's ES module) is saved into
+the notebook by nbclient (``store_widget_state=True``); nbconvert's HTML then draws the views with
+``@jupyter-widgets/html-manager``. That page normally loads three scripts from CDNs: require.js
+(cdnjs), html-manager's ``embed-amd.js`` (unpkg) and anywidget's AMD build (jsDelivr). With
+``inline_assets=True`` (the default) those are copied into the file from ``widgets_js/node_modules``,
+so the page works offline and forever, at the cost of about 4 MB.
+
+    python -m mechviz.export notebooks/tour.ipynb tour.html            # execute, then export
+    python -m mechviz.export tour.ipynb tour.html --no-execute --no-inline
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["export_html", "inline_cdn_assets", "node_modules_dir"]
+
+_PKG_DIR = Path(__file__).resolve().parent
+_REPO = _PKG_DIR.parent
+
+#: npm files that replace the CDN scripts (paths relative to node_modules)
+_ASSETS = {
+    "requirejs": "requirejs/require.js",
+    "embed": "@jupyter-widgets/html-manager/dist/embed-amd.js",
+    "anywidget": "anywidget/dist/index.js",
+}
+
+_REQUIRE_TAG = re.compile(r'<script\s+src="[^"]*/require(?:\.min)?\.js"\s*>\s*</script>', re.I)
+_RENDERER_SRC = re.compile(r"(var\s+widgetRendererSrc\s*=\s*)'[^']*html-manager[^']*embed-amd\.js'")
+_MATHJAX_TAG = re.compile(r'<script\s+src="[^"]*mathjax[^"]*"\s*>\s*</script>', re.I)
+_ANYWIDGET_DEFINE = 'define(["@jupyter-widgets/base"], widget_default);'
+_SOURCEMAP = re.compile(r"^//# sourceMappingURL=.*$", re.M)
+_MATH = re.compile(r"\$|\\\(|\\\[|\\begin\{")
+
+
+def node_modules_dir() -> Path:
+    """``widgets_js/node_modules`` of this checkout (env ``MECHVIZ_NODE_MODULES`` overrides)."""
+    env = os.environ.get("MECHVIZ_NODE_MODULES")
+    return Path(env) if env else _REPO / "widgets_js" / "node_modules"
+
+
+def _read_assets() -> dict[str, str]:
+    nm = node_modules_dir()
+    missing = [p for p in _ASSETS.values() if not (nm / p).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"cannot inline the widget renderer: {', '.join(missing)} not found under {nm}. "
+            "Run `make js` (npm ci --prefix widgets_js) in the mechviz checkout, or export with "
+            "inline_assets=False (--no-inline) to load them from the CDNs.")
+    return {k: (nm / p).read_text(encoding="utf-8") for k, p in _ASSETS.items()}
+
+
+def _script(js: str) -> str:
+    """An inline <script> holding ``js`` (no ``</script`` can end it early)."""
+    js = _SOURCEMAP.sub("", js)
+    js = re.sub(r"</(script)", r"<\\/\1", js, flags=re.I)
+    return f"<script>\n{js}\n</script>"
+
+
+def inline_cdn_assets(html: str, *, keep_mathjax: bool = True) -> str:
+    """Replace the CDN script loads in nbconvert's HTML with inlined copies from npm packages.
+
+    * require.js: the ``<script src=".../require.min.js">`` tag becomes an inline script, followed by
+      anywidget's AMD build registered under the name ``"anywidget"`` (html-manager's loader first
+      asks require.js for ``"anywidget"`` and only falls back to jsDelivr when that fails);
+    * ``embed-amd.js``: inlined at the end of the page (all its modules are named ``define``s; it
+      renders on ``load``) and the template's loader is pointed at an empty ``data:`` script;
+    * MathJax (cdnjs) is dropped when ``keep_mathjax`` is false.
+    """
+    assets = _read_assets()
+    if _ANYWIDGET_DEFINE not in assets["anywidget"]:
+        raise RuntimeError("unexpected anywidget build: no `define([\"@jupyter-widgets/base\"], ...)` to name")
+    anywidget_js = assets["anywidget"].replace(_ANYWIDGET_DEFINE, 'define("anywidget", ["@jupyter-widgets/base"], widget_default);')
+
+    head = _script(assets["requirejs"]) + "\n" + _script(anywidget_js)
+    html, n = _REQUIRE_TAG.subn(lambda _m: head, html, count=1)
+    if n != 1:
+        raise RuntimeError("no require.js <script> found in the HTML (did nbconvert's template change?)")
+    html, n = _RENDERER_SRC.subn(lambda m: m.group(1) + "'data:text/javascript,'", html, count=1)
+    if n != 1:
+        raise RuntimeError("no html-manager loader found in the HTML (did nbconvert's template change?)")
+    if not keep_mathjax:
+        html = _MATHJAX_TAG.sub("", html)
+    tail = _script(assets["embed"])
+    idx = html.rfind("</html>")
+    return html[:idx] + tail + "\n" + html[idx:] if idx >= 0 else html + tail
+
+
+def _has_math(nb) -> bool:
+    return any(c.cell_type == "markdown" and _MATH.search(c.source) for c in nb.cells)
+
+
+def _kernel_env() -> dict[str, str]:
+    """The kernel imports the same mechviz as this process (useful from a source checkout)."""
+    env = dict(os.environ)
+    parent = str(_PKG_DIR.parent)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if parent not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([parent, *paths])
+    return env
+
+
+def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets: bool = True,
+                timeout: int = 600, executed_path=None) -> Path:
+    """Execute ``notebook_path`` (unless ``execute=False``) and write a static HTML page to ``out_path``.
+
+    The views render in the page from their saved widget state: no kernel. ``inline_assets=True``
+    makes the page self-contained (no network at all; needs ``widgets_js/node_modules``, see
+    ``make js``); ``False`` keeps nbconvert's standard CDN script tags. ``executed_path``: also save
+    the executed notebook (outputs + widget state) there, e.g. to export it again with
+    ``execute=False``. Returns ``out_path``.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb_path = Path(notebook_path).resolve()
+    out = Path(out_path)
+    if inline_assets:
+        _read_assets()  # fail before spending minutes executing
+    nb = nbformat.read(nb_path, as_version=4)
+    if execute:
+        from nbclient import NotebookClient
+
+        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=True,
+                                resources={"metadata": {"path": str(nb_path.parent)}})
+        client.execute(env=_kernel_env())
+        if executed_path is not None:
+            nbformat.write(nb, str(executed_path))
+    if "widgets" not in nb.metadata:
+        print(f"mechviz.export: {nb_path.name} has no saved widget state; views will not render "
+              "(execute it, or save it from JupyterLab with widget state)", file=sys.stderr)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    if inline_assets:
+        body = inline_cdn_assets(body, keep_mathjax=_has_math(nb))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mechviz.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("notebook")
+    ap.add_argument("out")
+    ap.add_argument("--no-execute", action="store_true", help="use the widget state already saved in the notebook")
+    ap.add_argument("--no-inline", action="store_true", help="keep nbconvert's CDN <script> tags (smaller file)")
+    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--save-executed", metavar="NB", help="also write the executed notebook (with widget state) here")
+    a = ap.parse_args(argv)
+    out = export_html(a.notebook, a.out, execute=not a.no_execute, inline_assets=not a.no_inline, timeout=a.timeout,
+                      executed_path=a.save_executed)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Fixtures for the real-browser tests (Playwright sync API + the system Chromium).
+
+Nothing here downloads a browser: Chromium is Debian's (``apt-get install chromium``), launched with
+``executable_path``. Network access is never needed: JupyterLab runs with news, update checks and the
+PyPI extension manager disabled, and static exports are tested with every non-local request aborted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(Path(__file__).parent) not in sys.path:  # `from mvbrowser import ...` also under --import-mode=importlib
+    sys.path.insert(0, str(Path(__file__).parent))
+ARTIFACTS = REPO / "test-artifacts"
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+INSTALL_HINT = "install Debian's Chromium: `apt-get install -y chromium` (never `playwright install`)"
+
+
+def _need(ok: bool, why: str) -> None:
+    """Fail in CI (a missing prerequisite there is a broken pipeline), skip locally."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/browser" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """``test-artifacts/`` at the repo root: screenshots land here."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def _playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - depends on the environment
+        _need(False, "the `playwright` Python package is missing: pip install 'mechviz[test]'")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture
+def chromium_context(_playwright):
+    """A fresh headless Chromium context (new user-data-dir) that the test owns."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    _need(exe is not None, f"chromium not found on PATH: {INSTALL_HINT}")
+    user_dir = tempfile.mkdtemp(prefix="mv-chromium-")
+    ctx = _playwright.chromium.launch_persistent_context(
+        user_dir, executable_path=exe, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 1000})
+    ctx.set_default_timeout(30_000)
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+        shutil.rmtree(user_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def page(chromium_context):
+    """A page whose uncaught errors are collected in ``page.mv_errors``."""
+    pg = chromium_context.pages[0] if chromium_context.pages else chromium_context.new_page()
+    pg.mv_errors = []
+    pg.on("pageerror", lambda e: pg.mv_errors.append(str(e)))
+    return pg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyter_lab(tmp_path_factory):
+    """A throwaway JupyterLab server (same Python as the tests) -> ``(url, token, root_dir)``.
+
+    Its kernels inherit this environment plus ``PYTHONPATH=<repo>``, so they import this checkout's
+    ``mechviz``. Config, data, IPython, workspace and settings dirs are all temporary, so user settings
+    never leak in; news, update checks and the PyPI extension manager are off, so nothing hits the network.
+    """
+    pytest.importorskip("jupyterlab")
+    base = tmp_path_factory.mktemp("lab")
+    root, cfg, data, ipy, ws, settings = (base / n for n in ("root", "config", "data", "ipython", "ws", "settings"))
+    for d in (root, cfg, data, ipy, ws, settings):
+        d.mkdir()
+    (cfg / "labconfig").mkdir()
+    (cfg / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": {
+        "@jupyterlab/apputils-extension:announcements": True,
+        "@jupyterlab/extensionmanager-extension": True,
+    }}))
+    # the kernel must run this very interpreter: a kernelspec in the private data dir
+    kdir = data / "kernels" / "python3"
+    kdir.mkdir(parents=True)
+    (kdir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (mechviz tests)", "language": "python"}))
+    port, token = _free_port(), uuid.uuid4().hex
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(cfg), "JUPYTER_DATA_DIR": str(data),
+           "JUPYTER_PATH": str(data), "IPYTHONDIR": str(ipy), "JUPYTER_PLATFORM_DIRS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           "--ServerApp.port_retries=0", f"--ServerApp.token={token}", "--ServerApp.password=",
+           f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+           f"--LabApp.workspaces_dir={ws}", f"--LabApp.user_settings_dir={settings}",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=None",
+           "--LabApp.extension_manager=readonly", "--allow-root"]
+    log = open(base / "server.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{(base / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"jupyter lab did not answer /api/status:\n{(base / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url, token, root
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # our own process group (server + its kernels)
+            proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log.close()
