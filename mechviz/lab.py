@@ -1,16 +1,24 @@
-"""The Lab: what a user holds. A model, a prompt, the views built on them, and the live loop."""
+"""The Lab: what a user holds. A model (and optionally an SAE), a prompt, the views built on them,
+one shared selection, and the live loop."""
 
 from __future__ import annotations
 
 import os
 import weakref
+from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 import torch
 
+from . import analysis
+from .analysis import logit_lens as lens
 from .models import ModelAdapter, Run, wrap
 from .widgets.attention import AttentionView
+from .widgets.features import FeatureView
+from .widgets.logit_lens import LogitLensView
 from .widgets.prompt import PromptBox
-from .widgets.runner import LatestOnlyRunner
+from .widgets.runner import LatestOnlyRunner, running_loop
 from .widgets.selection import Selection
 
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
@@ -27,9 +35,27 @@ def pin_threads(threads: int | None = None) -> int:
     return threads
 
 
+@dataclass(frozen=True)
+class Steering:
+    """Clamp SAE ``feature`` to ``value`` (mode "clamp") or multiply it by ``value`` (mode "scale")."""
+
+    feature: int
+    value: float
+    mode: str = "clamp"
+
+    def __str__(self) -> str:
+        return f"feature {self.feature} {'clamped to' if self.mode == 'clamp' else 'scaled by'} {self.value:g}"
+
+
+@dataclass
+class _Binding:
+    needs: Callable[[], list[str]]          # sites the view reads (evaluated per pass)
+    payload: Callable[[Run, Run | None], dict]   # (run, unsteered run or None) -> view.show(**kwargs)
+
+
 class Lab:
     """A model plus a live prompt, shared by every view it builds: one forward pass per prompt edit
-    captures the union of what the views need.
+    captures the union of what the views need; selection (layer, head, token, feature) is shared.
 
     Example
     -------
@@ -46,37 +72,56 @@ class Lab:
     model: a HuggingFace causal LM (GPT-2, GPT-NeoX/Pythia, Llama-family) or a TransformerLens
         ``HookedTransformer``, or a :class:`~mechviz.models.ModelAdapter`.
     tokenizer: the HF tokenizer (TransformerLens models bring their own).
+    sae: an SAE for the feature view: a SAELens folder, an ``sae_lens`` SAE, ``(state_dict, cfg)``
+        or a :class:`mechviz.saes.SAE` (see :func:`mechviz.saes.load_sae`).
     prompt: the first prompt.
     threads: torch intra-op threads (see :func:`pin_threads`).
     """
 
-    def __init__(self, model, tokenizer=None, *, prompt: str = "", threads: int | None = None,
+    def __init__(self, model, tokenizer=None, *, sae=None, prompt: str = "", threads: int | None = None,
                  name: str | None = None):
         self.model: ModelAdapter = wrap(model, tokenizer, name=name)
         self.threads = pin_threads(threads)
-        self._views: weakref.WeakSet = weakref.WeakSet()
+        self._views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.last_run: Run | None = None
         self._runner: LatestOnlyRunner | None = None
+        self._loop = running_loop()  # the kernel's loop when built in a cell; live edits run through it
+        self.sae = None
+        self.steering: Steering | None = None
+        self._effects: dict[int, object] = {}
         self.selection = Selection()  # shared by every view: linked in the browser (survives export)
         self._links: list = []
         self.prompt_box = PromptBox(value=prompt, max_tokens=self.model.max_len or 0)
         self.prompt_box.observe(self._on_edit, names="value")
         self._prompt = prompt
+        if sae is not None:
+            self.add_sae(sae)
         if prompt:
             self.prompt = prompt
 
     @classmethod
-    def default(cls, prompt: str = DEFAULT_PROMPT, **kwargs) -> "Lab":
-        """A Lab on mechviz's bundled model (offline; see :mod:`mechviz.zoo`)."""
-        from .zoo import load_default_model
+    def default(cls, prompt: str = DEFAULT_PROMPT, sae: bool = True, **kwargs) -> "Lab":
+        """A Lab on mechviz's bundled model and (``sae=True``) its SAE, offline (see :mod:`mechviz.zoo`)."""
+        from .zoo import SAE_DIR, load_default_model
 
         model, tokenizer = load_default_model()
-        return cls(model, tokenizer, prompt=prompt, name=kwargs.pop("name", "mechviz-default"), **kwargs)
+        return cls(model, tokenizer, prompt=prompt, sae=SAE_DIR if sae else None,
+                   name=kwargs.pop("name", "mechviz-default"), **kwargs)
+
+    def add_sae(self, sae, *, site: str | None = None, allow_model_mismatch: bool = False) -> None:
+        """Attach an SAE (checked against the model: site, width, and the model it was trained on)."""
+        from .saes import check_sae_fits, load_sae
+
+        sae = load_sae(sae, site=site)
+        check_sae_fits(sae, self.model, allow_model_mismatch=allow_model_mismatch)
+        self.sae, self._effects, self.steering = sae, {}, None
+        self._refresh()
 
     # -- running ------------------------------------------------------------------------------
     def run(self, prompt: str | None = None, capture=()) -> Run:
-        """One forward pass on ``prompt`` (default: the current prompt) capturing ``capture``."""
-        return self.model.run(self._prompt if prompt is None else prompt, capture=capture)
+        """One forward pass on ``prompt`` (default: the current prompt) capturing ``capture``
+        (with the current steering applied, if any)."""
+        return self.model.run(self._prompt if prompt is None else prompt, capture=capture, edits=self._edits())
 
     @property
     def prompt(self) -> str:
@@ -92,6 +137,9 @@ class Lab:
                 self.prompt_box.value = text
             finally:
                 self._syncing = False
+        self._recompute(text)
+
+    def _recompute(self, text: str) -> None:
         try:
             result = self._compute(text, None)
         except Exception as exc:
@@ -99,13 +147,27 @@ class Lab:
             raise
         self._apply(text, result)
 
-    def _needs(self) -> list[str]:
-        return sorted({site for view in self._views for site in view.needs})
+    def _refresh(self) -> None:
+        if self.last_run is not None:
+            self._recompute(self._prompt)
+
+    def _edits(self) -> dict:
+        if self.steering is None or self.sae is None:
+            return {}
+        s = self.steering
+        edit = analysis.steering_edit(self.sae, s.feature, value=s.value if s.mode == "clamp" else None,
+                                      scale=s.value if s.mode == "scale" else None)
+        return {self.sae.site: edit}
 
     def _compute(self, prompt: str, is_stale):
-        """Worker side: one forward pass for every view, then each view's arrays (numpy)."""
-        run = self.model.run(prompt, capture=self._needs(), abort=is_stale)
-        return run, {view: view.payload(run) for view in list(self._views)}
+        """Worker side: ONE forward pass for every view (plus an unsteered one only while steering),
+        then each view's arrays (numpy)."""
+        bindings = list(self._views.items())
+        needs = sorted({site for _, b in bindings for site in b.needs()})
+        edits = self._edits()
+        run = self.model.run(prompt, capture=needs, abort=is_stale, edits=edits)
+        base = self.model.run(prompt, abort=is_stale) if edits else None
+        return run, {view: b.payload(run, base) for view, b in bindings}
 
     def _apply(self, prompt: str, result) -> None:
         """Main-thread side: push arrays into the views."""
@@ -120,7 +182,7 @@ class Lab:
             self.prompt_box.error = ""
 
     def _show_error(self, prompt: str, exc: BaseException) -> None:
-        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+        message = str(exc) if isinstance(exc, (ValueError, KeyError)) else f"{type(exc).__name__}: {exc}"
         with self.prompt_box.hold_sync():
             self.prompt_box.status = "error"
             self.prompt_box.error = message
@@ -131,30 +193,121 @@ class Lab:
     _syncing = False
 
     def _on_edit(self, change) -> None:
-        if self._syncing:
-            return
+        # May run on a kernel subshell thread (JupyterLab 4 + ipykernel 7 deliver comm messages
+        # there): everything goes through the runner, which hands it to the kernel's loop.
+        if not self._syncing:
+            self._live(change["new"])
+
+    def _live(self, prompt: str) -> None:
         if self._runner is None:
             self._runner = LatestOnlyRunner(self._compute, self._apply, self._show_error,
-                                            on_start=self._on_start)
-        self._runner.request(change["new"])
+                                            on_start=self._on_start, loop=self._loop or running_loop())
+        self._runner.request(prompt)
 
     def _on_start(self, prompt: str) -> None:
         self.prompt_box.status = "running"
 
+    # -- steering -----------------------------------------------------------------------------
+    def steer(self, feature: int | None, value: float = 0.0, mode: str = "clamp") -> None:
+        """Clamp SAE ``feature`` to ``value`` (``mode="clamp"``) or scale it by ``value``
+        (``mode="scale"``) in every view's forward pass; ``steer(None)`` turns steering off."""
+        self.steering = self._steering(feature, value, mode)
+        self._refresh()
+
+    def _steering(self, feature, value, mode) -> Steering | None:
+        if feature is None or feature < 0:
+            return None
+        if self.sae is None:
+            raise ValueError("steering needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
+        if mode not in ("clamp", "scale"):
+            raise ValueError(f"mode must be 'clamp' or 'scale', got {mode!r}")
+        if not 0 <= int(feature) < self.sae.d_sae:
+            raise ValueError(f"feature {feature} out of range: the SAE has {self.sae.d_sae} features")
+        return Steering(int(feature), float(value), mode)
+
+    def _on_steer_request(self, change) -> None:  # a FeatureView's steering controls
+        view = change["owner"]
+        try:
+            steering = self._steering(view.steer_feature, view.steer_value, view.steer_mode)
+        except Exception as exc:  # shown in the widget; the last good view stays
+            if self._loop is None:
+                self._show_error(self._prompt, exc)
+            else:
+                self._loop.call_soon_threadsafe(self._show_error, self._prompt, exc)
+            return
+        if self._loop is None:  # no kernel loop (a script): recompute now
+            self.steering = steering
+            self._refresh()
+        else:  # from the browser: recompute off the main thread like a prompt edit
+            self.steering = steering
+            self._live(self._prompt)
+
     # -- views --------------------------------------------------------------------------------
-    def _add(self, view):
-        self._views.add(view)
+    def _add(self, view, needs: Callable[[], list[str]], payload):
+        self._views[view] = _Binding(needs, payload)
         self._links += self.selection.link(view)
-        run = self.last_run
-        if run is not None:
-            if not all(any(k.startswith(f"{site}.") for k in run.cache) for site in view.needs):
-                run = self.last_run = self.model.run(self._prompt, capture=self._needs())
-            view.show(**view.payload(run))
+        if self.last_run is not None:
+            run = self.last_run
+            if not all(site in run.cache for site in needs()):
+                self._recompute(self._prompt)
+            else:
+                base = self.model.run(self._prompt) if self._edits() else None
+                view.show(**payload(run, base))
         return view
 
     def attention(self, **traits) -> AttentionView:
-        """An attention-pattern view of every layer and head, following this Lab's prompt."""
-        return self._add(AttentionView(**traits))
+        """Attention patterns of every layer and head, following this Lab's prompt."""
+        def payload(run, base):
+            return {"pattern": analysis.attention_patterns(run), "tokens": run.token_strs, "prompt": run.prompt}
+        sites = [f"attn_pattern.{layer}" for layer in range(self.model.n_layers)]
+        return self._add(AttentionView(**traits), lambda: sites, payload)
+
+    def logit_lens(self, k: int = 5, target="next", **traits) -> LogitLensView:
+        """The logit lens: each layer's residual stream through the model's own final norm and
+        unembedding; ``target`` (a token id or text, or ``"next"``: the prompt's own next token)
+        can colour the cells by its probability or rank."""
+        label = "next token" if target == "next" else str(target)
+
+        def payload(run, base):
+            grid = lens.logit_lens(self.model, run, k=k, target=target)
+            return {"lens": grid, "prompt": run.prompt, "target_label": label}
+        sites = lens.needs(self.model.n_layers)
+        return self._add(LogitLensView(**traits), lambda: sites, payload)
+
+    def features(self, n: int = 12, k: int = 8, **traits) -> FeatureView:
+        """The SAE's features on the prompt (top ``n`` by max activation), each with the ``k`` output
+        tokens it promotes and suppresses most, and steering controls."""
+        if self.sae is None:
+            raise ValueError("the feature view needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
+        view = FeatureView(**traits)
+        view.observe(self._on_steer_request, names=["steer_feature", "steer_value", "steer_mode"])
+        return self._add(view, lambda: [self.sae.site], lambda run, base: self._feature_payload(run, base, n, k))
+
+    def _feature_payload(self, run: Run, base: Run | None, n: int, k: int) -> dict:
+        sae = self.sae
+        acts = analysis.feature_activations(sae, run)
+        feats = [int(f) for f in analysis.top_features(acts, n)]
+        for extra in (self.selection.feature, self.steering.feature if self.steering else -1):
+            if extra >= 0 and extra not in feats:
+                feats.append(extra)
+        effects = [self._effect(f, k) for f in feats]
+        eff_ids = np.array([[e.promoted_ids, e.suppressed_ids] for e in effects]).reshape(len(feats), 2, k)
+        eff_strs = np.array([[e.promoted_strs, e.suppressed_strs] for e in effects], dtype=object)
+        eff_val = np.array([[e.promoted_values, e.suppressed_values] for e in effects]).reshape(len(feats), 2, k)
+        rows = [analysis.next_token_probs(base if base is not None else run), analysis.next_token_probs(run)]
+        top = [np.argsort(-p, kind="stable")[:k] for p in rows]
+        next_strs = np.array([self.model.to_str_tokens(torch.from_numpy(t)) for t in top], dtype=object)
+        next_prob = np.stack([p[t] for p, t in zip(rows, top)])
+        return {"tokens": run.token_strs, "features": feats, "acts": acts[:, feats], "effect_ids": eff_ids,
+                "effect_strs": eff_strs.reshape(len(feats), 2, k), "effect_val": eff_val,
+                "next_strs": next_strs, "next_prob": next_prob, "prompt": run.prompt,
+                "sae_label": f"{sae.site} · {sae.architecture} · {sae.d_sae} features",
+                "steering": str(self.steering) if self.steering else ""}
+
+    def _effect(self, feature: int, k: int):
+        if (feature, k) not in self._effects:
+            self._effects[(feature, k)] = analysis.feature_logit_effects(self.sae, self.model, feature, k=k)
+        return self._effects[(feature, k)]
 
     def show(self, *views):
         """The prompt box above ``views`` (default: a new attention view), as one displayable box."""
@@ -162,6 +315,13 @@ class Lab:
 
         return ipywidgets.VBox([self.prompt_box, *(views or (self.attention(),))])
 
+    def dashboard(self):
+        """Prompt box, attention, logit lens and (with an SAE) features: one pass per edit, linked."""
+        views = [self.attention(), self.logit_lens()] + ([self.features()] if self.sae is not None else [])
+        return self.show(*views)
+
     def __repr__(self) -> str:
         views = ", ".join(type(v).__name__ for v in self._views) or "none"
-        return f"Lab(model={self.model!r}, prompt={self._prompt!r}, views=[{views}])"
+        sae = f", sae={self.sae!r}" if self.sae is not None else ""
+        steer = f", steering={self.steering}" if self.steering else ""
+        return f"Lab(model={self.model!r}{sae}, prompt={self._prompt!r}, views=[{views}]{steer})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,3 +148,26 @@ def test_views_share_one_selection_through_browser_links(lab):
         for name in ("layer", "head", "token"):
             assert (lab.selection.model_id, name, view.model_id, name) in pairs
     assert not any(name == "feature" for *_, name in pairs)  # attention views have no feature trait
+
+
+def test_edits_arriving_on_another_thread_still_update(tokenizer):
+    """JupyterLab 4 + ipykernel 7 deliver widget messages on a subshell thread: an edit observed
+    there must still be computed and applied on the kernel's loop, with no other message to wake it."""
+    async def scenario():
+        lab = Lab(build_hf("gpt2"), tokenizer, prompt="The cat", threads=1)
+        view = lab.attention()
+        shown = asyncio.Event()
+        view.observe(lambda _: shown.set(), names="prompt")
+        def type_later():  # arrives while the loop sleeps in select(), as a comm message would
+            time.sleep(0.3)
+            lab.prompt_box.value = "typed on a subshell"
+
+        t = threading.Thread(target=type_later)
+        t.start()
+        # nothing else wakes the loop: a request that only reached the loop's timer heap from the
+        # other thread would sit there until this wait times out
+        await asyncio.wait_for(shown.wait(), 3.0)
+        t.join()
+        return view
+
+    assert asyncio.run(scenario()).prompt == "typed on a subshell"

@@ -52,9 +52,9 @@ def logit_lens_figure(lens, by: str = "top_prob", annotate: bool = True, max_tok
     return fig
 
 
-def feature_heatmap_figure(acts: np.ndarray, features, token_strs, max_tokens: int = 80):
+def feature_heatmap_figure(acts: np.ndarray, features, token_strs, max_tokens: int = 80, labels=None):
     """Tokens x features heatmap of SAE activations: ``acts [T, d_sae]`` restricted to ``features``
-    (e.g. ``top_features(acts, 20)``)."""
+    (e.g. ``top_features(acts, 20)``); ``labels`` names the rows (default: the feature ids)."""
     features = np.asarray(features, dtype=np.int64)
     data = np.asarray(acts)[-max_tokens:, features].T          # [n_features, T]
     F, T = data.shape
@@ -62,7 +62,7 @@ def feature_heatmap_figure(acts: np.ndarray, features, token_strs, max_tokens: i
     ax = fig.add_subplot()
     im = ax.imshow(data, aspect="auto", cmap="Reds", vmin=0, interpolation="nearest")
     fig.colorbar(im, ax=ax, label="activation")
-    ax.set_yticks(range(F), [str(f) for f in features])
+    ax.set_yticks(range(F), [str(f) for f in (features if labels is None else labels)])
     ax.set_xticks(range(T), [_clip(t) for t in list(token_strs)[-T:]], rotation=90)
     ax.set_ylabel("feature")
     ax.set_title("SAE feature activations")
@@ -81,4 +81,21 @@ def logit_effects_figure(effects):
     ax_down.set_yticks(range(k)[::-1], [_clip(s, 12) for s in effects.suppressed_strs])
     ax_down.set_title("suppressed")
     fig.suptitle(f"Feature {effects.feature}: logit effects{' (final norm applied)' if effects.norm else ''}")
+    return fig
+
+
+def attention_figure(pattern: np.ndarray, token_strs, title: str = "Attention"):
+    """One head's attention ``[T_dst, T_src]`` as a heatmap (rows: destination, columns: source)."""
+    pattern = np.asarray(pattern)
+    T = pattern.shape[0]
+    fig = _figure(max(3.5, 0.25 * T + 1.8), max(3.0, 0.25 * T + 1.2))
+    ax = fig.add_subplot()
+    im = ax.imshow(pattern, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="attention")
+    labels = [_clip(t) for t in token_strs]
+    ax.set_xticks(range(T), labels, rotation=90)
+    ax.set_yticks(range(T), labels)
+    ax.set_xlabel("source token")
+    ax.set_ylabel("destination token")
+    ax.set_title(title)
     return fig

@@ -6,7 +6,6 @@ import anywidget
 import numpy as np
 import traitlets as t
 
-from ..analysis.attention import attention_patterns
 from ._esm import bundle
 from .transport import ArrayTrait, pack, unpack
 
@@ -41,13 +40,6 @@ class AttentionView(anywidget.AnyWidget):
     error = t.Unicode("").tag(sync=True)
     title = t.Unicode("Attention").tag(sync=True)
 
-    #: the sites this view needs from a forward pass
-    needs = ("attn_pattern",)
-
-    def payload(self, run) -> dict:
-        """The arrays this view shows for a :class:`~mechviz.models.Run` (computed off the main thread)."""
-        return {"pattern": attention_patterns(run), "tokens": run.token_strs, "prompt": run.prompt}
-
     def show(self, pattern: np.ndarray, tokens: list[str], prompt: str = "", seq: int | None = None):
         """Display ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens``."""
         pattern = np.asarray(pattern)
@@ -67,6 +59,15 @@ class AttentionView(anywidget.AnyWidget):
             if self.token >= n_tok:
                 self.token = -1
             self.error = ""
+
+    def figure(self, layer: int | None = None, head: int | None = None):
+        """A matplotlib Figure of one head (default: the selected layer and head)."""
+        from ..analysis.figures import attention_figure
+        if self.pattern is None:
+            raise ValueError("nothing to draw yet: the view has no data")
+        layer = self.layer if layer is None else layer
+        head = self.head if head is None else head
+        return attention_figure(self.values[layer, head], self.tokens, title=f"{self.title} L{layer} H{head}")
 
     @property
     def values(self) -> np.ndarray | None:

@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 class LatestOnlyRunner:
     """Run ``compute(arg, is_stale)`` in one worker thread; only the newest request's result counts.
 
-    ``request(arg)`` (call it on the event loop's thread, e.g. from a trait observer) waits
+    ``request(arg)`` may be called from any thread: JupyterLab 4 with ipykernel 7 delivers widget
+    messages on a kernel *subshell* thread, so trait observers do not run on the event loop's
+    thread, and the request is handed to the loop with ``call_soon_threadsafe``. It waits
     ``delay`` seconds for more edits, then starts the computation unless one is running, in which
     case only the newest request waits for it. A running computation learns through
     ``is_stale()`` that a newer request arrived (the model adapter polls it between layers and
@@ -34,9 +36,15 @@ class LatestOnlyRunner:
         self.busy = False
         self.pending: tuple[int, Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._queued = 0  # requests handed to the loop from any thread, not yet seen by it
         self.stats = {"requested": 0, "started": 0, "applied": 0, "aborted": 0, "dropped": 0}
 
     def request(self, arg) -> None:
+        self._queued += 1
+        self.loop.call_soon_threadsafe(self._request, arg)
+
+    def _request(self, arg) -> None:
+        self._queued -= 1
         self.gen += 1
         self.stats["requested"] += 1
         if self._timer is not None:
@@ -75,15 +83,24 @@ class LatestOnlyRunner:
 
     @property
     def idle(self) -> bool:
-        return not self.busy and self._timer is None and self.pending is None
+        return not self.busy and self._timer is None and self.pending is None and not self._queued
 
     def close(self) -> None:
         self.gen += 1
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _kernel_loop() -> asyncio.AbstractEventLoop:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread (a notebook cell runs in the kernel's), or None."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.get_event_loop_policy().get_event_loop()
+        return None
+
+
+def _kernel_loop() -> asyncio.AbstractEventLoop:
+    loop = running_loop()
+    if loop is None:
+        raise RuntimeError("the live runner needs the kernel's event loop: create the Lab in a notebook cell "
+                           "(or inside a running asyncio loop)")
+    return loop

@@ -55,3 +55,11 @@ def unpack(packed: dict | None) -> np.ndarray | None:
 def ArrayTrait(**kwargs) -> t.Dict:
     """A synced trait holding a packed array (or ``None``)."""
     return t.Dict(default_value=None, allow_none=True, **kwargs).tag(sync=True)
+
+
+def pack_strings(strs) -> tuple[list[str], dict]:
+    """Deduplicate an array of strings: ``(table, packed int32 indices of the same shape)``, so a
+    view gets each token's text once however often it appears in a grid."""
+    a = np.asarray(strs, dtype=object)
+    table, inverse = np.unique(a.astype(str).reshape(-1), return_inverse=True)
+    return [str(s) for s in table], pack(inverse.reshape(a.shape).astype(np.int32), "int32")
