@@ -3,7 +3,10 @@ one shared selection, and the live loop."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
+import time
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -17,9 +20,11 @@ from .models import ModelAdapter, Run, wrap
 from .widgets.attention import AttentionView
 from .widgets.features import FeatureView
 from .widgets.logit_lens import LogitLensView
+from .widgets.patching import PatchGridView
 from .widgets.prompt import PromptBox
 from .widgets.runner import LatestOnlyRunner, running_loop
 from .widgets.selection import Selection
+from .widgets.transport import pack
 
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
 
@@ -308,6 +313,116 @@ class Lab:
         if (feature, k) not in self._effects:
             self._effects[(feature, k)] = analysis.feature_logit_effects(self.sae, self.model, feature, k=k)
         return self._effects[(feature, k)]
+
+    # -- patching -----------------------------------------------------------------------------
+    def patching(self, clean: str, corrupted: str, site: str = "resid_pre", by: str = "position", *,
+                 answers=None, metric=None, direction: str = "denoise", exact: bool = True,
+                 **traits) -> PatchGridView:
+        """An activation-patching grid for ``site`` (``resid_pre``, ``resid_mid``, ``resid_post``,
+        ``attn_out``, ``mlp_out`` by ``"position"``; ``z``, ``q``, ``k``, ``v`` by ``"head"`` or
+        ``"head_position"``). The attribution-patching estimate shows at once; exact values then
+        stream in from a worker thread (cancellable from the view). Click a cell to see that patched
+        run's next tokens and logit lens. ``answers=(correct, wrong)`` sets the default metric, the
+        logit difference (see :func:`mechviz.analysis.patching.activation_patching`).
+
+        >>> grid = lab.patching("When Mary and John went to the store, John gave a drink to",
+        ...                     "When Mary and John went to the store, Mary gave a drink to",
+        ...                     answers=(" Mary", " John"))                         # doctest: +SKIP
+        """
+        from .analysis import patching as P
+
+        kwargs = dict(metric=metric, answers=answers, direction=direction)
+        estimate = P.attribution_patching(self.model, clean, corrupted, site, by=by, **kwargs)
+        view = PatchGridView(**traits)
+        blank = dataclasses.replace(estimate, values=np.full_like(estimate.values, np.nan),
+                                    method="activation", complete=False)
+        view.show_grid(blank, estimate=estimate, status="estimate")
+        view._mechviz_job = dict(clean=clean, corrupted=corrupted, site=site, by=by, **kwargs)
+        view.observe(lambda change: self._on_thread(self._patch_detail, change["owner"]), names="cell")
+        if exact:
+            self._patch_exact(view)
+        return view
+
+    def _on_thread(self, fn, *args) -> None:
+        """Run ``fn`` on the kernel's loop (observers may fire on a subshell thread), or now."""
+        if self._loop is None:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _patch_exact(self, view: PatchGridView) -> None:
+        from .analysis import patching as P
+
+        job, first_cancel = view._mechviz_job, view.cancel_requests
+        last = [0.0]
+
+        def progress(grid, done, total):  # worker thread: at most ~5 redraws a second
+            if time.monotonic() - last[0] > 0.2 or done == total:
+                last[0] = time.monotonic()
+                self._on_thread(view.show_grid, dataclasses.replace(grid, values=grid.values.copy()), None, "running")
+
+        def work():
+            try:
+                grid = P.activation_patching(self.model, job["clean"], job["corrupted"], job["site"], by=job["by"],
+                                             metric=job["metric"], answers=job["answers"],
+                                             direction=job["direction"], on_progress=progress,
+                                             cancel=lambda: view.cancel_requests != first_cancel)
+                self._on_thread(view.show_grid, grid, None, "done" if grid.complete else "cancelled")
+            except Exception as exc:  # shown in the widget
+                self._on_thread(lambda: view.set_trait("error", f"{type(exc).__name__}: {exc}")
+                                or view.set_trait("status", "error"))
+
+        view.status = "running"
+        if self._loop is None:
+            work()
+        else:
+            threading.Thread(target=work, name="mechviz-patching", daemon=True).start()
+
+    def _patch_detail(self, view: PatchGridView) -> None:
+        """The patched run of the clicked cell: its metric, top next tokens and logit lens (last position)."""
+        from .analysis import patching as P
+
+        r, c = view.cell
+        grid = view.grid
+        if r < 0 or c < 0 or grid is None:
+            return
+        job = view._mechviz_job
+        name = job["site"].split(".")[0]
+        H = len(grid.heads)
+        if grid.by == "position":
+            layer, pos, head = grid.layers[r], c, None
+        elif grid.by == "head":
+            layer, pos, head = grid.layers[r], slice(None), grid.heads[c]
+        else:
+            layer, pos, head = grid.layers[r // H], c, grid.heads[r % H]
+        receiver, source = ("corrupted", "clean") if job["direction"] == "denoise" else ("clean", "corrupted")
+        site = f"{name}.{layer}"
+        src = self.model.run(job[source], capture=[site])[site]
+
+        def patch(x):
+            if head is None:
+                x[pos] = src[pos].to(x.dtype)
+            else:
+                x[pos, head] = src[pos, head].to(x.dtype)
+            return x
+        try:
+            run = self.model.run(job[receiver], capture=lens.needs(self.model.n_layers), edits={site: patch})
+        except Exception as exc:
+            view.error = f"cannot show this cell's run: {exc}"
+            return
+        if "metric_fn" not in job:  # the same metric the grid uses (resolved once per view)
+            job["metric_fn"] = P._Pair(self.model, job["clean"], job["corrupted"], job["metric"], job["answers"]).metric
+        probs = torch.softmax(run.logits[-1], -1)
+        top = torch.topk(probs, 8)
+        grid_lens = lens.logit_lens(self.model, run, k=5)
+        with view.hold_sync():
+            view.detail_strs = self.model.to_str_tokens(top.indices)
+            view.detail_probs = pack(top.values.numpy(), "float16")
+            view.lens_rows = list(grid_lens.rows)
+            view.lens_strs = [[str(s) for s in row] for row in grid_lens.top_strs[:, -1]]
+            view.lens_probs = pack(grid_lens.top_probs[:, -1], "float16")
+            view.detail_metric = float(job["metric_fn"](run.logits[None]))
+            view.error = ""
 
     def show(self, *views):
         """The prompt box above ``views`` (default: a new attention view), as one displayable box."""
