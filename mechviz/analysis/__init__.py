@@ -3,12 +3,12 @@
 Modules: :mod:`.attention`, :mod:`.logit_lens`, :mod:`.features`, :mod:`.figures` (matplotlib).
 """
 
-from . import attention, features, figures, logit_lens
+from . import attention, features, figures, logit_lens, patching
 from .attention import attention_patterns, induction_scores
 from .features import (feature_activations, feature_logit_effects, next_token_probs, steer, steering_edit,
                        top_features)
 from .logit_lens import LogitLens
 
-__all__ = ["attention", "features", "figures", "logit_lens", "attention_patterns", "induction_scores",
+__all__ = ["attention", "features", "figures", "logit_lens", "patching", "attention_patterns", "induction_scores",
            "LogitLens", "feature_activations", "top_features", "feature_logit_effects", "steer",
            "steering_edit", "next_token_probs"]

@@ -55,6 +55,41 @@ class Run:
                 f"captured={sorted(self.cache, key=lambda s: (int(s.split('.')[1]), s))})")
 
 
+class StopForward(Exception):
+    """Raised by a hook once the last block has run, so the pass skips the final norm and unembedding."""
+
+
+@dataclass
+class Edit:
+    """One activation edit in a batched patched pass: ``act[rows, pos, heads] = values``.
+
+    ``site`` is the Site to edit (a per-head site is indexed ``[row, pos, head]``, any other
+    ``[row, pos]``); ``rows``, ``pos`` (absolute token positions) and ``heads`` (None for sites
+    without a head axis) are int64 ``[n]``; ``values`` is ``[n, d]`` or ``[n, d_head]``. Setting
+    ``resid_mid`` is done by changing ``attn_out`` so that ``resid_pre + attn_out`` takes the value
+    (in a sequential block that is also what the MLP reads).
+    """
+
+    site: Site
+    rows: torch.Tensor
+    pos: torch.Tensor
+    heads: torch.Tensor | None
+    values: torch.Tensor
+
+    def index(self, start_pos: int) -> tuple:
+        idx = (self.rows, self.pos - start_pos)
+        return idx if self.heads is None else idx + (self.heads,)
+
+    def apply(self, act: torch.Tensor, start_pos: int) -> None:
+        """Write the values into ``act`` (``[B, T - start_pos, ...]``, edited in place)."""
+        act[self.index(start_pos)] = self.values.to(act.device, act.dtype)
+
+    def apply_resid_mid(self, attn_out: torch.Tensor, resid_pre: torch.Tensor, start_pos: int) -> None:
+        """Set ``resid_pre + attn_out`` to the values by editing ``attn_out`` in place."""
+        idx = self.index(start_pos)
+        attn_out[idx] = self.values.to(attn_out.device, attn_out.dtype) - resid_pre[idx]
+
+
 class ModelAdapter:
     """One interface over HuggingFace and TransformerLens models.
 
@@ -159,6 +194,48 @@ class ModelAdapter:
         """Logits the model would output if ``resid`` were its final residual stream (logit lens)."""
         with torch.inference_mode():
             return self.unembed(self.final_norm(resid)).float()
+
+    # -- batched patched passes (the activation-patching engine) --------------------------------
+    def patch_base(self, ids: torch.Tensor):
+        """One pass over ``ids`` ``[T]`` at batch size 1, keeping what :meth:`forward_from` needs to
+        resume it at any layer and position (keys/values per layer, and for some backends the
+        residual stream entering each block)."""
+        raise NotImplementedError
+
+    def forward_from(self, base, n_rows: int, edits: Sequence[Edit], start_layer: int = 0,
+                     start_pos: int = 0, abort: Callable[[], bool] | None = None) -> torch.Tensor:
+        """``n_rows`` copies of the ``base`` pass, each with its own :class:`Edit` s, computed only from
+        block ``start_layer`` and token ``start_pos`` on (earlier layers cannot see an edit at
+        ``start_layer``; earlier positions cannot see one at ``start_pos`` in a causal model, so
+        their keys and values are reused from ``base``). Every edit must lie at or after
+        ``(start_layer, start_pos)``. Returns the final residual stream (before the final norm)
+        ``[n_rows, T - start_pos, d]``. ``abort`` is polled before each block, as in :meth:`run`."""
+        raise NotImplementedError
+
+    def grad_run(self, ids: torch.Tensor, sites: Sequence[Site],
+                 objective: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Forward ``ids`` ``[N, T]`` to the final residual stream ``[N, T, d]``, then backward
+        ``objective(final_resid)`` (a scalar). Returns ``{"<site>.<layer>": (activation, gradient)}``
+        with the batch axis kept, detached, float32, on the CPU. The gradient of ``resid_mid`` is
+        that of ``attn_out`` (``resid_mid = resid_pre + attn_out``)."""
+        raise NotImplementedError
+
+    def attn_out_of_z(self, layer: int, z: torch.Tensor) -> torch.Tensor | None:
+        """Block ``layer``'s attention output for per-head outputs ``z`` ``[N, H, d_head]`` (its output
+        projection): ``[N, d]``; None where this backend cannot compute it on its own."""
+        return None
+
+    def finish_block(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor | None:
+        """The rest of block ``layer`` once its attention output is known, token by token:
+        ``resid_post`` ``[N, d]`` from ``resid_pre`` and ``attn_out`` ``[N, d]`` (the MLP reads
+        ``resid_pre + attn_out``, or ``resid_pre`` in a parallel block). A patch after the attention
+        of block ``layer`` at one position changes only that position's ``resid_post``, so patching
+        can start at block ``layer + 1``. None where this backend cannot compute it on its own."""
+        return None
+
+    def unembed_tokens(self, x: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+        """``unembed(x)[..., token_ids]`` computed for those vocabulary rows only."""
+        return self.unembed(x)[..., list(token_ids)]
 
     @property
     def sites(self) -> list[str]:

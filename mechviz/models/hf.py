@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Aborted, ModelAdapter, UnsupportedModelError
+from .base import Aborted, ModelAdapter, StopForward, UnsupportedModelError
 from .sites import Site, SiteError
 
 
@@ -216,6 +216,190 @@ class HFAdapter(ModelAdapter):
         for s in derived:
             store[str(s)] = store[f"resid_pre.{s.layer}"] + store[f"attn_out.{s.layer}"]
         return out.logits[0].detach().float().cpu(), {str(s): store[str(s)] for s in sites}
+
+    # -- batched patched passes ---------------------------------------------------------------
+    def _site_point(self, layer: int, name: str):
+        """Where site ``name.layer`` lives: ``(module, "pre" | "post", view)``; the activation is the
+        module's first input ("pre") or output ("post"), and ``view(raw)`` is the site-shaped view
+        ``[B, T, ...]`` of it (sharing storage, so writing into it edits the pass)."""
+        block, spec = self.blocks[layer], self.spec
+        H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
+        ident = lambda x: x  # noqa: E731
+        if name == "resid_pre":
+            return block, "pre", ident
+        if name == "resid_post":
+            return block, "post", ident
+        if name == "attn_out":
+            return _get(block, spec.attn), "post", ident
+        if name == "mlp_out":
+            return _get(block, spec.mlp), "post", ident
+        if name == "z":
+            return _get(block, spec.o_proj), "pre", lambda x: x.unflatten(-1, (H, dh))
+        if name in ("q", "k", "v"):
+            i = "qkv".index(name)
+            n_heads = H if name == "q" else Hkv
+            kind, where = spec.qkv
+            if kind == "separate":
+                return _get(block, where[i]), "post", lambda x: x.unflatten(-1, (n_heads, dh))
+            if kind == "split":      # [.., q(H*dh) | k(Hkv*dh) | v(Hkv*dh)]
+                lo = (0, H, H + Hkv)[i] * dh
+                return _get(block, where), "post", lambda x: x[..., lo:lo + n_heads * dh].unflatten(-1, (n_heads, dh))
+            return _get(block, where), "post", lambda x: x.unflatten(-1, (H, 3, dh))[..., i, :]  # "heads"
+        raise SiteError(f"site {name!r} cannot be patched or differentiated (supported: resid_pre, resid_mid, "
+                        "resid_post, attn_out, mlp_out, z, q, k, v)")
+
+    @staticmethod
+    def _hook_point(module, kind: str, fn, handles: list):
+        """Register ``fn(raw) -> replacement or None`` on a module's first input or its output."""
+        if kind == "pre":
+            def pre(_m, args, kwargs):
+                key = None if args else next((k for k in ("hidden_states", "input") if k in kwargs),
+                                             next(iter(kwargs)))
+                raw = args[0] if args else kwargs[key]
+                new = fn(raw)
+                if new is None:
+                    return None
+                if args:
+                    return (new,) + tuple(args[1:]), kwargs
+                return args, {**kwargs, key: new}
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+        else:
+            def post(_m, _a, out):
+                raw = _first(out)
+                new = fn(raw)
+                if new is None:
+                    return None
+                return (new,) + tuple(out[1:]) if isinstance(out, (tuple, list)) else new
+            handles.append(module.register_forward_hook(post))
+
+    def _stop_after_last_block(self, store: dict, handles: list):
+        def stop(raw):
+            store["final"] = raw
+            raise StopForward()
+        self._hook_point(self.blocks[-1], "post", stop, handles)
+
+    def patch_base(self, ids):
+        from transformers import DynamicCache
+
+        cache, store, handles, resid_pre = DynamicCache(config=self.model.config), {}, [], []
+        for block in self.blocks:
+            self._hook_point(block, "pre", resid_pre.append, handles)
+        self._stop_after_last_block(store, handles)
+        try:
+            with torch.inference_mode():
+                self.model(input_ids=ids[None].to(self._device()), past_key_values=cache, use_cache=True)
+        except StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return {"ids": ids, "resid_pre": resid_pre, "kv": [(lay.keys, lay.values) for lay in cache.layers]}
+
+    def forward_from(self, base, n_rows, edits, start_layer=0, start_pos=0, abort=None):
+        from transformers import DynamicCache
+
+        ids, handles, store = base["ids"], [], {}
+        if abort is not None:
+            def check(_h):
+                if abort():
+                    raise Aborted()
+            for block in self.blocks[start_layer:]:
+                self._hook_point(block, "pre", check, handles)
+
+        def expand(_h):  # the pass starts here, from the base pass's residual stream; one copy per row
+            h = base["resid_pre"][start_layer][:, start_pos:]
+            return h.expand(n_rows, *h.shape[1:]).clone()
+        self._hook_point(self.blocks[start_layer], "pre", expand, handles)
+        for edit in edits:
+            name, layer = edit.site.name, edit.site.layer
+            if name == "resid_mid":  # resid_pre + attn_out := value, by editing attn_out
+                stash = {}
+                self._hook_point(self.blocks[layer], "pre", lambda h, stash=stash: stash.update(h=h), handles)
+                self._hook_point(_get(self.blocks[layer], self.spec.attn), "post",
+                                 lambda a, e=edit, stash=stash: e.apply_resid_mid(a, stash["h"], start_pos), handles)
+            else:
+                module, kind, view = self._site_point(layer, name)
+                self._hook_point(module, kind, lambda x, e=edit, view=view: e.apply(view(x), start_pos), handles)
+        self._stop_after_last_block(store, handles)
+        cache = None
+        if start_pos > 0:  # keys/values of the unchanged positions come from the base pass
+            cache = DynamicCache(config=self.model.config)
+            for i, (k, v) in enumerate(base["kv"]):
+                k, v = k[:, :, :start_pos], v[:, :, :start_pos]
+                if i >= start_layer:
+                    k, v = k.expand(n_rows, -1, -1, -1), v.expand(n_rows, -1, -1, -1)
+                cache.update(k, v, i)
+        # the blocks before start_layer are skipped: the model iterates over a list holding only the later
+        # ones (each block keeps its own layer index, which is what the key/value cache is indexed by)
+        parent_path, _, attr = self.spec.blocks.rpartition(".")
+        parent = _get(self.model, parent_path) if parent_path else self.model
+        try:
+            setattr(parent, attr, torch.nn.ModuleList(list(self.blocks)[start_layer:]))
+            with torch.inference_mode():
+                self.model(input_ids=ids[None, start_pos:].to(self._device()), past_key_values=cache,
+                           use_cache=cache is not None)
+        except StopForward:
+            pass
+        finally:
+            setattr(parent, attr, self.blocks)
+            for h in handles:
+                h.remove()
+        return store["final"]
+
+    def grad_run(self, ids, sites, objective):
+        captured, handles, store = {}, [], {}
+        self._hook_point(self.blocks[0], "pre", lambda h: h.detach().requires_grad_(), handles)
+
+        def capture(key, view):
+            def fn(raw):
+                captured[key] = (raw, view)
+            return fn
+        for s in sites:
+            names = ("resid_pre", "attn_out") if s.name == "resid_mid" else (s.name,)
+            for name in names:
+                module, kind, view = self._site_point(s.layer, name)
+                self._hook_point(module, kind, capture(f"{name}.{s.layer}", view), handles)
+        self._stop_after_last_block(store, handles)
+        with torch.enable_grad():
+            try:
+                self.model(input_ids=ids.to(self._device()), use_cache=False)
+            except StopForward:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+            keys = list(captured)
+            grads = torch.autograd.grad(objective(store["final"]), [captured[k][0] for k in keys],
+                                        allow_unused=True)
+        out = {}
+        for key, g in zip(keys, grads):
+            raw, view = captured[key]
+            g = torch.zeros_like(raw) if g is None else g
+            out[key] = (view(raw.detach()).float().cpu(), view(g).float().cpu())
+        for s in sites:
+            if s.name == "resid_mid":
+                pre, attn = out[f"resid_pre.{s.layer}"], out[f"attn_out.{s.layer}"]
+                out[str(s)] = (pre[0] + attn[0], attn[1])
+        return {str(s): out[str(s)] for s in sites}
+
+    def attn_out_of_z(self, layer, z):
+        o_proj = _get(self.blocks[layer], self.spec.o_proj)
+        return o_proj(z.to(self._device(), self._dtype()).flatten(-2))
+
+    def finish_block(self, layer, resid_pre, attn_out):
+        block, dev, dt = self.blocks[layer], self._device(), self._dtype()
+        resid_pre, attn_out = resid_pre.to(dev, dt), attn_out.to(dev, dt)
+        mid = resid_pre + attn_out
+        mlp_out = _first(_get(block, self.spec.mlp)(_get(block, self.spec.mlp_in)(resid_pre if self.parallel else mid)))
+        return mid + mlp_out
+
+    def unembed_tokens(self, x, token_ids):
+        emb = self.model.get_output_embeddings()
+        if not isinstance(emb, torch.nn.Linear):
+            return super().unembed_tokens(x, token_ids)
+        idx = torch.as_tensor(list(token_ids), device=emb.weight.device)
+        bias = None if emb.bias is None else emb.bias[idx]
+        return torch.nn.functional.linear(x.to(emb.weight.device, emb.weight.dtype), emb.weight[idx], bias)
 
     def final_norm(self, resid):
         return _get(self.model, self.spec.final_norm)(resid.to(self._device(), self._dtype()))

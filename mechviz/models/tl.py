@@ -77,3 +77,103 @@ class TLAdapter(ModelAdapter):
 
     def unembed(self, x):
         return self.model.unembed(x)
+
+    # -- batched patched passes ---------------------------------------------------------------
+    def patch_base(self, ids):
+        keep = {TL_HOOKS[n].format(layer=lay) for lay in range(self.n_layers) for n in ("resid_pre", "k", "v")}
+        with torch.inference_mode():
+            _, cache = self.model.run_with_cache(ids[None].to(self.model.cfg.device), names_filter=lambda n: n in keep,
+                                                 stop_at_layer=self.n_layers)
+        get = lambda n, lay: cache[TL_HOOKS[n].format(layer=lay)]  # noqa: E731
+        return {"ids": ids, "resid_pre": [get("resid_pre", lay) for lay in range(self.n_layers)],
+                "kv": [(get("k", lay), get("v", lay)) for lay in range(self.n_layers)]}
+
+    def _edit_hooks(self, edits, start_pos):
+        hooks = []
+        for edit in edits:
+            name, layer = edit.site.name, edit.site.layer
+            if name == "resid_mid" and self.parallel:  # no hook_resid_mid: edit attn_out instead
+                stash = {}
+                hooks.append((self._hook_name("resid_pre", layer), lambda x, hook, stash=stash: stash.update(h=x)))
+                def on_attn(x, hook, e=edit, stash=stash):
+                    e.apply_resid_mid(x, stash["h"], start_pos)
+                    return x
+                hooks.append((self._hook_name("attn_out", layer), on_attn))
+            else:
+                def fn(x, hook, e=edit):
+                    e.apply(x, start_pos)
+                    return x
+                hooks.append((self._hook_name(name, layer), fn))
+        return hooks
+
+    def forward_from(self, base, n_rows, edits, start_layer=0, start_pos=0, abort=None):
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        resid = base["resid_pre"][start_layer][:, start_pos:]
+        resid = resid.expand(n_rows, *resid.shape[1:]).clone()
+        cache = None
+        if start_pos > 0:  # keys/values of the unchanged positions come from the base pass
+            cache = TransformerLensKeyValueCache.init_cache(self.model.cfg, self.model.cfg.device, n_rows)
+            for i in range(start_layer, self.n_layers):
+                k, v = base["kv"][i]
+                cache[i].past_keys = k[:, :start_pos].expand(n_rows, -1, -1, -1)
+                cache[i].past_values = v[:, :start_pos].expand(n_rows, -1, -1, -1)
+        hooks = self._edit_hooks(edits, start_pos)
+        if abort is not None:
+            def check(x, hook):
+                if abort():
+                    raise Aborted()
+            hooks += [(self._hook_name("resid_pre", lay), check) for lay in range(start_layer, self.n_layers)]
+        with torch.inference_mode(), self.model.hooks(fwd_hooks=hooks):
+            return self.model(resid, start_at_layer=start_layer, stop_at_layer=self.n_layers, past_kv_cache=cache)
+
+    def grad_run(self, ids, sites, objective):
+        captured, hooks = {}, [(self._hook_name("resid_pre", 0), lambda x, hook: x.detach().requires_grad_())]
+
+        def capture(key):
+            def fn(x, hook):
+                captured[key] = x
+            return fn
+        for s in sites:
+            derived = s.name == "resid_mid" and self.parallel
+            for name in ("resid_pre", "attn_out") if derived else (s.name,):
+                hooks.append((self._hook_name(name, s.layer), capture(f"{name}.{s.layer}")))
+        with torch.enable_grad(), self.model.hooks(fwd_hooks=hooks):
+            final = self.model(ids.to(self.model.cfg.device), stop_at_layer=self.n_layers)
+            keys = list(captured)
+            grads = torch.autograd.grad(objective(final), [captured[k] for k in keys], allow_unused=True)
+        out = {}
+        for key, g in zip(keys, grads):
+            x = captured[key].detach()
+            out[key] = (x.float().cpu(), (torch.zeros_like(x) if g is None else g).float().cpu())
+        for s in sites:
+            if str(s) not in out:  # resid_mid of a parallel block
+                pre, attn = out[f"resid_pre.{s.layer}"], out[f"attn_out.{s.layer}"]
+                out[str(s)] = (pre[0] + attn[0], attn[1])
+        return {str(s): out[str(s)] for s in sites}
+
+    def _plain_blocks(self) -> bool:  # pre-norm blocks with an MLP, as finish_block computes them
+        cfg = self.model.cfg
+        from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
+        return not (cfg.attn_only or getattr(cfg, "use_normalization_before_and_after", False)
+                    or cfg.original_architecture in POST_NORM_ARCHITECTURES)
+
+    def attn_out_of_z(self, layer, z):
+        attn = self.model.blocks[layer].attn
+        if getattr(self.model.cfg, "use_attn_result", False) or not hasattr(attn, "W_O"):
+            return None
+        return z.to(attn.W_O.device, attn.W_O.dtype).flatten(-2) @ attn.W_O.flatten(0, 1) + attn.b_O
+
+    def finish_block(self, layer, resid_pre, attn_out):
+        if not self._plain_blocks():
+            return None
+        block, dev = self.model.blocks[layer], self.model.cfg.device
+        resid_pre, attn_out = resid_pre.to(dev)[:, None], attn_out.to(dev)[:, None]  # TL modules want [batch, pos, d]
+        mid = resid_pre + attn_out
+        mlp_out = block.mlp(block.ln2(resid_pre if self.parallel else mid))
+        return (mid + mlp_out)[:, 0]
+
+    def unembed_tokens(self, x, token_ids):
+        u = self.model.unembed
+        idx = torch.as_tensor(list(token_ids), device=u.W_U.device)
+        return x.to(u.W_U.device) @ u.W_U[:, idx] + u.b_U[idx]
