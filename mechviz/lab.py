@@ -91,6 +91,8 @@ class Lab:
         self.last_run: Run | None = None
         self._runner: LatestOnlyRunner | None = None
         self._loop = running_loop()  # the kernel's loop when built in a cell; live edits run through it
+        # one pass at a time on the model: hooks (and patching's shortened block list) are shared state
+        self._model_lock = threading.RLock()
         self.sae = None
         self.steering: Steering | None = None
         self._effects: dict[int, object] = {}
@@ -126,7 +128,8 @@ class Lab:
     def run(self, prompt: str | None = None, capture=()) -> Run:
         """One forward pass on ``prompt`` (default: the current prompt) capturing ``capture``
         (with the current steering applied, if any)."""
-        return self.model.run(self._prompt if prompt is None else prompt, capture=capture, edits=self._edits())
+        with self._model_lock:
+            return self.model.run(self._prompt if prompt is None else prompt, capture=capture, edits=self._edits())
 
     @property
     def prompt(self) -> str:
@@ -170,9 +173,10 @@ class Lab:
         bindings = list(self._views.items())
         needs = sorted({site for _, b in bindings for site in b.needs()})
         edits = self._edits()
-        run = self.model.run(prompt, capture=needs, abort=is_stale, edits=edits)
-        base = self.model.run(prompt, abort=is_stale) if edits else None
-        return run, {view: b.payload(run, base) for view, b in bindings}
+        with self._model_lock:
+            run = self.model.run(prompt, capture=needs, abort=is_stale, edits=edits)
+            base = self.model.run(prompt, abort=is_stale) if edits else None
+            return run, {view: b.payload(run, base) for view, b in bindings}
 
     def _apply(self, prompt: str, result) -> None:
         """Main-thread side: push arrays into the views."""
@@ -332,7 +336,8 @@ class Lab:
         from .analysis import patching as P
 
         kwargs = dict(metric=metric, answers=answers, direction=direction)
-        estimate = P.attribution_patching(self.model, clean, corrupted, site, by=by, **kwargs)
+        with self._model_lock:
+            estimate = P.attribution_patching(self.model, clean, corrupted, site, by=by, **kwargs)
         view = PatchGridView(**traits)
         blank = dataclasses.replace(estimate, values=np.full_like(estimate.values, np.nan),
                                     method="activation", complete=False)
@@ -361,12 +366,13 @@ class Lab:
                 last[0] = time.monotonic()
                 self._on_thread(view.show_grid, dataclasses.replace(grid, values=grid.values.copy()), None, "running")
 
-        def work():
+        def work():  # holds the model for the whole job: live edits wait (the prompt box says so)
             try:
-                grid = P.activation_patching(self.model, job["clean"], job["corrupted"], job["site"], by=job["by"],
-                                             metric=job["metric"], answers=job["answers"],
-                                             direction=job["direction"], on_progress=progress,
-                                             cancel=lambda: view.cancel_requests != first_cancel)
+                with self._model_lock:
+                    grid = P.activation_patching(self.model, job["clean"], job["corrupted"], job["site"], by=job["by"],
+                                                 metric=job["metric"], answers=job["answers"],
+                                                 direction=job["direction"], on_progress=progress,
+                                                 cancel=lambda: view.cancel_requests != first_cancel)
                 self._on_thread(view.show_grid, grid, None, "done" if grid.complete else "cancelled")
             except Exception as exc:  # shown in the widget
                 self._on_thread(lambda: view.set_trait("error", f"{type(exc).__name__}: {exc}")
@@ -397,7 +403,8 @@ class Lab:
             layer, pos, head = grid.layers[r // H], c, grid.heads[r % H]
         receiver, source = ("corrupted", "clean") if job["direction"] == "denoise" else ("clean", "corrupted")
         site = f"{name}.{layer}"
-        src = self.model.run(job[source], capture=[site])[site]
+        with self._model_lock:
+            src = self.model.run(job[source], capture=[site])[site]
 
         def patch(x):
             if head is None:
@@ -406,12 +413,14 @@ class Lab:
                 x[pos, head] = src[pos, head].to(x.dtype)
             return x
         try:
-            run = self.model.run(job[receiver], capture=lens.needs(self.model.n_layers), edits={site: patch})
+            with self._model_lock:
+                run = self.model.run(job[receiver], capture=lens.needs(self.model.n_layers), edits={site: patch})
+                if "metric_fn" not in job:  # the same metric the grid uses (resolved once per view)
+                    job["metric_fn"] = P._Pair(self.model, job["clean"], job["corrupted"], job["metric"],
+                                               job["answers"]).metric
         except Exception as exc:
             view.error = f"cannot show this cell's run: {exc}"
             return
-        if "metric_fn" not in job:  # the same metric the grid uses (resolved once per view)
-            job["metric_fn"] = P._Pair(self.model, job["clean"], job["corrupted"], job["metric"], job["answers"]).metric
         probs = torch.softmax(run.logits[-1], -1)
         top = torch.topk(probs, 8)
         grid_lens = lens.logit_lens(self.model, run, k=5)
