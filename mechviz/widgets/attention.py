@@ -54,8 +54,8 @@ class AttentionView(anywidget.AnyWidget):
             self.tokens = list(tokens)
             self.prompt = prompt
             self.seq = self.seq + 1 if seq is None else seq
-            self.layer = min(self.layer, n_layers - 1)
-            self.head = min(self.head, n_heads - 1)
+            # the selection is shared: a logit-lens row may select layer n_layers (the final
+            # residual); the browser shows the nearest layer and the shared value stays as it is
             if self.token >= n_tok:
                 self.token = -1
             self.error = ""
@@ -65,8 +65,9 @@ class AttentionView(anywidget.AnyWidget):
         from ..analysis.figures import attention_figure
         if self.pattern is None:
             raise ValueError("nothing to draw yet: the view has no data")
-        layer = self.layer if layer is None else layer
-        head = self.head if head is None else head
+        n_layers, n_heads = self.pattern["shape"][:2]
+        layer = min(self.layer, n_layers - 1) if layer is None else layer
+        head = min(self.head, n_heads - 1) if head is None else head
         return attention_figure(self.values[layer, head], self.tokens, title=f"{self.title} L{layer} H{head}")
 
     @property

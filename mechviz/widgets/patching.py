@@ -40,7 +40,7 @@ class PatchGridView(anywidget.AnyWidget):
     total = t.Int(0).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
     cell = t.List(t.Int(), default_value=[-1, -1]).tag(sync=True)
-    detail_metric = t.Float(float("nan"), allow_none=True).tag(sync=True)
+    detail_metric = t.Float(None, allow_none=True).tag(sync=True)  # None until a cell is clicked
     detail_strs = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     detail_probs = ArrayTrait()
     lens_rows = t.List(t.Unicode(), default_value=[]).tag(sync=True)

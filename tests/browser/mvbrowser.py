@@ -143,3 +143,183 @@ def probe_cells(pattern, T: int):
     i, j = np.unravel_index(int(np.argmax(low)), low.shape)
     return [(int(i), int(j)), (T - 1, T - 1), (T // 2, 1)]
 
+
+
+# --- bare-page harness and grid helpers shared by the view tests ---------------------------------
+
+BARE_HARNESS = """
+async ([esm, state, paths, b64]) => {
+  for (let k = 0; k < paths.length; k++) {           // binary buffers back at their paths, as DataViews
+    const bin = Uint8Array.from(atob(b64[k]), (c) => c.charCodeAt(0));
+    let o = state; const p = paths[k];
+    for (let i = 0; i < p.length - 1; i++) o = o[p[i]];
+    o[p[p.length - 1]] = new DataView(bin.buffer);
+  }
+  const data = new Map(Object.entries(state)), handlers = new Map();
+  const model = {
+    get: (k) => data.get(k),
+    set: (k, v) => { data.set(k, v); window.setlog.push(k); (handlers.get('change:' + k) || []).forEach((f) => f()); },
+    on: (e, f) => handlers.set(e, [...(handlers.get(e) || []), f]),
+    off: (e, f) => handlers.set(e, (handlers.get(e) || []).filter((g) => g !== f)),
+    save_changes: () => { window.saved.push(Object.fromEntries(data)); window.setlog.push('|save'); },
+    send() {},
+  };
+  window.saved = []; window.setlog = []; window.model = model;
+  const url = URL.createObjectURL(new Blob([esm], {type: 'text/javascript'}));
+  const mod = (await import(url)).default;
+  const el = document.createElement('div');
+  document.body.appendChild(el);
+  mod.render({model, el});
+}
+"""
+
+
+def _state_b64(widget, names=None):
+    import base64
+
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    state = widget.get_state(names)
+    state, paths, buffers = _remove_buffers(state)
+    return state, paths, [base64.b64encode(bytes(b)).decode() for b in buffers]
+
+
+def mount_bare(page, widget):
+    """Render ``widget``'s ES module in a bare page with a stand-in model (``window.model``); every
+    ``save_changes`` snapshot lands in ``window.saved`` and every ``set`` name in ``window.setlog``."""
+    state, paths, b64 = _state_b64(widget)
+    page.set_content("<!doctype html><html><body style='font-family:sans-serif'></body></html>")
+    page.evaluate(BARE_HARNESS, [widget._esm, state, paths, b64])
+
+
+def push_bare(page, widget, names):
+    """Simulate the kernel: send the current values of ``names`` (binary buffers included) to the page."""
+    state, paths, b64 = _state_b64(widget, names)
+    page.evaluate("""([state, paths, b64]) => {
+        for (let k = 0; k < paths.length; k++) {
+          const bin = Uint8Array.from(atob(b64[k]), (c) => c.charCodeAt(0));
+          let o = state; const p = paths[k];
+          for (let i = 0; i < p.length - 1; i++) o = o[p[i]];
+          o[p[p.length - 1]] = new DataView(bin.buffer);
+        }
+        for (const [k, v] of Object.entries(state)) window.model.set(k, v);
+    }""", [state, paths, b64])
+
+
+def grid_cell(page, canvas_sel: str) -> tuple[int, int]:
+    """(width, height) px of one cell of a grid canvas (``data-cell-w``/``-h``, else square ``data-cell``)."""
+    c = page.locator(canvas_sel).first
+    c.wait_for()
+    cell = c.get_attribute("data-cell")
+    w, hgt = c.get_attribute("data-cell-w"), c.get_attribute("data-cell-h")
+    return int(w or cell), int(hgt or cell)
+
+
+def hover_grid(page, root: str, canvas: str, r: int, c: int, expect: dict | None = None) -> dict:
+    """Hover cell (row ``r``, column ``c``) of ``root canvas`` and return the ``.mv-info`` dataset (plus
+    ``text``) once it describes that cell: ``expect`` maps dataset keys to the values that say so
+    (default ``{"row": r, "col": c}``). A view clears its read-out when new data arrive, so a read-out
+    cleared between the hover and the read is hovered again."""
+    sel = f"{root} {canvas}"
+    cw, ch = grid_cell(page, sel)
+    expect = {k: str(v) for k, v in ({"row": r, "col": c} if expect is None else expect).items()}
+    info = page.locator(f"{root} .mv-info").first
+    for attempt in range(3):
+        page.mouse.move(0, 0)   # a fresh mousemove even if the pointer already is on that cell
+        page.locator(sel).first.hover(position={"x": (c + 0.5) * cw, "y": (r + 0.5) * ch})
+        try:
+            page.wait_for_function("([el, exp]) => Object.entries(exp).every(([k, v]) => el.dataset[k] === v)",
+                                   arg=[info.element_handle(), expect], timeout=5000)
+        except Exception:
+            if attempt == 2:
+                raise
+            continue
+        out = info.evaluate("""(e, exp) => Object.entries(exp).every(([k, v]) => e.dataset[k] === v)
+                                 ? {...e.dataset, text: e.textContent} : null""", expect)
+        if out is not None:
+            return out
+    raise AssertionError(f"the read-out of {sel} never described cell ({r}, {c})")
+
+
+def click_grid(page, root: str, canvas: str, r: int, c: int) -> None:
+    sel = f"{root} {canvas}"
+    cw, ch = grid_cell(page, sel)
+    page.locator(sel).first.click(position={"x": (c + 0.5) * cw, "y": (r + 0.5) * ch})
+
+
+def grid_pixel(page, root: str, canvas: str, r: int, c: int, dx: float = 0.5, dy: float = 0.5) -> list[int]:
+    """RGBA inside cell (r, c) at fraction (dx, dy) of the cell."""
+    sel = f"{root} {canvas}"
+    cw, ch = grid_cell(page, sel)
+    return canvas_pixel(page, sel, (c + dx) * cw, (r + dy) * ch)
+
+
+def cell_colours(page, root: str, canvas: str, r: int, c: int) -> set:
+    """Distinct RGB colours inside cell (r, c), away from its border (to tell hatched from flat)."""
+    sel = f"{root} {canvas}"
+    cw, ch = grid_cell(page, sel)
+    return {tuple(x) for x in page.evaluate(
+        """([sel, x, y, w, h]) => { const d = document.querySelector(sel).getContext('2d')
+              .getImageData(x, y, w, h).data; const out = [];
+              for (let i = 0; i < d.length; i += 4) out.push([d[i], d[i + 1], d[i + 2]]); return out; }""",
+        [sel, c * cw + 3, r * ch + 3, max(1, cw - 6), max(1, ch - 6)])}
+
+
+# --- the dashboard notebook (attention, logit lens, features on one Lab) -------------------------
+
+DASH_PROMPT = "The cat sat on the mat. The cat"
+DASH_CELLS = [
+    "import mechviz",
+    f"lab = mechviz.Lab.default(prompt={DASH_PROMPT!r})\nlab.show(lab.attention())",
+    "lab.logit_lens()",
+    "lab.features()",
+]
+
+
+def write_cells(path: Path, cells) -> Path:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(src) for src in cells])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+_DASH_REF = {}
+
+
+def dashboard_reference():
+    """``(lab, lens_view, feature_view)``: a Lab in the test process with the dashboard's views, for
+    reference numbers (``lab.prompt = ...`` / ``lab.steer(...)`` recompute them)."""
+    if not _DASH_REF:
+        import mechviz
+
+        lab = mechviz.Lab.default(prompt=DASH_PROMPT)
+        _DASH_REF.update(lab=lab, lens=lab.logit_lens(), feat=lab.features())
+    return _DASH_REF["lab"], _DASH_REF["lens"], _DASH_REF["feat"]
+
+
+def dashboard_lens(prompt: str = DASH_PROMPT):
+    """The LogitLens the dashboard's lens view should show for ``prompt`` (no steering)."""
+    lab, lens, _ = dashboard_reference()
+    lab.steer(None)
+    if lab.prompt != prompt:
+        lab.prompt = prompt
+    return lens.lens
+
+
+def assert_lens_cell(info: dict, lens, r: int, c: int, tol: float = 1e-3) -> None:
+    """A logit-lens hover read-out (``hover_grid``) matches ``lens`` (a LogitLens) at (r, c): the top-1
+    probability within float16 tolerance, and the top-1 text, up to a near-tie with another of the
+    top tokens (the kernel and this process may round the last bits differently)."""
+    p = lens.top_probs[r, c]
+    assert float(info["prob"]) == pytest_approx(float(p[0]), tol), (r, c, info, p)
+    tied = [str(s) for s, q in zip(lens.top_strs[r, c], p) if abs(float(q) - float(p[0])) <= tol]
+    assert info["top"] in tied, (r, c, info["top"], tied)
+
+
+def pytest_approx(x: float, tol: float):
+    import pytest
+
+    return pytest.approx(x, abs=tol)

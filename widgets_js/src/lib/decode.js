@@ -62,3 +62,23 @@ export function decode(packed) {
   const at = dtype === "uint8" ? (i) => raw[i] * scale : (i) => raw[i];
   return { shape, dtype, size, raw, scale, at };
 }
+
+/**
+ * A per-view cache of decoded traits: `get(name)` decodes `model.get(name)` only when the payload
+ * object changed since the last call (a new value arrives as a new object). Errors propagate and
+ * leave the previous decoded value in place (the caller keeps drawing the last good view).
+ */
+export function traitDecoder(model) {
+  const refs = new Map(), vals = new Map();
+  return {
+    get(name) {
+      const packed = model.get(name);
+      if (refs.has(name) && refs.get(name) === packed) return vals.get(name);
+      const v = decode(packed);
+      refs.set(name, packed);
+      vals.set(name, v);
+      return v;
+    },
+    peek(name) { return vals.get(name) ?? null; },
+  };
+}

@@ -81,3 +81,42 @@ export function cellAt(canvas, event, cell, rows, cols) {
   if (row < 0 || col < 0 || row >= rows || col >= cols) return null;
   return { row, col };
 }
+
+/** Diagonal hatching inside (x, y, w, h): marks missing (NaN) or estimated cells. */
+export function hatch(ctx, x, y, w, h, color = "rgba(100,116,139,0.55)", step = 5) {
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(x, y, w, h);
+  ctx.clip();
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let d = -h; d < w; d += step) {
+    ctx.moveTo(x + d, y + h);
+    ctx.lineTo(x + d + h, y);
+  }
+  ctx.stroke();
+  ctx.restore();
+}
+
+/** Resize a canvas's backing store (and CSS size) to w x h px; returns its 2D context. */
+export function sizeCanvas(canvas, w, h) {
+  w = Math.max(1, Math.round(w));
+  h = Math.max(1, Math.round(h));
+  if (canvas.width !== w) canvas.width = w;
+  if (canvas.height !== h) canvas.height = h;
+  canvas.style.width = `${w}px`;
+  canvas.style.height = `${h}px`;
+  return canvas.getContext("2d");
+}
+
+/** Cell (row, col) under a mouse event on a grid canvas with cells of cw x ch px, or null. */
+export function cellAtWH(canvas, event, cw, ch, rows, cols) {
+  const r = canvas.getBoundingClientRect();
+  const sx = canvas.width / (r.width || canvas.width);
+  const sy = canvas.height / (r.height || canvas.height);
+  const x = (event.clientX - r.left) * sx, y = (event.clientY - r.top) * sy;
+  const col = Math.floor(x / cw), row = Math.floor(y / ch);
+  if (row < 0 || col < 0 || row >= rows || col >= cols) return null;
+  return { row, col };
+}
