@@ -1,0 +1,243 @@
+"""Measurement helpers for the bundled default model and SAE.
+
+Pure functions shared by ``scripts/train_default_model.py`` (progress logging),
+``scripts/measure_default_model.py`` (the recorded metrics) and ``tests/test_zoo.py``.
+They take a HuggingFace GPT-2 style causal LM (``model.transformer.h[i]`` blocks) and,
+for the SAE helpers, any object with ``encode``/``decode`` (e.g. a ``sae_lens.SAE``).
+
+Conventions
+-----------
+* Sites are named ``resid_pre.<L>``, ``resid_mid.<L>``, ``resid_post.<L>``; they are the
+  raw residual stream of the HF model (no LayerNorm folding / centering), i.e. the
+  input of block L, input + attention output of block L, and output of block L.
+  ``resid_post.L`` equals TransformerLens' ``blocks.L.hook_resid_post`` on an unfolded model.
+* Induction score (Olsson et al. 2022): on ``[BOS] + R + R`` (R = random tokens), the mean
+  attention paid by every token of the second copy to the token right after the earlier
+  occurrence of the same token, i.e. from query position ``p`` (``R+1 <= p <= 2R``) to key
+  position ``p - R + 1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "parse_site",
+    "site_to_hook_name",
+    "repeated_random_tokens",
+    "induction_scores",
+    "best_induction_head",
+    "repeated_half_losses",
+    "unigram_entropy",
+    "mean_loss",
+    "resid_activations",
+    "sae_stats",
+    "eager_attention",
+]
+
+
+# ----------------------------------------------------------------------------- sites
+def parse_site(site: str) -> tuple[str, int]:
+    """``"resid_post.1"`` -> ``("resid_post", 1)``."""
+    kind, _, layer = site.partition(".")
+    if kind not in ("resid_pre", "resid_mid", "resid_post") or not layer.isdigit():
+        raise ValueError(f"unknown site {site!r}; expected resid_pre|resid_mid|resid_post.<layer>")
+    return kind, int(layer)
+
+
+def site_to_hook_name(site: str) -> str:
+    """``"resid_post.1"`` -> ``"blocks.1.hook_resid_post"`` (TransformerLens naming)."""
+    kind, layer = parse_site(site)
+    return f"blocks.{layer}.hook_{kind}"
+
+
+# ----------------------------------------------------------------------------- induction
+def repeated_random_tokens(
+    n_seqs: int,
+    rep_len: int,
+    vocab_size: int,
+    bos_id: int,
+    seed: int = 0,
+    low: int = 1,
+) -> torch.Tensor:
+    """``[BOS] + R + R`` with R uniform in ``[low, vocab_size)``; shape ``(n_seqs, 1 + 2*rep_len)``."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randint(low, vocab_size, (n_seqs, rep_len), generator=g)
+    bos = torch.full((n_seqs, 1), int(bos_id), dtype=torch.long)
+    return torch.cat([bos, r, r], dim=1)
+
+
+@contextlib.contextmanager
+def eager_attention(model):
+    """Temporarily switch a HF model to eager attention so attention weights are returned."""
+    prev = getattr(model.config, "_attn_implementation", None)
+    switched = False
+    if prev not in (None, "eager"):
+        model.set_attn_implementation("eager")
+        switched = True
+    try:
+        yield model
+    finally:
+        if switched:
+            model.set_attn_implementation(prev)
+
+
+@torch.no_grad()
+def induction_scores(model, tokens: torch.Tensor, rep_len: int) -> torch.Tensor:
+    """Per-head induction scores, shape ``(n_layers, n_heads)``, for ``tokens = [BOS]+R+R``."""
+    R = int(rep_len)
+    assert tokens.shape[1] == 1 + 2 * R, "tokens must be [BOS] + R + R"
+    dev = next(model.parameters()).device
+    with eager_attention(model):
+        out = model(tokens.to(dev), output_attentions=True)
+    q = torch.arange(R + 1, 2 * R + 1, device=dev)
+    k = q - R + 1
+    scores = []
+    for att in out.attentions:  # (batch, heads, q, k)
+        scores.append(att[:, :, q, k].float().mean(dim=(0, 2)))
+    return torch.stack(scores).cpu()
+
+
+def best_induction_head(
+    model,
+    lengths: Sequence[int] = (20, 30, 40, 60),
+    n_seqs: int = 16,
+    vocab_size: int | None = None,
+    bos_id: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Induction scores per length; the best head is the one with the highest mean over lengths."""
+    vocab_size = vocab_size or model.config.vocab_size
+    bos_id = model.config.bos_token_id if bos_id is None else bos_id
+    per_len = {}
+    for i, R in enumerate(lengths):
+        toks = repeated_random_tokens(n_seqs, R, vocab_size, bos_id, seed=seed + 1000 * i)
+        per_len[int(R)] = induction_scores(model, toks, R)
+    mean = torch.stack(list(per_len.values())).mean(0)
+    layer, head = divmod(int(mean.argmax()), mean.shape[1])
+    return {
+        "best_head": [layer, head],
+        "best_head_name": f"{layer}.{head}",
+        "per_length": {R: float(s[layer, head]) for R, s in per_len.items()},
+        "max_any_head_per_length": {R: float(s.max()) for R, s in per_len.items()},
+        "scores": {R: s.tolist() for R, s in per_len.items()},
+    }
+
+
+@torch.no_grad()
+def repeated_half_losses(model, tokens: torch.Tensor, rep_len: int) -> tuple[float, float]:
+    """Mean next-token loss on the first copy (targets 1..R) and the second copy (R+1..2R)."""
+    R = int(rep_len)
+    dev = next(model.parameters()).device
+    tokens = tokens.to(dev)
+    logits = model(tokens).logits.float()
+    lp = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
+    # lp[:, t] is the loss of predicting token t+1
+    first = lp[:, 0:R].mean().item()
+    second = lp[:, R : 2 * R].mean().item()
+    return first, second
+
+
+# ----------------------------------------------------------------------------- LM loss
+def unigram_entropy(token_ids: Iterable[int] | torch.Tensor, vocab_size: int) -> float:
+    """Entropy (nats) of the empirical unigram distribution of ``token_ids``."""
+    t = torch.as_tensor(token_ids if isinstance(token_ids, torch.Tensor) else list(token_ids))
+    counts = torch.bincount(t.flatten().long(), minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log()).sum())
+
+
+@torch.no_grad()
+def mean_loss(model, batches: torch.Tensor, batch_size: int = 16, skip_first: int = 1) -> float:
+    """Mean next-token loss (nats) over ``batches`` (n, T); the first ``skip_first`` targets
+    (right after BOS) are excluded since they have no context."""
+    dev = next(model.parameters()).device
+    tot, n = 0.0, 0
+    for i in range(0, batches.shape[0], batch_size):
+        x = batches[i : i + batch_size].to(dev)
+        logits = model(x).logits.float()
+        lp = F.cross_entropy(logits[:, :-1].transpose(1, 2), x[:, 1:], reduction="none")
+        lp = lp[:, skip_first:]
+        tot += lp.sum().item()
+        n += lp.numel()
+    return tot / max(n, 1)
+
+
+# ----------------------------------------------------------------------------- activations
+@torch.no_grad()
+def resid_activations(model, tokens: torch.Tensor, site: str, batch_size: int = 16) -> torch.Tensor:
+    """Raw residual-stream activations at ``site``; shape ``(n, T, d_model)``."""
+    kind, layer = parse_site(site)
+    block = model.transformer.h[layer]
+    dev = next(model.parameters()).device
+    store: dict = {}
+
+    def pre_hook(mod, args, kwargs):
+        hs = args[0] if args else kwargs["hidden_states"]
+        store["pre"] = hs
+
+    def attn_hook(mod, args, output):
+        store["attn"] = output[0] if isinstance(output, tuple) else output
+
+    def post_hook(mod, args, output):
+        store["post"] = output[0] if isinstance(output, tuple) else output
+
+    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    if kind == "resid_mid":
+        handles.append(block.attn.register_forward_hook(attn_hook))
+    if kind == "resid_post":
+        handles.append(block.register_forward_hook(post_hook))
+    outs = []
+    try:
+        for i in range(0, tokens.shape[0], batch_size):
+            model(tokens[i : i + batch_size].to(dev))
+            if kind == "resid_pre":
+                a = store["pre"]
+            elif kind == "resid_mid":
+                a = store["pre"] + store["attn"]
+            else:
+                a = store["post"]
+            outs.append(a.detach().float().cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def sae_stats(sae, acts: torch.Tensor, batch_size: int = 4096) -> dict:
+    """Explained variance, mean L0 and dead-feature fraction of ``sae`` on ``acts`` (N, d).
+
+    EV = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (mean over the given activations).
+    A feature is dead if it never fires (> 0) on any of the given activations.
+    """
+    acts = acts.reshape(-1, acts.shape[-1]).float()
+    mu = acts.mean(0, keepdim=True)
+    sse, sst, l0, n = 0.0, 0.0, 0.0, 0
+    fired = None
+    for i in range(0, acts.shape[0], batch_size):
+        x = acts[i : i + batch_size]
+        f = sae.encode(x)
+        xh = sae.decode(f)
+        sse += ((x - xh) ** 2).sum().item()
+        sst += ((x - mu) ** 2).sum().item()
+        on = f > 0
+        l0 += on.sum().item()
+        n += x.shape[0]
+        fired = on.any(0) if fired is None else fired | on.any(0)
+    return {
+        "explained_variance": 1.0 - sse / sst,
+        "mse": sse / (n * acts.shape[1]),
+        "l0": l0 / n,
+        "dead_fraction": 1.0 - fired.float().mean().item(),
+        "n_tokens": n,
+    }
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss)
