@@ -76,16 +76,6 @@ def _get_input(value):
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _put_input(value, x):
-    args, kwargs = value
-    if args:
-        return (x, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": x}
-
-
-_INPUT = (_get_input, _put_input)  # a pre-hook's (args, kwargs): the module's first input
-
-
 class HFAdapter(ModelAdapter):
     """Adapter for a HuggingFace ``*ForCausalLM`` of a supported architecture.
 
@@ -124,53 +114,25 @@ class HFAdapter(ModelAdapter):
 
     # -- where each site is read: (module, "pre" | "post", get, put) -------------------------
     def _tap(self, layer: int, name: str):
-        """How to read (and write) site ``name`` in block ``layer``: the module, the hook kind, a
-        getter from the hooked value to a ``[1, T, ...]`` tensor and a putter writing one back
-        (``None`` where writing would not change the computation)."""
+        """How :meth:`run` reads (and writes) site ``name`` in block ``layer``: the module, the hook
+        kind, ``get(value)`` giving the site-shaped ``[1, T, ...]`` view of the hooked value and
+        ``put(value, x)`` writing ``x`` through that view (``None`` where writing would not change the
+        computation). Built on :meth:`_site_point`, the one map from sites to modules."""
         block, spec = self.blocks[layer], self.spec
-        H, Hkv, dh = self.n_heads, self.n_kv_heads, self.d_head
-        first = (_first, lambda v, x: (x, *v[1:]) if isinstance(v, tuple) else x)
-        if name == "resid_pre":
-            return block, "pre", *_INPUT
-        if name == "resid_post":
-            return block, "post", *first
-        if name == "attn_out":
-            return _get(block, spec.attn), "post", *first
         if name == "attn_pattern":
             return _get(block, spec.attn), "post", (lambda v: v[1]), None
-        if name == "mlp_out":
-            return _get(block, spec.mlp), "post", *first
-        if name == "resid_mid":
-            return _get(block, spec.mlp_in), "pre", _INPUT[0], None
-        if name == "z":
-            return _get(block, spec.o_proj), "pre", *_INPUT
-        kind, where = spec.qkv
-        i = "qkv".index(name)
-        if kind == "separate":
-            return _get(block, where[i]), "post", (lambda v: v), (lambda v, x: x)
-        if kind == "split":  # [.., q(H*dh) | k(Hkv*dh) | v(Hkv*dh)]
-            sizes = [H * dh, Hkv * dh, Hkv * dh]
-            lo, hi = sum(sizes[:i]), sum(sizes[:i + 1])
-            return (_get(block, where), "post", (lambda v: v[..., lo:hi]),
-                    (lambda v, x: torch.cat([v[..., :lo], x, v[..., hi:]], dim=-1)))
+        if name == "resid_mid":  # sequential blocks only (parallel ones derive it); what the MLP reads
+            return _get(block, spec.mlp_in), "pre", _get_input, None
+        module, kind, view = self._site_point(layer, name)
+        raw = _get_input if kind == "pre" else _first
 
-        def get_heads(v):  # "heads": [.., H, (q k v) * dh]
-            return v.reshape(*v.shape[:-1], H, 3 * dh)[..., i * dh:(i + 1) * dh]
-
-        def put_heads(v, x):
-            w = v.reshape(*v.shape[:-1], H, 3 * dh).clone()
-            w[..., i * dh:(i + 1) * dh] = x
-            return w.reshape(v.shape)
-        return _get(block, where), "post", get_heads, put_heads
-
-    def _site_shape(self, name: str):
-        """Per-token shape of a site when it differs from the module's flat output."""
-        return {"q": (self.n_heads, self.d_head), "k": (self.n_kv_heads, self.d_head),
-                "v": (self.n_kv_heads, self.d_head), "z": (self.n_heads, self.d_head)}.get(name)
+        def put(value, x):
+            view(raw(value))[...] = x
+            return value
+        return module, kind, (lambda value: view(raw(value))), put
 
     def _forward(self, ids, sites: list[Site], abort, edits=None):
         edits = edits or {}
-        T = ids.numel()
         store: dict[str, torch.Tensor] = {}
         # parallel blocks have no resid_mid on their path: derive it as resid_pre + attn_out
         derived = [s for s in sites if s.name == "resid_mid" and self.parallel]
@@ -188,12 +150,11 @@ class HFAdapter(ModelAdapter):
         def process(value, taps):  # edit, then read, every site this module carries
             for site, get, put in taps:
                 x = get(value)
-                shape = self._site_shape(site.name)
                 if site in edits:
-                    new = edits[site]((x[0].reshape(T, *shape) if shape else x[0]).clone())
-                    value = put(value, new.reshape(x.shape[1:]).to(x.dtype)[None])
+                    value = put(value, edits[site](x[0].clone()).reshape(x.shape[1:]).to(x.dtype)[None])
                     x = get(value)
-                store[str(site)] = (x.detach()[0].reshape(T, *shape) if shape else x.detach()[0]).float().cpu()
+                # a copy: later in-place edits (of the next block's input, say) must not change it
+                store[str(site)] = x.detach()[0].float().cpu().clone()
             return value
 
         handles = []
