@@ -21,7 +21,7 @@ html: setup
 
 ## every test: unit, numerical equality, notebooks, real-browser (JupyterLab + static export)
 test: setup
-	$(PY) -m pytest -q -rs --durations=15
+	$(PY) -m pytest -q -rfEs --durations=15
 
 ## rebuild the widget bundles after editing widgets_js/src
 js:

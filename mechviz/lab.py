@@ -375,14 +375,18 @@ class Lab:
                                                  cancel=lambda: view.cancel_requests != first_cancel)
                 self._on_thread(view.show_grid, grid, None, "done" if grid.complete else "cancelled")
             except Exception as exc:  # shown in the widget
-                self._on_thread(lambda: view.set_trait("error", f"{type(exc).__name__}: {exc}")
-                                or view.set_trait("status", "error"))
+                self._on_thread(self._patch_failed, view, f"{type(exc).__name__}: {exc}")
 
         view.status = "running"
         if self._loop is None:
             work()
         else:
             threading.Thread(target=work, name="mechviz-patching", daemon=True).start()
+
+    @staticmethod
+    def _patch_failed(view: PatchGridView, message: str) -> None:
+        with view.hold_sync():
+            view.error, view.status = message, "error"
 
     def _patch_detail(self, view: PatchGridView) -> None:
         """The patched run of the clicked cell: its metric, top next tokens and logit lens (last position)."""

@@ -74,3 +74,13 @@ def test_exact_values_stream_and_cancel_in_the_kernel_loop(lab):
 def test_unequal_lengths_are_a_clear_error(lab):
     with pytest.raises(ValueError, match=r"clean has \d+ tokens, corrupted has \d+"):
         lab.patching("Moses said unto", "And Mary said unto", answers=ANSWERS)
+
+
+def test_a_failing_exact_job_reports_in_the_view(lab):
+    def broken_metric(logits):
+        if logits.shape[0] != 2:  # fine for the clean/corrupted pair, fails inside the batched job
+            raise RuntimeError("metric exploded")
+        return logits[:, -1, 0] - logits[:, -1, 1]
+
+    view = lab.patching(CLEAN, CORRUPTED, site="resid_pre", metric=broken_metric)
+    assert view.status == "error" and "metric exploded" in view.error

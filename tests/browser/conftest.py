@@ -54,8 +54,10 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _playwright():
+    # module scope, not session: Playwright's sync API keeps an asyncio loop running on the main
+    # thread while it is open, and tests elsewhere (the Lab's live loop) must not see that loop
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # pragma: no cover - depends on the environment
