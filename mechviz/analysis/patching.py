@@ -244,6 +244,11 @@ class _Pair:
                              "(mind the leading space), or pass token ids")
         return ids[0]
 
+    def keep(self, start_pos: int) -> list[int] | None:
+        """The positions (>= ``start_pos``) of a pass's final residual that the metric reads, or
+        None when the metric reads every logit."""
+        return sorted({p % self.T for p in self.metric.positions if p % self.T >= start_pos}) if self.subset else None
+
     def metric_of(self, final: torch.Tensor, start_pos: int, receiver: str) -> torch.Tensor:
         """Metric per row from final residual streams ``[B, T - start_pos, d]``; positions before
         ``start_pos`` are the ``receiver`` run's."""
@@ -428,10 +433,12 @@ def activation_patching(model, clean, corrupted, site: str, by: str = "position"
                 post = _resid_post_after(adapter, name, layer, recv, src, pos, heads) if name in _AFTER_ATTN else None
                 if post is None:     # run from block `layer`, editing the site itself
                     edit = Edit(Site(name, layer), rows, pos, heads, values)
-                    final = adapter.forward_from(base, n, [edit], start_layer=layer, start_pos=p0, abort=cancel)
+                    final = adapter.forward_from(base, n, [edit], start_layer=layer, start_pos=p0, abort=cancel,
+                                                 keep=pair.keep(p0))
                 elif layer + 1 < adapter.n_layers:   # run from the next block, editing its input
                     edit = Edit(Site("resid_pre", layer + 1), rows, pos, None, post)
-                    final = adapter.forward_from(base, n, [edit], start_layer=layer + 1, start_pos=p0, abort=cancel)
+                    final = adapter.forward_from(base, n, [edit], start_layer=layer + 1, start_pos=p0, abort=cancel,
+                                                 keep=pair.keep(p0))
                 else:                # the last block: the patched resid_post is the final residual stream
                     final = pair.final[receiver][p0:].to(post.device, post.dtype).expand(n, -1, -1).clone()
                     final[rows, pos - p0] = post

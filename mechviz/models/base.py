@@ -203,13 +203,16 @@ class ModelAdapter:
         raise NotImplementedError
 
     def forward_from(self, base, n_rows: int, edits: Sequence[Edit], start_layer: int = 0,
-                     start_pos: int = 0, abort: Callable[[], bool] | None = None) -> torch.Tensor:
+                     start_pos: int = 0, abort: Callable[[], bool] | None = None,
+                     keep: Sequence[int] | None = None) -> torch.Tensor:
         """``n_rows`` copies of the ``base`` pass, each with its own :class:`Edit` s, computed only from
         block ``start_layer`` and token ``start_pos`` on (earlier layers cannot see an edit at
         ``start_layer``; earlier positions cannot see one at ``start_pos`` in a causal model, so
         their keys and values are reused from ``base``). Every edit must lie at or after
         ``(start_layer, start_pos)``. Returns the final residual stream (before the final norm)
-        ``[n_rows, T - start_pos, d]``. ``abort`` is polled before each block, as in :meth:`run`."""
+        ``[n_rows, T - start_pos, d]``. ``abort`` is polled before each block, as in :meth:`run`.
+        ``keep``: if given, only these (absolute) positions of the result will be read, and an
+        adapter may skip work for the others in the last block (their values are then undefined)."""
         raise NotImplementedError
 
     def grad_run(self, ids: torch.Tensor, sites: Sequence[Site],

@@ -233,6 +233,23 @@ class HFAdapter(ModelAdapter):
                 return (new,) + tuple(out[1:]) if isinstance(out, (tuple, list)) else new
             handles.append(module.register_forward_hook(post))
 
+    def _mlp_only_at(self, block, idx: list[int], handles: list):
+        """In ``block``, run the MLP only at positions ``idx`` (others get a zero MLP output): the
+        last block's MLP is most of its work, and only the positions a metric reads matter there."""
+        idx_t = torch.tensor(idx)
+        shape = {}
+
+        def take(x):
+            shape["x"] = x.shape
+            return x[:, idx_t.to(x.device)]
+
+        def scatter(out):
+            full = out.new_zeros(*shape["x"][:2], out.shape[-1])
+            full[:, idx_t.to(out.device)] = out
+            return full
+        self._hook_point(_get(block, self.spec.mlp_in), "pre", take, handles)
+        self._hook_point(_get(block, self.spec.mlp), "post", scatter, handles)
+
     def _stop_after_last_block(self, store: dict, handles: list):
         def stop(raw):
             store["final"] = raw
@@ -256,7 +273,7 @@ class HFAdapter(ModelAdapter):
                 h.remove()
         return {"ids": ids, "resid_pre": resid_pre, "kv": [(lay.keys, lay.values) for lay in cache.layers]}
 
-    def forward_from(self, base, n_rows, edits, start_layer=0, start_pos=0, abort=None):
+    def forward_from(self, base, n_rows, edits, start_layer=0, start_pos=0, abort=None, keep=None):
         from transformers import DynamicCache
 
         ids, handles, store = base["ids"], [], {}
@@ -281,6 +298,8 @@ class HFAdapter(ModelAdapter):
             else:
                 module, kind, view = self._site_point(layer, name)
                 self._hook_point(module, kind, lambda x, e=edit, view=view: e.apply(view(x), start_pos), handles)
+        if keep is not None:
+            self._mlp_only_at(self.blocks[-1], [p - start_pos for p in keep], handles)
         self._stop_after_last_block(store, handles)
         cache = None
         if start_pos > 0:  # keys/values of the unchanged positions come from the base pass

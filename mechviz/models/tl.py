@@ -106,7 +106,7 @@ class TLAdapter(ModelAdapter):
                 hooks.append((self._hook_name(name, layer), fn))
         return hooks
 
-    def forward_from(self, base, n_rows, edits, start_layer=0, start_pos=0, abort=None):
+    def forward_from(self, base, n_rows, edits, start_layer=0, start_pos=0, abort=None, keep=None):
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         resid = base["resid_pre"][start_layer][:, start_pos:]
