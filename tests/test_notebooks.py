@@ -26,6 +26,9 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
         n_layers, n_heads, T, T2 = s["pattern"]["shape"]
         assert T == T2 == len(s["tokens"]) and len(base64.b64decode(buf["data"])) == n_layers * n_heads * T * T
         assert s["prompt"]
+    grids = [m["state"] for m in state.values()
+             if m["state"].get("_anywidget_id") == "mechviz.widgets.patching.PatchGridView"]
+    assert len(grids) == 2 and all(g["status"] == "done" and g["done"] == g["total"] > 0 for g in grids)
     # every widget output cell refers to a model whose state was saved
     shown = [o["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for c in nb.cells
              if c.cell_type == "code" for o in c.get("outputs", []) if "data" in o

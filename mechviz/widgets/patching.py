@@ -67,6 +67,19 @@ class PatchGridView(anywidget.AnyWidget):
             if status is not None:
                 self.status = status
 
+    async def finished(self, poll: float = 0.05) -> "PatchGridView":
+        """Wait (``await grid.finished()`` in a cell) until the exact values are all in, cancelled or
+        failed. Only needed before saving or exporting a notebook: results are applied on the
+        kernel's event loop, which a blocking wait would stall."""
+        import asyncio
+
+        while self.status not in ("done", "cancelled", "error", ""):
+            await asyncio.sleep(poll)
+        # re-send the whole state from this cell: updates applied between cells are not recorded
+        # by a notebook executor (nbclient files output by the cell that caused it)
+        self.send_state()
+        return self
+
     def figure(self, normalized: bool = True):
         """The grid as a matplotlib Figure."""
         if self.grid is None:
