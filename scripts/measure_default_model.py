@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from mechviz import zoo  # noqa: E402
 from mechviz.zoo.metrics import (  # noqa: E402
     best_induction_head,
+    logit_lens_losses,
     mean_loss,
     repeated_half_losses,
     repeated_random_tokens,
@@ -49,7 +50,17 @@ LENGTHS = (20, 30, 40, 60)
 SAMPLE_PATH = zoo.DEFAULT_DIR / "heldout_sample.txt"
 
 # Hand-picked interpretable SAE features (filled in after inspecting --dump-features output).
-FEATURE_NOTES: dict[int, str] = {}
+FEATURE_NOTES: dict[int, str] = {
+    158: 'KJV: " Then" opening a verse, right after the chapter:verse number ("14:17 Then thine hand")',
+    767: 'KJV: the ":" of the FIRST verse number right after a chapter heading ("Genesis 1\\n\\n1:1")',
+    495: 'KJV: the ":" of a chapter:verse number, anywhere ("4:30", "42:18", "42:1")',
+    926: 'KJV: the leading digit of a verse number that follows the end of the previous verse',
+    1017: 'Python docs: an operator/identifier inside double quotes in grammar or prose ("!=", ">=", "x")',
+    872: 'Python docs: layout whitespace/newlines in grammar productions and after ==== heading rules',
+    692: '" four" (the number word, also "fourth")',
+    111: '" years" after a number or time expression ("seven years", "all these years")',
+    264: '" because" (causal conjunction)',
+}
 
 
 def windows(ids: np.ndarray, T: int, bos: int) -> torch.Tensor:
@@ -121,6 +132,7 @@ def main(argv=None):
 
     # ---- LM quality
     held_loss = mean_loss(model, x)
+    lens = logit_lens_losses(model, x)
     H = unigram_entropy(torch.from_numpy(held_ids[held_ids != bos]), cfg.vocab_size)
     cnt = np.bincount(train_ids, minlength=cfg.vocab_size).astype(np.float64) + 1.0
     p_train = cnt / cnt.sum()
@@ -199,6 +211,7 @@ def main(argv=None):
             "loss": held_loss,
             "unigram_entropy": H,
             "train_unigram_cross_entropy": unigram_xent,
+            "logit_lens_loss_per_layer": lens,
         },
         "induction": {
             "lengths": list(LENGTHS),
@@ -229,6 +242,7 @@ def main(argv=None):
     print(f"| params | {n_params/1e6:.2f} M ({cfg.n_layer}L, d={cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}) |")
     print(f"| held-out loss (nats/token) | {held_loss:.3f} |")
     print(f"| held-out unigram entropy | {H:.3f} (train-unigram x-ent {unigram_xent:.3f}) |")
+    print("| logit-lens loss by layer (resid_post.0..) | " + " / ".join(f"{v:.3f}" for v in lens) + " |")
     print(f"| best induction head | {ind['best_head_name']} |")
     for R in LENGTHS:
         print(

@@ -25,21 +25,27 @@ Corpora (and licences)
 Every 20th Brown file, every 40th KJV chapter and every 20th pydoc topic is held out
 (never seen by the tokenizer, the LM or the SAE) for evaluation.
 
-Recipe (defaults)
------------------
+Recipe (``--recipe v1``, the default; see ``RECIPE_V1``)
+-------------------------------------------------------
 Tokenizer: ByteLevel BPE, vocab 2048, special ``<|endoftext|>`` (id 0, used as BOS/EOS/UNK).
 LM: GPT2Config(n_layer=4, n_embd=128, n_head=4, n_positions=256, no dropout, tied
 embeddings); position embeddings initialised with (scaled) sinusoids; AdamW lr 2e-3,
-betas (0.9, 0.95), wd 0.1, warmup + cosine decay; batch 16 x 256; every sequence starts
-with ``<|endoftext|>``.  To reward induction strongly, a fraction ``--syn-frac`` of the
-training sequences get a span of uniformly random tokens (length 8-64, random) written at
-a random offset and repeated once at a random later offset (no fixed period); the loss on
-the unpredictable first copy is masked.
-SAE: TopK (k=24), width 8 x d_model, on ``resid_post.1`` (raw HF residual stream after
-block 1, BOS position excluded), trained with Adam on activations from the training split.
+betas (0.9, 0.95), wd 0.1, 200 warmup steps + cosine decay to 10% over 4500 steps; every
+sequence is ``<|endoftext|>`` + 255 tokens of the packed corpus.  To reward induction, a
+fraction of the sequences get a span of uniformly random tokens (length 8-100) written at a
+random offset and repeated once at a random later offset (no fixed period; the loss on the
+unpredictable first copy is masked), and some get an "a b a b ..." span (rewards a
+previous-token head).  Phases: steps 0-1349 batch 16, synthetic share 1.0 -> 0.3;
+1349-1891 batch 16, 0.6 (15% of them "abab"); 1891-4030 batch 8, 0.9 (30% "abab");
+4030-7000 the same data with the cosine schedule stretched from 4500 to 7000 steps.
+(The phases are how the bundled model was actually trained: a long run was re-steered twice
+when induction did not appear; ``--recipe single`` trains one phase from the flags.)
+SAE: TopK (k=24), width 8 x d_model = 1024, on ``resid_post.1`` (raw HF residual stream after
+block 1, BOS position excluded), Adam + AuxK, 400k activations from the training split x 3 epochs.
 
-Reproduce: ``python scripts/train_default_model.py --steps 6000 --seed 0`` (CPU, 1 thread);
-``--device cuda`` is faster; ``--resume`` continues from ``--work-dir/ckpt.pt``.
+Reproduce: ``python scripts/train_default_model.py --seed 0`` (CPU, 1 thread, ~60-90 min
+uncontended); ``--device cuda`` is faster; ``--resume`` continues from ``--work-dir/ckpt.pt``;
+``--minutes`` caps the wall-clock time of the LM stage (checkpoint kept, resume later).
 """
 
 from __future__ import annotations
@@ -201,7 +207,7 @@ def make_batch(stream: np.ndarray, step: int, args, vocab_size: int, bos: int):
     for i in range(B):
         x[i, 0] = bos
         x[i, 1:] = stream[offs[i] : offs[i] + T - 1]
-        if rng.random() < syn_frac_at(step, args) and rng.random() < args.alt_frac:
+        if args.alt_frac > 0 and rng.random() < syn_frac_at(step, args) and rng.random() < args.alt_frac:
             # "a b a b ..." span: rewards a previous-token head (x[p+1] = x[p-1])
             L = int(rng.integers(args.syn_min, args.syn_max + 1))
             a = int(rng.integers(1, T - L + 1))
@@ -449,6 +455,24 @@ def train_sae(args, model, stream, vocab_size, bos, device, out_dir: Path):
 
 
 # =============================================================================== main
+# The recipe the bundled model was trained with: phases of (stop step, overrides), the cosine
+# schedule is over 4500 steps until step 4030, then stretched to 7000 steps.  Phase 1: mostly-synthetic curriculum (syn 1.0 -> 0.3),
+# batch 16; phase 2: 60% sequences with repeated random spans (+ some "a b a b" spans);
+# phase 3: batch 8 and 90% synthetic (30% of them "a b a b"), to push induction.
+RECIPE_V1 = [
+    (1349, dict(steps=4500, batch_size=16, syn_frac=0.3, syn_start=1.0, syn_decay=0.3, alt_frac=0.0)),
+    (1891, dict(steps=4500, batch_size=16, syn_frac=0.6, syn_start=0.6, alt_frac=0.15)),
+    (4030, dict(steps=4500, batch_size=8, syn_frac=0.9, syn_start=0.9, alt_frac=0.3)),
+    # induction was just starting to form (score 0.12 at R=20): schedule stretched to 7000 steps
+    (0, dict(steps=7000, batch_size=8, syn_frac=0.9, syn_start=0.9, alt_frac=0.3)),
+]
+
+
+def _ckpt_step(work: Path) -> int:
+    ck = work / "ckpt.pt"
+    return torch.load(ck, map_location="cpu", weights_only=False)["step"] if ck.exists() else 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "mechviz" / "zoo" / "default"))
@@ -456,6 +480,8 @@ def main(argv=None):
     ap.add_argument("--corpus-dir", default="/tmp/corpora")
     ap.add_argument("--steps", type=int, default=6000, help="LM optimiser steps (defines the LR schedule)")
     ap.add_argument("--minutes", type=float, default=0, help="optional wall-clock cap on LM training")
+    ap.add_argument("--recipe", default="v1", choices=["v1", "single"],
+                    help="v1: the phased recipe of the bundled model (RECIPE_V1); single: one phase from the flags")
     ap.add_argument("--stop-step", type=int, default=0, help="stop (and save) after this step; resume later")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -533,7 +559,24 @@ def main(argv=None):
 
     # ---- LM
     if args.stage in ("all", "lm"):
-        model = train_lm(args, stream, held, vocab_size, bos, device, work)
+        if args.recipe == "v1":
+            model = None
+            for i, (stop, over) in enumerate(RECIPE_V1):
+                ckpt = work / "ckpt.pt"
+                if args.resume and ckpt.exists():
+                    done = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+                    if stop and done >= stop:
+                        continue  # phase already finished
+                vars(args).update(over)
+                args.stop_step = stop
+                if i > 0:
+                    args.resume = True
+                log(f"recipe v1 phase {i + 1}: until step {stop or args.steps}, {over}")
+                model = train_lm(args, stream, held, vocab_size, bos, device, work)
+                if args.minutes and not (stop and _ckpt_step(work) >= stop):
+                    break  # wall-clock cap hit inside this phase
+        else:
+            model = train_lm(args, stream, held, vocab_size, bos, device, work)
         model = model.cpu().float()
         model.eval()
         if model_dir.exists():

@@ -38,6 +38,7 @@ __all__ = [
     "resid_activations",
     "sae_stats",
     "eager_attention",
+    "logit_lens_losses",
 ]
 
 
@@ -237,6 +238,34 @@ def sae_stats(sae, acts: torch.Tensor, batch_size: int = 4096) -> dict:
         "dead_fraction": 1.0 - fired.float().mean().item(),
         "n_tokens": n,
     }
+
+
+@torch.no_grad()
+def logit_lens_losses(model, batches: torch.Tensor, batch_size: int = 16, skip_first: int = 1) -> list[float]:
+    """Logit lens: mean next-token loss (nats) when ``ln_f`` + unembedding are applied to
+    ``resid_post`` of every block; one value per layer (the last equals the model's loss)."""
+    blocks = model.transformer.h
+    dev = next(model.parameters()).device
+    store: dict = {}
+    handles = [
+        b.register_forward_hook(lambda mod, a, out, i=i: store.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+        for i, b in enumerate(blocks)
+    ]
+    tot = [0.0] * len(blocks)
+    n = 0
+    try:
+        for j in range(0, batches.shape[0], batch_size):
+            x = batches[j : j + batch_size].to(dev)
+            model(x)
+            tgt = x[:, 1 + skip_first :]
+            for i in range(len(blocks)):
+                logits = model.lm_head(model.transformer.ln_f(store[i]))[:, skip_first:-1].float()
+                tot[i] += F.cross_entropy(logits.transpose(1, 2), tgt, reduction="sum").item()
+            n += tgt.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return [t / max(n, 1) for t in tot]
 
 
 def perplexity(loss: float) -> float:
