@@ -8,44 +8,11 @@ import base64
 
 import numpy as np
 import pytest
-from ipywidgets.widgets.widget import _remove_buffers
 
 from mvbrowser import canvas_stats, cell_pixel, hover_cell
+from mvbrowser import mount_bare as mount
 
 pytestmark = pytest.mark.browser
-
-HARNESS = """
-async ([esm, state, paths, b64]) => {
-  for (let k = 0; k < paths.length; k++) {           // binary buffers back at their paths, as DataViews
-    const bin = Uint8Array.from(atob(b64[k]), (c) => c.charCodeAt(0));
-    let o = state; const p = paths[k];
-    for (let i = 0; i < p.length - 1; i++) o = o[p[i]];
-    o[p[p.length - 1]] = new DataView(bin.buffer);
-  }
-  const data = new Map(Object.entries(state)), handlers = new Map();
-  const model = {
-    get: (k) => data.get(k),
-    set: (k, v) => { data.set(k, v); (handlers.get('change:' + k) || []).forEach((f) => f()); },
-    on: (e, f) => handlers.set(e, [...(handlers.get(e) || []), f]),
-    off: (e, f) => handlers.set(e, (handlers.get(e) || []).filter((g) => g !== f)),
-    save_changes: () => { window.saved.push(Object.fromEntries(data)); },
-    send() {},
-  };
-  window.saved = []; window.model = model;
-  const url = URL.createObjectURL(new Blob([esm], {type: 'text/javascript'}));
-  const mod = (await import(url)).default;
-  const el = document.createElement('div');
-  document.body.appendChild(el);
-  mod.render({model, el});
-}
-"""
-
-
-def mount(page, widget):
-    state, paths, buffers = _remove_buffers(widget.get_state())
-    page.set_content("<!doctype html><html><body style='font-family:sans-serif'></body></html>")
-    page.evaluate(HARNESS, [widget._esm, state, paths,
-                            [base64.b64encode(bytes(b)).decode() for b in buffers]])
 
 
 def patterns(n_layers=2, n_heads=3, T=6, seed=0):
