@@ -5,7 +5,7 @@
 import { decode } from "./lib/decode.js";
 import { drawHeatmap, outline, cellAt } from "./lib/heatmap.js";
 import { cssColor } from "./lib/colormap.js";
-import { h, style, clear, quote, coalesce } from "./lib/dom.js";
+import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-attention{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -247,11 +247,11 @@ function render({ model, el }) {
   });
 
   const names = ["pattern", "tokens", "prompt", "seq", "layer", "head", "token", "error", "title"];
-  for (const n of names) model.on(`change:${n}`, painter.schedule);
+  const unwatch = watch(model, names, painter.schedule);
   redraw();
   return () => {
     painter.cancel();
-    for (const n of names) model.off(`change:${n}`, painter.schedule);
+    unwatch();
   };
 }
 

@@ -6,7 +6,7 @@
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn, drawLegend } from "./lib/colormap.js";
 import { outline, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
-import { h, style, clear, quote, coalesce } from "./lib/dom.js";
+import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-features{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -285,11 +285,11 @@ function render({ model, el }) {
 
   const names = ["features", "acts", "vmax", "effect_idx", "effect_val", "next_idx", "next_prob", "strings", "tokens",
     "sae_label", "steer_feature", "steer_mode", "steer_value", "steering", "prompt", "seq", "feature", "token", "error", "title"];
-  for (const n of names) model.on(`change:${n}`, painter.schedule);
+  const unwatch = watch(model, names, painter.schedule);
   redraw();
   return () => {
     painter.cancel();
-    for (const n of names) model.off(`change:${n}`, painter.schedule);
+    unwatch();
   };
 }
 

@@ -7,7 +7,7 @@
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn, drawLegend } from "./lib/colormap.js";
 import { outline, hatch, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
-import { h, style, clear, quote, coalesce } from "./lib/dom.js";
+import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-logit-lens{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -258,11 +258,11 @@ function render({ model, el }) {
 
   const names = ["top_idx", "top_probs", "entropy", "target_prob", "target_rank", "strings", "tokens", "rows",
     "target_label", "color_by", "prompt", "seq", "layer", "token", "error", "title"];
-  for (const n of names) model.on(`change:${n}`, painter.schedule);
+  const unwatch = watch(model, names, painter.schedule);
   redraw();
   return () => {
     painter.cancel();
-    for (const n of names) model.off(`change:${n}`, painter.schedule);
+    unwatch();
   };
 }
 

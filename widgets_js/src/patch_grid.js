@@ -6,7 +6,7 @@
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, drawLegend } from "./lib/colormap.js";
 import { outline, hatch, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
-import { h, style, clear, quote, coalesce } from "./lib/dom.js";
+import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-patch-grid{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -135,7 +135,7 @@ function render({ model, el }) {
   let detailCell = (model.get("detail_strs") || []).length ? (model.get("cell") || [-1, -1]).slice() : null;
   const DETAIL = ["detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs", "lens_probs"];
   const onDetail = () => { detailCell = (model.get("cell") || [-1, -1]).slice(); };
-  for (const n of DETAIL) model.on(`change:${n}`, onDetail);
+  const unwatchDetail = watch(model, DETAIL, onDetail);
 
   function drawDetail(sel) {
     clear(detail);
@@ -276,12 +276,12 @@ function render({ model, el }) {
   const names = ["values", "estimate", "row_labels", "col_labels", "clean_metric", "corrupted_metric", "site", "by",
     "direction", "done", "total", "status", "cell", "detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs",
     "lens_probs", "error", "title"];
-  for (const n of names) model.on(`change:${n}`, painter.schedule);
+  const unwatch = watch(model, names, painter.schedule);
   redraw();
   return () => {
     painter.cancel();
-    for (const n of names) model.off(`change:${n}`, painter.schedule);
-    for (const n of DETAIL) model.off(`change:${n}`, onDetail);
+    unwatch();
+    unwatchDetail();
   };
 }
 

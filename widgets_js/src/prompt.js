@@ -1,7 +1,7 @@
 // PromptBox: a textarea whose edits are debounced in the browser before `value` is synced; a status
 // line says what the views show (or that a pass is running) and an error line shows failures.
 
-import { h, style } from "./lib/dom.js";
+import { h, style, watch } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-prompt{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -59,11 +59,11 @@ function render({ model, el }) {
   }
 
   const names = ["value", "placeholder", "status", "error", "shown", "n_tokens", "max_tokens"];
-  for (const n of names) model.on(`change:${n}`, update);
+  const unwatch = watch(model, names, update);
   update();
   return () => {
     if (timer) clearTimeout(timer);
-    for (const n of names) model.off(`change:${n}`, update);
+    unwatch();
   };
 }
 

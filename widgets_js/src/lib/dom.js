@@ -63,3 +63,9 @@ export function coalesce(fn, fallbackMs = 250) {
     flush: run,
   };
 }
+
+// Call fn whenever any of the model's traits `names` changes; returns the function that stops it.
+export function watch(model, names, fn) {
+  for (const n of names) model.on(`change:${n}`, fn);
+  return () => { for (const n of names) model.off(`change:${n}`, fn); };
+}
