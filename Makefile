@@ -13,7 +13,7 @@ setup: $(STAMP)
 
 ## the main job: JupyterLab on the tour notebook, with the bundled default model
 lab: setup
-	$(PY) -m jupyter lab notebooks/tour.ipynb
+	$(PY) -m jupyter lab notebooks/tour.ipynb $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 ## no browser wanted: execute the tour and write build/tour.html (renders with no kernel, no network)
 html: setup
