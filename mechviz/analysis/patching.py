@@ -162,7 +162,7 @@ class PatchGrid:
         if own:
             _, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(cols) + 2), max(3.0, 0.3 * len(rows) + 1.5)))
         lim = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
-        im = ax.imshow(mat, cmap="RdBu", vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto", interpolation="nearest")
+        im = ax.imshow(mat, cmap="RdBu_r", vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto", interpolation="nearest")
         ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=7)
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
         ax.set_xlabel("position" if self.by != "head" else "head")
