@@ -107,3 +107,11 @@ def parse_sites(spec, n_layers: int) -> list[Site]:
                 raise SiteError(f"site {name}.{lay}: the model has layers 0..{n_layers - 1}")
             out.add(Site(name, lay))
     return sorted(out, key=lambda s: (s.layer, list(SITES).index(s.name)))
+
+
+def tl_hook_name(site) -> str:
+    """The TransformerLens hook of one single-layer site: ``"resid_post.1"`` -> ``"blocks.1.hook_resid_post"``."""
+    if isinstance(site, str) and "." not in site:
+        raise SiteError(f"site {site!r} needs a layer, e.g. '{site}.0'")
+    (one,) = parse_sites(site, n_layers=1 << 30)
+    return TL_HOOKS[one.name].format(layer=one.layer)

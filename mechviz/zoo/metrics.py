@@ -2,7 +2,7 @@
 
 Pure functions shared by ``scripts/train_default_model.py`` (progress logging),
 ``scripts/measure_default_model.py`` (the recorded metrics) and ``tests/test_zoo.py``.
-They take a HuggingFace GPT-2 style causal LM (``model.transformer.h[i]`` blocks) and,
+They take a HuggingFace causal LM (read through :class:`mechviz.models.HFAdapter`) and,
 for the SAE helpers, any object with ``encode``/``decode`` (e.g. a ``sae_lens.SAE``).
 
 Conventions
@@ -23,11 +23,15 @@ import contextlib
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..analysis.attention import induction_scores as _head_scores
+from ..models.hf import HFAdapter
+from ..models.sites import tl_hook_name
+
 __all__ = [
-    "parse_site",
     "site_to_hook_name",
     "repeated_random_tokens",
     "induction_scores",
@@ -43,18 +47,8 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- sites
-def parse_site(site: str) -> tuple[str, int]:
-    """``"resid_post.1"`` -> ``("resid_post", 1)``."""
-    kind, _, layer = site.partition(".")
-    if kind not in ("resid_pre", "resid_mid", "resid_post") or not layer.isdigit():
-        raise ValueError(f"unknown site {site!r}; expected resid_pre|resid_mid|resid_post.<layer>")
-    return kind, int(layer)
-
-
-def site_to_hook_name(site: str) -> str:
-    """``"resid_post.1"`` -> ``"blocks.1.hook_resid_post"`` (TransformerLens naming)."""
-    kind, layer = parse_site(site)
-    return f"blocks.{layer}.hook_{kind}"
+# Site names and their TransformerLens hooks are defined once, in mechviz.models.sites.
+site_to_hook_name = tl_hook_name
 
 
 # ----------------------------------------------------------------------------- induction
@@ -96,12 +90,9 @@ def induction_scores(model, tokens: torch.Tensor, rep_len: int) -> torch.Tensor:
     dev = next(model.parameters()).device
     with eager_attention(model):
         out = model(tokens.to(dev), output_attentions=True)
-    q = torch.arange(R + 1, 2 * R + 1, device=dev)
-    k = q - R + 1
-    scores = []
-    for att in out.attentions:  # (batch, heads, q, k)
-        scores.append(att[:, :, q, k].float().mean(dim=(0, 2)))
-    return torch.stack(scores).cpu()
+    pattern = torch.stack(out.attentions).float().cpu().numpy()  # [layers, batch, heads, T, T]
+    # drop BOS so the sequence repeats with period R (mechviz.analysis.induction_scores)
+    return torch.from_numpy(np.ascontiguousarray(_head_scores(pattern[..., 1:, 1:], R).mean(1)))
 
 
 def best_induction_head(
@@ -172,42 +163,12 @@ def mean_loss(model, batches: torch.Tensor, batch_size: int = 16, skip_first: in
 # ----------------------------------------------------------------------------- activations
 @torch.no_grad()
 def resid_activations(model, tokens: torch.Tensor, site: str, batch_size: int = 16) -> torch.Tensor:
-    """Raw residual-stream activations at ``site``; shape ``(n, T, d_model)``."""
-    kind, layer = parse_site(site)
-    block = model.transformer.h[layer]
-    dev = next(model.parameters()).device
-    store: dict = {}
-
-    def pre_hook(mod, args, kwargs):
-        hs = args[0] if args else kwargs["hidden_states"]
-        store["pre"] = hs
-
-    def attn_hook(mod, args, output):
-        store["attn"] = output[0] if isinstance(output, tuple) else output
-
-    def post_hook(mod, args, output):
-        store["post"] = output[0] if isinstance(output, tuple) else output
-
-    handles = [block.register_forward_pre_hook(pre_hook, with_kwargs=True)]
-    if kind == "resid_mid":
-        handles.append(block.attn.register_forward_hook(attn_hook))
-    if kind == "resid_post":
-        handles.append(block.register_forward_hook(post_hook))
-    outs = []
-    try:
-        for i in range(0, tokens.shape[0], batch_size):
-            model(tokens[i : i + batch_size].to(dev))
-            if kind == "resid_pre":
-                a = store["pre"]
-            elif kind == "resid_mid":
-                a = store["pre"] + store["attn"]
-            else:
-                a = store["post"]
-            outs.append(a.detach().float().cpu())
-    finally:
-        for h in handles:
-            h.remove()
-    return torch.cat(outs)
+    """Raw residual-stream activations at ``site`` (any mechviz site of width ``d_model``), read
+    through :class:`mechviz.models.HFAdapter`, one sequence at a time; shape ``(n, T, d_model)``.
+    ``batch_size`` is accepted for compatibility and unused."""
+    with eager_attention(model):  # the adapter needs eager attention; the model gets its own back after
+        adapter = HFAdapter(model)
+        return torch.stack([adapter.run(seq, capture=[site])[site] for seq in tokens])
 
 
 @torch.no_grad()
