@@ -407,21 +407,20 @@ class Lab:
             layer, pos, head = grid.layers[r // H], c, grid.heads[r % H]
         receiver, source = ("corrupted", "clean") if job["direction"] == "denoise" else ("clean", "corrupted")
         site = f"{name}.{layer}"
-        with self._model_lock:
-            src = self.model.run(job[source], capture=[site])[site]
-
-        def patch(x):
-            if head is None:
-                x[pos] = src[pos].to(x.dtype)
-            else:
-                x[pos, head] = src[pos, head].to(x.dtype)
-            return x
         try:
             with self._model_lock:
+                if "pair" not in job:  # once per view: both runs (every layer of the site) and the grid's metric
+                    job["pair"] = P.prompt_pair(self.model, job["clean"], job["corrupted"], job["metric"],
+                                                job["answers"], capture=[f"{name}.{lay}" for lay in grid.layers])
+                src = job["pair"].runs[source][site]
+
+                def patch(x):
+                    if head is None:
+                        x[pos] = src[pos].to(x.dtype)
+                    else:
+                        x[pos, head] = src[pos, head].to(x.dtype)
+                    return x
                 run = self.model.run(job[receiver], capture=lens.needs(self.model.n_layers), edits={site: patch})
-                if "metric_fn" not in job:  # the same metric the grid uses (resolved once per view)
-                    job["metric_fn"] = P._Pair(self.model, job["clean"], job["corrupted"], job["metric"],
-                                               job["answers"]).metric
         except Exception as exc:
             view.error = f"cannot show this cell's run: {exc}"
             return
@@ -434,7 +433,7 @@ class Lab:
             view.lens_rows = list(grid_lens.rows)
             view.lens_strs = [[str(s) for s in row] for row in grid_lens.top_strs[:, -1]]
             view.lens_probs = pack(grid_lens.top_probs[:, -1], "float16")
-            view.detail_metric = float(job["metric_fn"](run.logits[None]))
+            view.detail_metric = float(job["pair"].metric(run.logits[None]))
             view.error = ""
 
     def show(self, *views):

@@ -271,6 +271,14 @@ class _Pair:
         return vals
 
 
+def prompt_pair(model, clean, corrupted, metric: Callable | None = None, answers: Sequence | None = None,
+                capture=()) -> _Pair:
+    """The clean and corrupted runs (capturing ``capture``) and the metric exactly as the grids
+    resolve it: ``pair.runs["clean" | "corrupted"]``, ``pair.metric(logits [B, T, vocab]) -> [B]``,
+    ``pair.metrics`` (the two prompts' values)."""
+    return _Pair(model, clean, corrupted, metric, answers, capture=capture)
+
+
 def _check_site(adapter, site, by):
     sites = parse_sites(site, adapter.n_layers)
     names = {s.name for s in sites}
