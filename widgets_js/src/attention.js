@@ -5,7 +5,7 @@
 import { decode } from "./lib/decode.js";
 import { drawHeatmap, outline, cellAt } from "./lib/heatmap.js";
 import { cssColor } from "./lib/colormap.js";
-import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
+import { h, style, clear, quote, redrawOn } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-attention{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -227,7 +227,6 @@ function render({ model, el }) {
     d.draws = String(++draws);
   }
 
-  const painter = coalesce(redraw);
 
   function onHover(e) {
     if (!arr) return;
@@ -247,12 +246,7 @@ function render({ model, el }) {
   });
 
   const names = ["pattern", "tokens", "prompt", "seq", "layer", "head", "token", "error", "title"];
-  const unwatch = watch(model, names, painter.schedule);
-  redraw();
-  return () => {
-    painter.cancel();
-    unwatch();
-  };
+  return redrawOn(model, names, redraw);
 }
 
 export default { render };

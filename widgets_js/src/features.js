@@ -6,7 +6,7 @@
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn, drawLegend } from "./lib/colormap.js";
 import { outline, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
-import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
+import { h, style, clear, quote, redrawOn } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-features{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -266,7 +266,6 @@ function render({ model, el }) {
     d.draws = String(++draws);
   }
 
-  const painter = coalesce(redraw);
 
   heat.addEventListener("mousemove", (e) => {
     if (!D) return;
@@ -285,12 +284,7 @@ function render({ model, el }) {
 
   const names = ["features", "acts", "vmax", "effect_idx", "effect_val", "next_idx", "next_prob", "strings", "tokens",
     "sae_label", "steer_feature", "steer_mode", "steer_value", "steering", "prompt", "seq", "feature", "token", "error", "title"];
-  const unwatch = watch(model, names, painter.schedule);
-  redraw();
-  return () => {
-    painter.cancel();
-    unwatch();
-  };
+  return redrawOn(model, names, redraw);
 }
 
 export default { render };

@@ -7,7 +7,7 @@
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn, drawLegend } from "./lib/colormap.js";
 import { outline, hatch, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
-import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
+import { h, style, clear, quote, redrawOn } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-logit-lens{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -220,7 +220,6 @@ function render({ model, el }) {
     d.draws = String(++draws);
   }
 
-  const painter = coalesce(redraw);
 
   function describe(r, c) {
     const { T, k } = A, i = r * T + c;
@@ -258,12 +257,7 @@ function render({ model, el }) {
 
   const names = ["top_idx", "top_probs", "entropy", "target_prob", "target_rank", "strings", "tokens", "rows",
     "target_label", "color_by", "prompt", "seq", "layer", "token", "error", "title"];
-  const unwatch = watch(model, names, painter.schedule);
-  redraw();
-  return () => {
-    painter.cancel();
-    unwatch();
-  };
+  return redrawOn(model, names, redraw);
 }
 
 export default { render };

@@ -6,7 +6,7 @@
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, drawLegend } from "./lib/colormap.js";
 import { outline, hatch, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
-import { h, style, clear, quote, coalesce, watch } from "./lib/dom.js";
+import { h, style, clear, quote, watch, redrawOn } from "./lib/dom.js";
 
 const CSS = `
 .mechviz-patch-grid{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
@@ -247,7 +247,6 @@ function render({ model, el }) {
     d.draws = String(++draws);
   }
 
-  const painter = coalesce(redraw);
 
   grid.addEventListener("mousemove", (e) => {
     if (!V) return;
@@ -276,11 +275,9 @@ function render({ model, el }) {
   const names = ["values", "estimate", "row_labels", "col_labels", "clean_metric", "corrupted_metric", "site", "by",
     "direction", "done", "total", "status", "cell", "detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs",
     "lens_probs", "error", "title"];
-  const unwatch = watch(model, names, painter.schedule);
-  redraw();
+  const stop = redrawOn(model, names, redraw);
   return () => {
-    painter.cancel();
-    unwatch();
+    stop();
     unwatchDetail();
   };
 }

@@ -69,3 +69,12 @@ export function watch(model, names, fn) {
   for (const n of names) model.on(`change:${n}`, fn);
   return () => { for (const n of names) model.off(`change:${n}`, fn); };
 }
+
+// Draw now, then redraw (once per animation frame at most) whenever any trait in `names` changes;
+// returns the view's cleanup function.
+export function redrawOn(model, names, draw) {
+  const painter = coalesce(draw);
+  const unwatch = watch(model, names, painter.schedule);
+  draw();
+  return () => { painter.cancel(); unwatch(); };
+}
