@@ -55,6 +55,17 @@ def cell_pixel(page, i: int, j: int, root: str = ROOT) -> list[int]:
 _NPM = re.compile(r"^/(?:npm/)?(@[^/@]+/[^/@]+|[^/@]+)@[^/]+/(.+)$")   # unpkg / jsDelivr: /[npm/]pkg@ver/path
 
 
+def need_node_modules() -> None:
+    """Fail (under CI) or skip when widgets_js/node_modules, the static export's JS, is missing."""
+    import os
+
+    import pytest
+
+    if not (NODE_MODULES / "@jupyter-widgets" / "html-manager" / "dist" / "embed-amd.js").is_file():
+        msg = "widgets_js/node_modules missing: run `make js` (npm ci --prefix widgets_js)"
+        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+
+
 def npm_file_for(url: str) -> Path | None:
     """The file in widgets_js/node_modules that a CDN URL asks for (None if it is not one we provide)."""
     u = urlparse(url)

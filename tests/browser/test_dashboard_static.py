@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mvbrowser import (DASH_CELLS, assert_lens_cell, DASH_PROMPT, NODE_MODULES, canvas_stats, click_grid, dashboard_lens,
+from mvbrowser import (need_node_modules, DASH_CELLS, assert_lens_cell, DASH_PROMPT, NODE_MODULES, canvas_stats, click_grid, dashboard_lens,
                        dashboard_reference, hover_grid, route_offline, write_cells)
 
 pytestmark = pytest.mark.browser
@@ -44,10 +44,7 @@ grid_view""",
 def exported(tmp_path_factory):
     from mechviz.export import export_html
 
-    if not (NODE_MODULES / "@jupyter-widgets" / "html-manager" / "dist" / "embed-amd.js").is_file():
-        import os
-        msg = "widgets_js/node_modules missing: run `make js` (npm ci --prefix widgets_js)"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    need_node_modules()
     d = tmp_path_factory.mktemp("export_dash")
     nb = write_cells(d / "dashboard.ipynb", DASH_CELLS + PATCH_CELLS)
     t0 = time.monotonic()

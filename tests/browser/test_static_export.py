@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mvbrowser import (NODE_MODULES, PROMPT, ROOT, canvas_stats, cell_pixel, hover_cell, probe_cells,
+from mvbrowser import (need_node_modules, NODE_MODULES, PROMPT, ROOT, canvas_stats, cell_pixel, hover_cell, probe_cells,
                        reference, route_offline, write_notebook)
 
 pytestmark = pytest.mark.browser
@@ -20,10 +20,7 @@ LOCAL = ("file://", "data:", "blob:", "about:")
 def exported(tmp_path_factory):
     from mechviz.export import export_html
 
-    if not (NODE_MODULES / "@jupyter-widgets" / "html-manager" / "dist" / "embed-amd.js").is_file():
-        import os
-        msg = "widgets_js/node_modules missing: run `make js` (npm ci --prefix widgets_js)"
-        pytest.fail(msg) if os.environ.get("CI") else pytest.skip(msg)
+    need_node_modules()
     d = tmp_path_factory.mktemp("export")
     nb = write_notebook(d / "attention.ipynb")
     t0 = time.monotonic()
