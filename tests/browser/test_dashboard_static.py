@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mvbrowser import (need_node_modules, DASH_CELLS, assert_lens_cell, DASH_PROMPT, NODE_MODULES, canvas_stats, click_grid, dashboard_lens,
+from mvbrowser import (need_node_modules, DASH_CELLS, assert_lens_cell, DASH_PROMPT, canvas_stats, click_grid, dashboard_lens,
                        dashboard_reference, hover_grid, route_offline, write_cells)
 
 pytestmark = pytest.mark.browser

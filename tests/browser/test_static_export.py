@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mvbrowser import (need_node_modules, NODE_MODULES, PROMPT, ROOT, canvas_stats, cell_pixel, hover_cell, probe_cells,
+from mvbrowser import (need_node_modules, PROMPT, ROOT, canvas_stats, cell_pixel, hover_cell, probe_cells,
                        reference, route_offline, write_notebook)
 
 pytestmark = pytest.mark.browser
