@@ -5,10 +5,10 @@ Modules: :mod:`.attention`, :mod:`.logit_lens`, :mod:`.features`, :mod:`.figures
 
 from . import attention, features, figures, logit_lens, patching
 from .attention import attention_patterns, induction_scores
-from .features import (feature_activations, feature_logit_effects, next_token_probs, steer, steering_edit,
-                       top_features)
+from .features import (FeatureSummary, feature_activations, feature_logit_effects, feature_summary,
+                       next_token_probs, steer, steering_edit, top_features)
 from .logit_lens import LogitLens
 
 __all__ = ["attention", "features", "figures", "logit_lens", "patching", "attention_patterns", "induction_scores",
            "LogitLens", "feature_activations", "top_features", "feature_logit_effects", "steer",
-           "steering_edit", "next_token_probs"]
+           "steering_edit", "next_token_probs", "FeatureSummary", "feature_summary"]

@@ -17,6 +17,7 @@ import torch
 
 from ..models.base import Run
 from ..saes.load import check_sae_fits
+from .checks import positive_int
 from ..saes.sae import SAE, SAEError
 
 
@@ -155,3 +156,68 @@ def steer(adapter, sae: SAE, prompt, feature: int, value=None, scale: float | No
 def next_token_probs(run: Run, position: int = -1) -> np.ndarray:
     """The model's next-token distribution at ``position`` (default: the last token), float32 ``[vocab]``."""
     return torch.softmax(run.logits[position].float(), dim=-1).numpy()
+
+
+@dataclass
+class FeatureSummary:
+    """What the feature view shows for one prompt: the ``features`` (int64 ``[F]``: the top ``n``
+    by max activation, then any extra ones asked for), their activations ``acts`` float32 ``[T, F]``
+    over ``tokens``, each one's logit effects (``effect_ids`` int64 ``[F, 2, k]``, row 0 promoted,
+    row 1 suppressed; ``effect_strs`` their text, ``effect_val`` float32), and the next-token
+    distribution at the last position without (row 0) and with (row 1) steering: ``next_strs``
+    ``[2, k]``, ``next_prob`` float32 ``[2, k]``. ``recon_error`` float32 ``[T]``: the SAE's
+    relative reconstruction error ``|x - decode(encode(x))| / |x|`` at each token."""
+
+    tokens: list[str]
+    features: np.ndarray
+    acts: np.ndarray
+    effect_ids: np.ndarray
+    effect_strs: np.ndarray
+    effect_val: np.ndarray
+    next_strs: np.ndarray
+    next_prob: np.ndarray
+    recon_error: np.ndarray
+    sae_label: str
+    steering: str = ""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {n: getattr(self, n) for n in ("features", "acts", "effect_ids", "effect_val", "next_prob",
+                                              "recon_error")}
+
+    def __repr__(self) -> str:
+        return (f"FeatureSummary(tokens={len(self.tokens)}, features={self.features.tolist()}, "
+                f"steering={self.steering or 'off'!r})")
+
+
+def feature_summary(sae: SAE, adapter, run: Run, base: Run | None = None, n: int = 12, k: int = 8, extra=(),
+                    steering: str = "", effects: dict | None = None) -> FeatureSummary:
+    """The :class:`FeatureSummary` of ``run`` (which holds ``sae.site``); ``base``: the unsteered
+    run when ``run`` is steered; ``extra``: feature ids to include after the top ``n`` (ids < 0 are
+    skipped); ``effects``: a dict caching :func:`feature_logit_effects` by ``(feature, k)`` across
+    calls (they depend only on the weights)."""
+    n, k = positive_int(n, "n"), positive_int(k, "k")
+    x = run[sae.site].reshape(len(run.tokens), -1)
+    acts = feature_activations(sae, run)
+    feats = [int(f) for f in top_features(acts, n)]
+    feats += [int(f) for f in dict.fromkeys(extra) if 0 <= int(f) < sae.d_sae and int(f) not in feats]
+    cache = {} if effects is None else effects
+    eff = []
+    for f in feats:
+        if (f, k) not in cache:
+            cache[(f, k)] = feature_logit_effects(sae, adapter, f, k=k)
+        eff.append(cache[(f, k)])
+    F, kk = len(feats), min(k, adapter.d_vocab)
+    rows = [next_token_probs(base if base is not None else run), next_token_probs(run)]
+    top = [np.argsort(-p, kind="stable")[:kk] for p in rows]
+    with torch.inference_mode():
+        xs = x.to(sae.W_enc.device, sae.W_enc.dtype)
+        recon = sae.decode(sae.encode(xs), xs)
+        err = ((xs - recon).norm(dim=-1) / xs.norm(dim=-1).clamp_min(1e-12)).float().cpu().numpy()
+    return FeatureSummary(
+        tokens=list(run.token_strs), features=np.asarray(feats, np.int64), acts=acts[:, feats],
+        effect_ids=np.array([[e.promoted_ids, e.suppressed_ids] for e in eff], np.int64).reshape(F, 2, kk),
+        effect_strs=np.array([[e.promoted_strs, e.suppressed_strs] for e in eff], dtype=object).reshape(F, 2, kk),
+        effect_val=np.array([[e.promoted_values, e.suppressed_values] for e in eff], np.float32).reshape(F, 2, kk),
+        next_strs=np.array([adapter.to_str_tokens(torch.from_numpy(t)) for t in top], dtype=object),
+        next_prob=np.stack([p[t] for p, t in zip(rows, top)]).astype(np.float32),
+        recon_error=err, sae_label=f"{sae.site} · {sae.architecture} · {sae.d_sae} features", steering=steering)

@@ -99,3 +99,26 @@ def attention_figure(pattern: np.ndarray, token_strs, title: str = "Attention"):
     ax.set_ylabel("destination token")
     ax.set_title(title)
     return fig
+
+
+def patch_grid_figure(grid, normalized: bool = True):
+    """A patching grid (:class:`~mechviz.analysis.patching.PatchGrid`) as a heatmap with a diverging
+    colormap centred on zero: the normalised values (share of the clean-corrupted gap the patch
+    moves), or with ``normalized=False`` the metric change ``v - receiving metric``."""
+    if normalized:
+        values, what = grid.normalized(), "share of the clean-corrupted gap"
+    else:
+        values, what = grid.values - grid.receiving_metric, "metric change"
+    mat, rows, cols = grid.matrix(values)
+    fig = _figure(max(4.0, 0.45 * len(cols) + 2), max(3.0, 0.3 * len(rows) + 1.5))
+    ax = fig.add_subplot()
+    lim = float(np.nanmax(np.abs(mat))) if np.isfinite(mat).any() else 1.0
+    im = ax.imshow(mat, cmap="RdBu_r", vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(cols)), [_clip(c, 14) for c in cols], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xlabel(grid.layout.xlabel)
+    ax.set_ylabel(grid.layout.ylabel)
+    state = "" if grid.complete else " (incomplete)"
+    ax.set_title(f"{grid.method} patching, {grid.site} by {grid.by}, {grid.direction}{state}", fontsize=9)
+    fig.colorbar(im, ax=ax, label=what)
+    return fig

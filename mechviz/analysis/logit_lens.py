@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..models.base import Run
+from .checks import positive_int
 
 
 def needs(n_layers: int, incl_mid: bool = False) -> list[str]:
@@ -132,7 +133,7 @@ def logit_lens(adapter, run: Run, k: int = 5, target=None, decode: bool = True,
                        f"capture=logit_lens.needs(n_layers{', incl_mid=True' if incl_mid else ''})")
     tgt = _targets(target, run, adapter)
     T = len(run.tokens)
-    k = max(1, min(int(k), adapter.d_vocab))
+    k = min(positive_int(k, "k"), adapter.d_vocab)
     top_ids = np.empty((len(rows), T, k), dtype=np.int64)
     top_probs = np.empty((len(rows), T, k), dtype=np.float32)
     entropy = np.empty((len(rows), T), dtype=np.float32)

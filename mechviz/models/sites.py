@@ -59,6 +59,30 @@ TL_HOOKS: dict[str, str] = {
 }
 assert TL_HOOKS.keys() == SITES.keys()
 
+#: Sites one ``d_model`` vector wide per token (patched by position; readable by an SAE).
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+#: Sites with a head axis ``[T, heads, d_head]``: ``z`` is the head's output (TransformerLens'
+#: "attn_head_out"); ``k`` and ``v`` have ``n_kv_heads`` heads in grouped-query models.
+HEAD_SITES = ("z", "q", "k", "v")
+KV_SITES = ("k", "v")
+
+
+def n_site_heads(adapter, name: str) -> int:
+    """How many heads site ``name`` has on this model (0: no head axis)."""
+    if name not in HEAD_SITES:
+        return 0
+    return adapter.n_kv_heads if name in KV_SITES else adapter.n_heads
+
+
+def site_width(adapter, name: str) -> int | None:
+    """The per-token width of site ``name`` (head sites flattened over heads); None for
+    ``attn_pattern``, which is not a per-token vector."""
+    if name in RESID_SITES:
+        return adapter.d_model
+    if name in HEAD_SITES:
+        return n_site_heads(adapter, name) * adapter.d_head
+    return None
+
 
 class SiteError(ValueError):
     """An unknown site name or a layer the model does not have."""

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..models import sites
 from ..models.sites import TL_HOOKS, SiteError, parse_sites
 from .sae import SAE, SAEError
 
@@ -190,13 +191,10 @@ def sae_from_state_dict(state: Mapping[str, Any], cfg: Mapping[str, Any], *, sit
 
 def site_width(adapter, name: str) -> int:
     """The per-token width an SAE on site ``name`` of this model reads (``z``/``q`` flattened over heads)."""
-    if name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
-        return adapter.d_model
-    if name in ("z", "q"):
-        return adapter.n_heads * adapter.d_head
-    if name in ("k", "v"):
-        return adapter.n_kv_heads * adapter.d_head
-    raise SAEError(f"an SAE cannot read site {name!r} (attention patterns are not per-token vectors)")
+    width = sites.site_width(adapter, name)
+    if width is None:
+        raise SAEError(f"an SAE cannot read site {name!r} (attention patterns are not per-token vectors)")
+    return width
 
 
 #: model-name aliases common in SAE configs (SAELens' GPT-2 small SAEs say "gpt2-small")
