@@ -1,7 +1,13 @@
 """Widget views (anywidget) and the live loop. Views receive numpy arrays; they never run a model."""
 
 from .attention import AttentionView
+from .base import Feed, Pass, View
+from .features import FeatureView
+from .logit_lens import LogitLensView
+from .patching import PatchGridView, PatchingSession
 from .prompt import PromptBox
-from .runner import LatestOnlyRunner
+from .runner import LatestOnlyRunner, ModelLock
+from .selection import Selection
 
-__all__ = ["AttentionView", "PromptBox", "LatestOnlyRunner"]
+__all__ = ["View", "Feed", "Pass", "AttentionView", "LogitLensView", "FeatureView", "PatchGridView",
+           "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import anywidget
 import numpy as np
 import traitlets as t
 
+from ..analysis.features import FeatureSummary, feature_summary
+from ..analysis.checks import positive_int
 from ._esm import bundle
-from .transport import ArrayTrait, pack, pack_strings, unpack
+from .base import Feed, View
+from .transport import Array, string_table
 
 
-class FeatureView(anywidget.AnyWidget):
+class FeatureView(View):
     """SAE features of the prompt.
 
     Arrays (binary): ``acts`` float16 ``[T, F]`` activations of the prompt's top ``F`` features
@@ -19,76 +21,76 @@ class FeatureView(anywidget.AnyWidget):
     ``effect_val`` ``[F, 2, k]``; ``next_idx``/``next_prob`` ``[2, k]``: the next-token distribution at
     the last position without (row 0) and with (row 1) steering.
     Selection (linked): ``feature`` (an SAE feature id, -1 none), ``token``.
-    Steering (set in the browser or from Python): ``steer_feature`` (-1: off), ``steer_mode``
-    (``"clamp"`` to ``steer_value`` or ``"scale"`` by it). The Lab recomputes every view with the
-    steered model and reports what is applied in ``steering``.
+    Steering is one request: the browser sets ``steer_request`` to ``{"feature": id, "value": v,
+    "mode": "clamp" | "scale", "id": n}`` (``"feature": None`` turns it off; ``id`` counts requests).
+    The Lab recomputes every view with the steered model and reports what is applied in ``steered``
+    (``{"feature", "value", "mode"}`` or None) and ``steering`` (its label); a rejected request
+    leaves the applied steering as it was and says why in ``error``.
+    ``view.result`` is the :class:`~mechviz.analysis.features.FeatureSummary` shown.
     """
 
     _esm = bundle("features")
     tokens = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     strings = t.List(t.Unicode(), default_value=[]).tag(sync=True)
-    features = ArrayTrait()
-    acts = ArrayTrait()
+    features = Array("int32")
+    acts = Array("float16")
     vmax = t.Float(1.0).tag(sync=True)
-    effect_idx = ArrayTrait()
-    effect_val = ArrayTrait()
-    next_idx = ArrayTrait()
-    next_prob = ArrayTrait()
+    effect_idx = Array("int32")
+    effect_val = Array("float16")
+    next_idx = Array("int32")
+    next_prob = Array("float16")
     sae_label = t.Unicode("").tag(sync=True)
-    steer_feature = t.Int(-1).tag(sync=True)
-    steer_mode = t.Enum(("clamp", "scale"), default_value="clamp").tag(sync=True)
-    steer_value = t.Float(0.0).tag(sync=True)
+    steer_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
+    steered = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     steering = t.Unicode("").tag(sync=True)
-    prompt = t.Unicode("").tag(sync=True)
-    seq = t.Int(0).tag(sync=True)
     feature = t.Int(-1).tag(sync=True)
     token = t.Int(-1).tag(sync=True)
-    error = t.Unicode("").tag(sync=True)
     title = t.Unicode("SAE features").tag(sync=True)
 
-    data: dict | None = None
+    result: FeatureSummary | None = None
 
-    def show(self, tokens, features, acts, effect_ids, effect_strs, effect_val, next_strs, next_prob,
-             prompt: str = "", sae_label: str = "", steering: str = "", seq: int | None = None):
-        """Display feature data (arrays as described in the class docstring; ``*_strs`` are the
-        token texts of the ids, same shapes)."""
-        acts = np.asarray(acts, np.float32)
-        strings, idx = pack_strings(np.concatenate([np.asarray(effect_strs, object).reshape(-1),
-                                                    np.asarray(next_strs, object).reshape(-1)]))
-        flat = unpack(idx)
-        n_eff = int(np.prod(np.shape(effect_strs)))
-        self.data = {"tokens": list(tokens), "features": np.asarray(features), "acts": acts,
-                     "effect_ids": np.asarray(effect_ids), "effect_strs": np.asarray(effect_strs, object),
-                     "effect_val": np.asarray(effect_val), "next_strs": np.asarray(next_strs, object),
-                     "next_prob": np.asarray(next_prob)}
+    def feed(self, lab, n: int = 12, k: int = 8) -> Feed:
+        if lab.sae is None:
+            raise ValueError("the feature view needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
+        sae, effects = lab.sae, {}
+        n, k = positive_int(n, "n"), positive_int(k, "k")
+
+        def payload(p):
+            steering = p.steering
+            extra = [lab.selection.feature] + ([steering.feature] if steering is not None else [])
+            summary = feature_summary(sae, lab.model, p.run, p.base, n=n, k=k, extra=extra,
+                                      steering=str(steering) if steering is not None else "", effects=effects)
+            return {"summary": summary, "prompt": p.prompt,
+                    "steered": None if steering is None else steering.to_json()}
+        return Feed(lambda: [sae.site], payload)
+
+    def show(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None):
+        """Display a :class:`~mechviz.analysis.features.FeatureSummary`."""
+        s = summary
+        n_eff = s.effect_strs.size
+        strings, flat = string_table(np.concatenate([s.effect_strs.reshape(-1), s.next_strs.reshape(-1)]))
+        top = float(np.nanmax(s.acts)) if s.acts.size else 0.0
+        self.result = s
         with self.hold_sync():
-            self.tokens, self.strings = list(tokens), strings
-            self.features = pack(np.asarray(features, np.int32), "int32")
-            self.acts = pack(acts, "float16")
-            self.vmax = float(np.nanmax(acts)) if acts.size and np.nanmax(acts) > 0 else 1.0
-            self.effect_idx = pack(flat[:n_eff].reshape(np.shape(effect_strs)), "int32")
-            self.effect_val = pack(effect_val, "float16")
-            self.next_idx = pack(flat[n_eff:].reshape(np.shape(next_strs)), "int32")
-            self.next_prob = pack(next_prob, "float16")
-            self.sae_label, self.steering, self.prompt = sae_label, steering, prompt
-            self.seq = self.seq + 1 if seq is None else seq
-            self.error = ""
-
-    @property
-    def values(self) -> dict | None:
-        """The displayed data as numpy arrays (``acts`` [T, F], ``features`` [F], effects, next tokens)."""
-        return self.data
+            self.tokens, self.strings = list(s.tokens), strings
+            self.features = s.features
+            self.acts = s.acts
+            self.vmax = top if top > 0 else 1.0
+            self.effect_idx = flat[:n_eff].reshape(s.effect_strs.shape)
+            self.effect_val = s.effect_val
+            self.next_idx = flat[n_eff:].reshape(s.next_strs.shape)
+            self.next_prob = s.next_prob
+            self.sae_label, self.steering, self.steered = s.sae_label, s.steering, steered
+            self._shown(prompt)
 
     def figure(self):
         """A matplotlib Figure: the tokens x features heatmap."""
         from ..analysis.figures import feature_heatmap_figure
-        if self.data is None:
-            raise ValueError("nothing to draw yet: the view has no data")
-        F = len(self.data["features"])
-        return feature_heatmap_figure(self.data["acts"], np.arange(F), self.data["tokens"],
-                                      labels=self.data["features"])
+
+        s = self._need_result()
+        return feature_heatmap_figure(s.acts, np.arange(len(s.features)), s.tokens, labels=s.features)
 
     def __repr__(self) -> str:
-        shape = (self.acts or {}).get("shape", [0, 0])
+        shape = (0, 0) if self.acts is None else self.acts.shape
         return (f"FeatureView(prompt={self.prompt!r}, tokens={shape[0]}, features={shape[1]}, "
                 f"feature={self.feature}, steering={self.steering or 'off'!r})")

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import anywidget
 import numpy as np
 import traitlets as t
 
+from ..analysis import logit_lens as lens_fns
+from ..analysis.checks import positive_int
 from ..analysis.logit_lens import LogitLens
 from ._esm import bundle
-from .transport import ArrayTrait, pack, pack_strings, unpack
+from .base import Feed, View
+from .transport import Array, string_table
 
 COLOR_MODES = ("top_prob", "target_prob", "target_rank", "entropy")
 
 
-class LogitLensView(anywidget.AnyWidget):
+class LogitLensView(View):
     """What the model would predict if its residual stream stopped at each layer.
 
     Rows (``rows``) are ``resid_pre`` of every layer and the final ``resid_post`` (through the
@@ -23,7 +25,7 @@ class LogitLensView(anywidget.AnyWidget):
     ``color_by`` picks what colours the cells (switchable in the browser, also in a static export).
     Selection (linked): ``layer`` (= row), ``token``.
 
-    The data are also here as numpy: ``view.lens`` (a :class:`~mechviz.analysis.LogitLens`) and
+    ``view.result`` is the :class:`~mechviz.analysis.LogitLens` shown (top token texts included);
     :meth:`figure` draws it with matplotlib.
     """
 
@@ -31,56 +33,53 @@ class LogitLensView(anywidget.AnyWidget):
     tokens = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     rows = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     strings = t.List(t.Unicode(), default_value=[]).tag(sync=True)
-    top_idx = ArrayTrait()
-    top_probs = ArrayTrait()
-    entropy = ArrayTrait()
-    target_prob = ArrayTrait()
-    target_rank = ArrayTrait()
+    top_idx = Array("int32")
+    top_probs = Array("float16")
+    entropy = Array("float16")
+    target_prob = Array("float16")
+    target_rank = Array("int32")
     target_label = t.Unicode("").tag(sync=True)
     color_by = t.Enum(COLOR_MODES, default_value="top_prob").tag(sync=True)
-    prompt = t.Unicode("").tag(sync=True)
-    seq = t.Int(0).tag(sync=True)
     layer = t.Int(0).tag(sync=True)
     token = t.Int(-1).tag(sync=True)
-    error = t.Unicode("").tag(sync=True)
     title = t.Unicode("Logit lens").tag(sync=True)
 
-    lens: LogitLens | None = None
+    result: LogitLens | None = None
 
-    def show(self, lens: LogitLens, prompt: str = "", target_label: str = "", seq: int | None = None):
+    def feed(self, lab, k: int = 5, target="next") -> Feed:
+        k = positive_int(k, "k")
+        label = "next token" if isinstance(target, str) and target == "next" else str(target)
+        sites = lens_fns.needs(lab.model.n_layers)
+
+        def payload(p):
+            return {"lens": lens_fns.logit_lens(lab.model, p.run, k=k, target=target), "prompt": p.prompt,
+                    "target_label": label}
+        return Feed(lambda: sites, payload)
+
+    def show(self, lens: LogitLens, prompt: str = "", target_label: str = ""):
         """Display a :class:`~mechviz.analysis.LogitLens` grid."""
-        self.lens = lens
-        strings, top_idx = pack_strings(lens.top_strs)
+        strings, top_idx = string_table(lens.top_strs)
         R, T, _ = lens.top_ids.shape
-        nan = np.full((R, T), np.nan, np.float32)
+        self.result = lens
         with self.hold_sync():
             self.tokens, self.rows, self.strings = list(lens.token_strs), list(lens.rows), strings
             self.top_idx = top_idx
-            self.top_probs = pack(lens.top_probs, "float16")
-            self.entropy = pack(lens.entropy, "float16")
-            self.target_prob = pack(nan if lens.target_prob is None else lens.target_prob, "float16")
-            self.target_rank = pack(np.full((R, T), -1) if lens.target_rank is None else lens.target_rank, "int32")
+            self.top_probs = lens.top_probs
+            self.entropy = lens.entropy
+            self.target_prob = np.full((R, T), np.nan, np.float32) if lens.target_prob is None else lens.target_prob
+            self.target_rank = np.full((R, T), -1) if lens.target_rank is None else lens.target_rank
             self.target_label = target_label
             if lens.target_prob is None and self.color_by in ("target_prob", "target_rank"):
                 self.color_by = "top_prob"
-            self.prompt = prompt
-            self.seq = self.seq + 1 if seq is None else seq
-            self.error = ""
+            self._shown(prompt)
 
     def figure(self, by: str | None = None):
         """A matplotlib Figure of the grid (coloured by ``by``, default the view's ``color_by``)."""
         from ..analysis.figures import logit_lens_figure
-        if self.lens is None:
-            raise ValueError("nothing to draw yet: the view has no data")
-        return logit_lens_figure(self.lens, by=by or self.color_by)
 
-    @property
-    def values(self) -> dict[str, np.ndarray]:
-        """The displayed arrays by name (as sent, i.e. float16-rounded)."""
-        return {name: unpack(getattr(self, name)) for name in
-                ("top_idx", "top_probs", "entropy", "target_prob", "target_rank")}
+        return logit_lens_figure(self._need_result(), by=by or self.color_by)
 
     def __repr__(self) -> str:
-        shape = (self.top_probs or {}).get("shape", [0, 0, 0])
+        shape = (0, 0, 0) if self.top_probs is None else self.top_probs.shape
         return (f"LogitLensView(prompt={self.prompt!r}, rows={shape[0]}, tokens={shape[1]}, k={shape[2]}, "
                 f"color_by={self.color_by!r}, layer={self.layer}, token={self.token})")

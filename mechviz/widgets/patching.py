@@ -1,16 +1,24 @@
-"""Patching-grid view: fills in as exact values stream in, over an instant attribution estimate."""
+"""Patching-grid view, and the session that computes it: an instant attribution estimate, exact
+values streamed in from a worker, cancel, and a clicked cell's patched run, all off the kernel's loop."""
 
 from __future__ import annotations
 
-import anywidget
+import asyncio
+import dataclasses
+import threading
+import time
+
 import numpy as np
 import traitlets as t
 
+from ..analysis import patching as P
 from ._esm import bundle
-from .transport import ArrayTrait, pack, unpack
+from .base import View
+from .runner import LatestOnlyRunner, ModelLock
+from .transport import Array
 
 
-class PatchGridView(anywidget.AnyWidget):
+class PatchGridView(View):
     """An activation-patching grid.
 
     Arrays (binary, float32 ``[rows, cols]``): ``values`` the patched metric, NaN where not computed
@@ -20,15 +28,17 @@ class PatchGridView(anywidget.AnyWidget):
     whole clean/corrupted gap). ``row_labels``/``col_labels`` name layers (or layer/head) and
     tokens (or heads). ``done``/``total`` count exact cells; ``status``: ``"estimate"`` |
     ``"running"`` | ``"done"`` | ``"cancelled"`` | ``"error"``.
-    Click: ``cell = [row, col]`` (``[-1, -1]`` none); the kernel answers with that patched run's
-    metric (``detail_metric``, equal to the cell's value), top next tokens (``detail_strs``, ``detail_probs``) and its logit lens at the metric's position
-    (``lens_strs`` ``[R][k]`` text, ``lens_probs`` ``[R, k]``, rows ``lens_rows``).
+    Click: ``cell = [row, col]`` (``[-1, -1]`` none); the kernel answers, in one update, with
+    ``detail_cell`` (the cell answered), that patched run's metric (``detail_metric``, equal to the
+    cell's value), top next tokens (``detail_strs``, ``detail_probs``) and its logit lens at the last
+    position (``lens_strs`` ``[R][k]`` text, ``lens_probs`` ``[R, k]``, rows ``lens_rows``).
     ``cancel_requests``: the browser increments it to stop the exact computation.
+    ``view.result`` is the latest exact :class:`~mechviz.analysis.patching.PatchGrid`.
     """
 
     _esm = bundle("patch_grid")
-    values = ArrayTrait()
-    estimate = ArrayTrait()
+    values = Array("float32")
+    estimate = Array("float32")
     row_labels = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     col_labels = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     clean_metric = t.Float(1.0).tag(sync=True)
@@ -40,26 +50,26 @@ class PatchGridView(anywidget.AnyWidget):
     total = t.Int(0).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
     cell = t.List(t.Int(), default_value=[-1, -1]).tag(sync=True)
-    detail_metric = t.Float(None, allow_none=True).tag(sync=True)  # None until a cell is clicked
+    detail_cell = t.List(t.Int(), default_value=[-1, -1]).tag(sync=True)
+    detail_metric = t.Float(None, allow_none=True).tag(sync=True)  # None until a cell is answered
     detail_strs = t.List(t.Unicode(), default_value=[]).tag(sync=True)
-    detail_probs = ArrayTrait()
+    detail_probs = Array("float16")
     lens_rows = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     lens_strs = t.List(t.List(t.Unicode()), default_value=[]).tag(sync=True)
-    lens_probs = ArrayTrait()
+    lens_probs = Array("float16")
     cancel_requests = t.Int(0).tag(sync=True)
-    error = t.Unicode("").tag(sync=True)
     title = t.Unicode("Activation patching").tag(sync=True)
 
-    grid = None  # the latest mechviz.analysis.patching.PatchGrid (exact values)
+    result: P.PatchGrid | None = None
 
-    def show_grid(self, grid, estimate=None, status: str | None = None):
+    def show_grid(self, grid: P.PatchGrid, estimate: P.PatchGrid | None = None, status: str | None = None):
         """Display a PatchGrid (possibly partial) and optionally its attribution estimate."""
-        self.grid = grid
-        mat, rows, cols = grid._matrix(grid.values)
+        self.result = grid
+        mat, rows, cols = grid.matrix()
         with self.hold_sync():
-            self.values = pack(np.asarray(mat, np.float32), "float32")
+            self.values = np.asarray(mat, np.float32)
             if estimate is not None:
-                self.estimate = pack(np.asarray(estimate._matrix(estimate.values)[0], np.float32), "float32")
+                self.estimate = np.asarray(estimate.matrix()[0], np.float32)
             self.row_labels, self.col_labels = rows, cols
             self.clean_metric, self.corrupted_metric = float(grid.clean_metric), float(grid.corrupted_metric)
             self.site, self.by, self.direction = grid.site, grid.by, grid.direction
@@ -67,12 +77,24 @@ class PatchGridView(anywidget.AnyWidget):
             if status is not None:
                 self.status = status
 
+    def show_detail(self, detail: P.CellDetail) -> None:
+        """Display one cell's patched run (a :class:`~mechviz.analysis.patching.CellDetail`)."""
+        with self.hold_sync():
+            self.detail_cell = list(detail.cell)
+            self.detail_metric = detail.metric
+            self.detail_strs = detail.top_strs
+            self.detail_probs = detail.top_probs
+            self.lens_rows, self.lens_strs, self.lens_probs = detail.lens_rows, detail.lens_strs, detail.lens_probs
+            self.error = ""
+
+    def fail(self, message: str) -> None:
+        with self.hold_sync():
+            self.error, self.status = message, "error"
+
     async def finished(self, poll: float = 0.05) -> "PatchGridView":
         """Wait (``await grid.finished()`` in a cell) until the exact values are all in, cancelled or
         failed. Only needed before saving or exporting a notebook: results are applied on the
         kernel's event loop, which a blocking wait would stall."""
-        import asyncio
-
         while self.status not in ("done", "cancelled", "error", ""):
             await asyncio.sleep(poll)
         # re-send the whole state from this cell: updates applied between cells are not recorded
@@ -82,15 +104,110 @@ class PatchGridView(anywidget.AnyWidget):
 
     def figure(self, normalized: bool = True):
         """The grid as a matplotlib Figure."""
-        if self.grid is None:
-            raise ValueError("nothing to draw yet: the view has no data")
-        return self.grid.figure(normalized=normalized)
-
-    @property
-    def matrix(self) -> np.ndarray | None:
-        """The displayed exact values as a 2-D numpy array (NaN where not computed)."""
-        return unpack(self.values)
+        return self._need_result().figure(normalized=normalized)
 
     def __repr__(self) -> str:
         return (f"PatchGridView(site={self.site!r}, by={self.by!r}, {self.done}/{self.total} cells, "
                 f"status={self.status!r}, cell={self.cell})")
+
+
+class PatchingSession:
+    """The work behind one :class:`PatchGridView`, next to it: one :class:`~mechviz.analysis.patching.
+    PromptPair` shared by the attribution estimate, the exact job and every cell's detail.
+
+    The exact job runs on its own thread and takes the model ``lock`` per batch in background mode,
+    so a live edit or a cell click waits at most for one batch; progress reaches the view at most
+    about five times a second; the view's cancel button stops it between batches. A click is
+    answered by a worker (the newest click wins); nothing here waits on the kernel's loop. With no
+    loop (a script), everything runs synchronously in the caller.
+    """
+
+    #: about how long one batch of the exact job may hold the model (a live edit waits at most that)
+    batch_seconds = 0.03
+
+    def __init__(self, view: PatchGridView, pair: P.PromptPair, site: str, by: str, direction: str,
+                 lock: ModelLock, loop: asyncio.AbstractEventLoop | None):
+        self.view, self.pair, self.site, self.by, self.direction = view, pair, site, by, direction
+        self.lock, self.loop = lock, loop
+        self.thread: threading.Thread | None = None
+        self._first_cancel = view.cancel_requests
+        self._closed = False
+        self._details = None if loop is None else LatestOnlyRunner(self._detail, self._show_detail,
+                                                                   self._detail_failed, delay=0.0, loop=loop)
+        view.observe(self._on_cell, names="cell")
+
+    # -- estimate and exact values ----------------------------------------------------------------
+    def estimate(self) -> P.PatchGrid:
+        """Show the attribution-patching estimate (one forward and backward pass) at once."""
+        with self.lock:
+            est = P.attribution_patching(self.pair, site=self.site, by=self.by, direction=self.direction)
+        blank = dataclasses.replace(est, values=np.full_like(est.values, np.nan), method="activation", complete=False)
+        self.view.show_grid(blank, estimate=est, status="estimate")
+        return est
+
+    def start(self) -> None:
+        """Compute the exact grid (in a thread when there is a loop, else now)."""
+        self.view.status = "running"
+        if self.loop is None:
+            self._work()
+        else:
+            self.thread = threading.Thread(target=self._work, name="mechviz-patching", daemon=True)
+            self.thread.start()
+
+    def cancelled(self) -> bool:
+        return self._closed or self.view.cancel_requests != self._first_cancel
+
+    def _work(self) -> None:
+        last = [0.0]
+
+        def progress(grid, done, total):  # worker thread: at most ~5 redraws a second
+            if time.monotonic() - last[0] > 0.2 or done == total:
+                last[0] = time.monotonic()
+                self._on_loop(self.view.show_grid, dataclasses.replace(grid, values=grid.values.copy()), None,
+                              "running")
+        try:
+            grid = P.activation_patching(self.pair, site=self.site, by=self.by, direction=self.direction,
+                                         on_progress=progress, cancel=self.cancelled, lock=self.lock.background,
+                                         batch_seconds=self.batch_seconds)
+            self._on_loop(self.view.show_grid, grid, None, "done" if grid.complete else "cancelled")
+        except Exception as exc:  # shown in the widget
+            self._on_loop(self.view.fail, f"{type(exc).__name__}: {exc}")
+
+    def _on_loop(self, fn, *args) -> None:
+        if self.loop is None:
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    # -- a clicked cell ---------------------------------------------------------------------------
+    def _on_cell(self, change) -> None:  # may run on a kernel subshell thread
+        r, c = change["new"]
+        if r < 0 or c < 0:
+            return
+        if self._details is None:
+            try:
+                self._show_detail((r, c), self._detail((r, c), lambda: False))
+            except Exception as exc:
+                self._detail_failed((r, c), exc)
+        else:
+            self._details.request((r, c))
+
+    def _detail(self, cell, is_stale) -> P.CellDetail:  # worker side
+        grid = self.view.result
+        if grid is None:
+            raise ValueError("the grid has no cells yet")
+        with self.lock:
+            return P.cell_detail(self.pair, grid, *cell)
+
+    def _show_detail(self, cell, detail: P.CellDetail) -> None:
+        self.view.show_detail(detail)
+
+    def _detail_failed(self, cell, exc: BaseException) -> None:
+        self.view.error = f"cannot show cell {list(cell)}: {exc}"
+
+    def close(self) -> None:
+        """Stop the exact job (between batches) and the detail worker."""
+        self._closed = True
+        self.view.unobserve(self._on_cell, names="cell")
+        if self._details is not None:
+            self._details.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -81,6 +84,21 @@ class LatestOnlyRunner:
             if g == self.gen:
                 self._start(g, a)
 
+    def supersede(self) -> None:
+        """Drop every request made so far (a result computed elsewhere replaces them)."""
+        self.gen += 1  # results in flight are stale from now on, whichever thread asks
+        if running_loop() is self.loop:
+            self._supersede()
+        else:
+            self.loop.call_soon_threadsafe(self._supersede)
+
+    def _supersede(self) -> None:
+        self.gen += 1
+        self.pending = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     @property
     def idle(self) -> bool:
         return not self.busy and self._timer is None and self.pending is None and not self._queued
@@ -104,3 +122,66 @@ def _kernel_loop() -> asyncio.AbstractEventLoop:
         raise RuntimeError("the live runner needs the kernel's event loop: create the Lab in a notebook cell "
                            "(or inside a running asyncio loop)")
     return loop
+
+
+class ModelLock:
+    """One pass at a time on a model (hooks and patching's shortened block list are shared state),
+    fair to interactive work.
+
+    ``with lock:`` is for interactive work (a live edit, a cell's detail): it waits at most for the
+    pass in progress. ``with lock.background():`` is for long jobs, which take the lock once per
+    batch: before each, they step aside while any interactive request is waiting. Re-entrant on
+    one thread.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._count = threading.Lock()
+        self._waiting = 0
+        self._owner: int | None = None
+        self._depth = 0
+
+    def _acquire(self, background: bool) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return
+        if background:
+            while self._waiting:
+                time.sleep(0.002)
+        else:
+            with self._count:
+                self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            if not background:
+                with self._count:
+                    self._waiting -= 1
+        self._owner, self._depth = me, 1
+
+    def _release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._owner = None
+            self._lock.release()
+
+    def __enter__(self) -> "ModelLock":
+        self._acquire(background=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    @contextmanager
+    def background(self):
+        self._acquire(background=True)
+        try:
+            yield self
+        finally:
+            self._release()
+
+    @property
+    def waiting(self) -> int:
+        """Interactive requests waiting for the model now."""
+        return self._waiting

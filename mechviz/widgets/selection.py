@@ -1,6 +1,14 @@
-"""The shared selection: one small widget model per Lab that every view's selection traits are
-linked to in the browser (``jslink``), so a click in one view focuses the others, across cells,
-and in a static export with no kernel."""
+"""The shared selection: one small widget model per Lab that every view's selection traits follow.
+
+Two halves keep it one truth:
+
+* in the browser, each view trait is ``jslink``-ed to the selection, so a click in one view focuses
+  the others across cells, and in a static export with no kernel;
+* in the kernel, a value set from Python (``attn.layer = 2`` or ``lab.selection.head = 1``), before
+  or after display, is copied to the selection and every linked view, so the saved widget state (and
+  with it the export) shows it too. Changes that come from the browser are left to the jslinks,
+  which also send each model's new value back to the kernel.
+"""
 
 from __future__ import annotations
 
@@ -20,14 +28,51 @@ class Selection(ipywidgets.Widget):
     token = t.Int(-1).tag(sync=True)
     feature = t.Int(-1).tag(sync=True)
 
-    def link(self, view) -> list:
-        """Link every selection trait ``view`` has to this selection, in the browser."""
-        links = []
-        for name in SELECTION_TRAITS:
-            if view.has_trait(name):
-                setattr(view, name, getattr(self, name))
-                links.append(ipywidgets.jslink((self, name), (view, name)))
-        return links
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._views: list = []
+        self.observe(self._from_python, names=list(SELECTION_TRAITS))
+
+    def link(self, view) -> "Link":
+        """Make ``view``'s selection traits follow this selection (it starts at the current values)."""
+        names = [n for n in SELECTION_TRAITS if view.has_trait(n)]
+        for name in names:
+            setattr(view, name, getattr(self, name))
+        links = [ipywidgets.jslink((self, name), (view, name)) for name in names]
+        if names:  # (observe with no names would observe every trait)
+            view.observe(self._from_python, names=names)
+        self._views.append(view)
+        return Link(self, view, names, links)
+
+    def _unlink(self, view, names) -> None:
+        if names:
+            view.unobserve(self._from_python, names=names)
+        self._views = [v for v in self._views if v is not view]
+
+    def _from_python(self, change) -> None:
+        owner, name, value = change["owner"], change["name"], change["new"]
+        if name in getattr(owner, "_property_lock", {}):  # from the browser: its jslinks do the rest
+            return
+        for w in [self, *self._views]:
+            if w.has_trait(name) and getattr(w, name) != value:
+                setattr(w, name, value)
 
     def __repr__(self) -> str:
         return f"Selection(layer={self.layer}, head={self.head}, token={self.token}, feature={self.feature})"
+
+
+class Link:
+    """One view's link to a :class:`Selection` (its browser-side ``jslink`` models and its kernel-side
+    observers); :meth:`unlink` ends both."""
+
+    def __init__(self, selection: Selection, view, names: list[str], links: list):
+        self.selection, self.view, self.names, self.links = selection, view, names, links
+
+    def unlink(self) -> None:
+        for link in self.links:
+            link.close()
+        self.links = []
+        self.selection._unlink(self.view, self.names)
+
+    def __repr__(self) -> str:
+        return f"Link({type(self.view).__name__}: {', '.join(self.names)})"

@@ -52,14 +52,49 @@ def unpack(packed: dict | None) -> np.ndarray | None:
     return a
 
 
-def ArrayTrait(**kwargs) -> t.Dict:
-    """A synced trait holding a packed array (or ``None``)."""
-    return t.Dict(default_value=None, allow_none=True, **kwargs).tag(sync=True)
+class Array(t.TraitType):
+    """A synced trait holding a numpy array (or ``None``), sent as :func:`pack` ``(value, dtype)``.
+
+    The widget keeps the array as given (full precision, readable from Python); only the browser
+    gets the packed bytes. Like jupyter-scatter's ndarray serialiser, the trait serialises itself.
+
+    >>> import ipywidgets, traitlets
+    >>> class W(ipywidgets.Widget):
+    ...     x = Array("uint8")
+    >>> w = W(x=[[0.0, 1.0]])
+    >>> w.x.dtype, W.x.metadata["to_json"](w.x, w)["data"]
+    (dtype('float64'), b'\\x00\\xff')
+    """
+
+    default_value = None
+    info_text = "a numpy array or None"
+
+    def __init__(self, dtype: str = "float16", **kwargs):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        super().__init__(default_value=None, allow_none=True, **kwargs)
+        self.dtype = dtype
+        self.tag(sync=True, to_json=self._to_json, from_json=self._from_json)
+
+    def validate(self, obj, value):
+        return None if value is None else np.asarray(value)
+
+    def _to_json(self, value, widget):
+        return None if value is None else pack(value, self.dtype)
+
+    @staticmethod
+    def _from_json(value, widget):
+        return unpack(value) if isinstance(value, dict) else value
 
 
-def pack_strings(strs) -> tuple[list[str], dict]:
-    """Deduplicate an array of strings: ``(table, packed int32 indices of the same shape)``, so a
-    view gets each token's text once however often it appears in a grid."""
+def string_table(strs) -> tuple[list[str], np.ndarray]:
+    """Deduplicate an array of strings: ``(table, int32 indices of the same shape)``, so a view gets
+    each token's text once however often it appears in a grid.
+
+    >>> string_table([["a", "b"], ["b", "a"]])
+    (['a', 'b'], array([[0, 1],
+           [1, 0]], dtype=int32))
+    """
     a = np.asarray(strs, dtype=object)
     table, inverse = np.unique(a.astype(str).reshape(-1), return_inverse=True)
-    return [str(s) for s in table], pack(inverse.reshape(a.shape).astype(np.int32), "int32")
+    return [str(s) for s in table], inverse.reshape(a.shape).astype(np.int32)

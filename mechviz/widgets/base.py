@@ -1,0 +1,114 @@
+"""What every mechviz view shares: the base class of the anywidget views.
+
+A view receives analysis results (numpy) through ``show(...)`` and never runs a model. It carries
+the traits every view has (``prompt``, ``seq``, ``error``, ``title``), refuses keyword arguments it
+does not know (a typo like ``layr=2`` is an error, not silently ignored), exposes what it shows as
+numpy through one accessor (:attr:`View.data`) and the analysis object behind it as
+:attr:`View.result`, and tells whoever holds it when it is closed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import anywidget
+import numpy as np
+import traitlets as t
+
+from ..models.base import Run
+from .transport import Array
+
+
+@dataclass
+class Pass:
+    """One forward pass as the Lab hands it to its views: the ``run`` (steered, if steering is on),
+    the unsteered ``base`` run (None when not steering) and the ``steering`` applied (or None)."""
+
+    prompt: str
+    run: Run
+    base: Run | None = None
+    steering: Any = None
+
+
+@dataclass
+class Feed:
+    """How a Lab feeds a view on every prompt edit: ``needs()`` the sites its pass must capture,
+    ``payload(pass_)`` the keyword arguments of the view's ``show`` (computed in the worker thread,
+    applied on the kernel's loop)."""
+
+    needs: Callable[[], list[str]]
+    payload: Callable[[Pass], dict]
+
+
+class View(anywidget.AnyWidget):
+    """Base class of mechviz's views.
+
+    ``prompt``: the prompt the data belongs to; ``seq``: bumped on every new payload (the browser
+    redraws once per payload); ``error``: shown as a banner over the last good view ("" = none);
+    ``title``: the header.
+
+    >>> from mechviz.widgets import AttentionView
+    >>> AttentionView(layr=2)
+    Traceback (most recent call last):
+    ...
+    TypeError: AttentionView got an unknown argument 'layr' (did you mean 'layer'?)
+    """
+
+    prompt = t.Unicode("").tag(sync=True)
+    seq = t.Int(0).tag(sync=True)
+    error = t.Unicode("").tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
+
+    #: the analysis object the view shows (set by ``show``; None before any data)
+    result = None
+
+    def __init__(self, **kwargs):
+        known = set(self.class_trait_names())
+        for key in kwargs:
+            if key not in known:
+                public = sorted(n for n in known if not n.startswith("_"))
+                close = difflib.get_close_matches(key, public, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; it takes {', '.join(self._own_traits())}"
+                raise TypeError(f"{type(self).__name__} got an unknown argument {key!r}{hint}")
+        super().__init__(**kwargs)
+        self._explicit = frozenset(kwargs)  # traits the caller chose (a Lab shares a chosen selection)
+        self._close_callbacks: list[Callable[[View], None]] = []
+
+    @classmethod
+    def _own_traits(cls) -> list[str]:
+        base = set(anywidget.AnyWidget.class_trait_names())
+        return sorted(n for n in cls.class_trait_names() if n not in base and not n.startswith("_"))
+
+    @property
+    def data(self) -> dict[str, np.ndarray]:
+        """Every array the view shows, by trait name, as numpy (as held in Python, before the
+        transport's quantisation)."""
+        return {name: getattr(self, name) for name, trait in self.traits().items()
+                if isinstance(trait, Array) and getattr(self, name) is not None}
+
+    def feed(self, lab, **options) -> Feed:
+        """How ``lab`` feeds this view (views that follow a Lab's prompt override this)."""
+        raise TypeError(f"a {type(self).__name__} does not follow a Lab's prompt")
+
+    def _shown(self, prompt: str) -> None:
+        """Mark a new payload (call inside ``hold_sync``): prompt, ``seq`` bump, error cleared."""
+        self.prompt = prompt
+        self.seq += 1
+        self.error = ""
+
+    def _need_result(self):
+        if self.result is None:
+            raise ValueError(f"nothing to draw yet: this {type(self).__name__} has no data")
+        return self.result
+
+    def on_close(self, callback: Callable[["View"], None]) -> None:
+        """Call ``callback(view)`` when the view is closed (a Lab releases the view then)."""
+        self._close_callbacks.append(callback)
+
+    def close(self) -> None:
+        callbacks, self._close_callbacks = getattr(self, "_close_callbacks", []), []
+        for cb in callbacks:
+            cb(self)
+        super().close()
