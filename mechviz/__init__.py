@@ -7,7 +7,9 @@
 
 from .lab import Lab, pin_threads
 from .models import Run, SITES, wrap
-from .widgets import AttentionView, PromptBox
+from .steering import Steering
+from .widgets import AttentionView, FeatureView, LogitLensView, PatchGridView, PromptBox
 
 __version__ = "0.1.0"
-__all__ = ["Lab", "Run", "SITES", "wrap", "pin_threads", "AttentionView", "PromptBox", "__version__"]
+__all__ = ["Lab", "Run", "SITES", "wrap", "pin_threads", "Steering", "AttentionView", "LogitLensView", "FeatureView",
+           "PatchGridView", "PromptBox", "__version__"]

@@ -1,30 +1,30 @@
-"""The Lab: what a user holds. A model (and optionally an SAE), a prompt, the views built on them,
-one shared selection, and the live loop."""
+"""The Lab: what a user holds. A model (and optionally an SAE), a prompt, the views bound to them,
+one shared selection, and the live loop.
+
+The Lab computes nothing itself. On every prompt edit it runs ONE forward pass capturing the union
+of what its views need (:class:`~mechviz.widgets.base.Feed`), hands that :class:`Pass` to each
+view's feed (analysis functions, in the worker thread) and applies the results on the kernel's
+loop. Views say how they are fed (``view.feed(lab)``); patching grids carry their own
+:class:`~mechviz.widgets.patching.PatchingSession`; steering is :mod:`mechviz.steering`.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import threading
-import time
-import weakref
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
-from . import analysis
-from .analysis import logit_lens as lens
 from .models import ModelAdapter, Run, wrap
+from .steering import Steering
 from .widgets.attention import AttentionView
+from .widgets.base import Feed, Pass, View
 from .widgets.features import FeatureView
 from .widgets.logit_lens import LogitLensView
-from .widgets.patching import PatchGridView
+from .widgets.patching import PatchGridView, PatchingSession
 from .widgets.prompt import PromptBox
-from .widgets.runner import LatestOnlyRunner, running_loop
-from .widgets.selection import Selection
-from .widgets.transport import pack
+from .widgets.runner import LatestOnlyRunner, ModelLock, running_loop
+from .widgets.selection import SELECTION_TRAITS, Link, Selection
 
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
 
@@ -41,21 +41,19 @@ def pin_threads(threads: int | None = None) -> int:
 
 
 @dataclass(frozen=True)
-class Steering:
-    """Clamp SAE ``feature`` to ``value`` (mode "clamp") or multiply it by ``value`` (mode "scale")."""
+class _State:
+    """What one pass computes: a prompt under a steering (None: unsteered)."""
 
-    feature: int
-    value: float
-    mode: str = "clamp"
-
-    def __str__(self) -> str:
-        return f"feature {self.feature} {'clamped to' if self.mode == 'clamp' else 'scaled by'} {self.value:g}"
+    prompt: str
+    steering: Steering | None = None
 
 
 @dataclass
 class _Binding:
-    needs: Callable[[], list[str]]          # sites the view reads (evaluated per pass)
-    payload: Callable[[Run, Run | None], dict]   # (run, unsteered run or None) -> view.show(**kwargs)
+    view: View
+    link: Link
+    feed: Feed | None = None                 # views that follow the prompt
+    session: PatchingSession | None = None   # patching grids
 
 
 class Lab:
@@ -71,6 +69,9 @@ class Lab:
     >>> lab.prompt = "Hello world"      # synchronous recompute from Python
     >>> view.prompt
     'Hello world'
+    >>> view.layer = 2                  # selection is shared: every linked view follows
+    >>> lab.selection.layer
+    2
 
     Parameters
     ----------
@@ -81,30 +82,28 @@ class Lab:
         or a :class:`mechviz.saes.SAE` (see :func:`mechviz.saes.load_sae`).
     prompt: the first prompt.
     threads: torch intra-op threads (see :func:`pin_threads`).
+    name: the model's name (checked against the SAE's ``model_name``).
+    allow_model_mismatch: accept an SAE whose config names another model.
     """
 
     def __init__(self, model, tokenizer=None, *, sae=None, prompt: str = "", threads: int | None = None,
-                 name: str | None = None):
+                 name: str | None = None, allow_model_mismatch: bool = False):
         self.model: ModelAdapter = wrap(model, tokenizer, name=name)
         self.threads = pin_threads(threads)
-        self._views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self.last_run: Run | None = None
-        self._runner: LatestOnlyRunner | None = None
-        self._loop = running_loop()  # the kernel's loop when built in a cell; live edits run through it
-        # one pass at a time on the model: hooks (and patching's shortened block list) are shared state
-        self._model_lock = threading.RLock()
-        self.sae = None
-        self.steering: Steering | None = None
-        self._effects: dict[int, object] = {}
+        self.lock = ModelLock()     # one pass at a time; patching jobs step aside between batches
         self.selection = Selection()  # shared by every view: linked in the browser (survives export)
-        self._links: list = []
+        self.selection.observe(self._on_feature_selected, names="feature")
+        self.sae = None
+        self.steering: Steering | None = None   # what the views show
+        self.last: Pass | None = None            # the pass they show
+        self._wanted = _State(prompt)            # the newest request
+        self._bindings: dict[View, _Binding] = {}
+        self._loop = running_loop()  # the kernel's loop when built in a cell; live edits run through it
+        self._runner: LatestOnlyRunner | None = None
         self.prompt_box = PromptBox(value=prompt, max_tokens=self.model.max_len or 0)
         self.prompt_box.observe(self._on_edit, names="value")
-        self._prompt = prompt
         if sae is not None:
-            self.add_sae(sae)
-        if prompt:
-            self.prompt = prompt
+            self.add_sae(sae, allow_model_mismatch=allow_model_mismatch)
 
     @classmethod
     def default(cls, prompt: str = DEFAULT_PROMPT, sae: bool = True, **kwargs) -> "Lab":
@@ -121,21 +120,15 @@ class Lab:
 
         sae = load_sae(sae, site=site)
         check_sae_fits(sae, self.model, allow_model_mismatch=allow_model_mismatch)
-        self.sae, self._effects, self.steering = sae, {}, None
+        self.sae, self.steering, self._wanted = sae, None, replace(self._wanted, steering=None)
         self._refresh()
 
-    # -- running ------------------------------------------------------------------------------
-    def run(self, prompt: str | None = None, capture=()) -> Run:
-        """One forward pass on ``prompt`` (default: the current prompt) capturing ``capture``
-        (with the current steering applied, if any)."""
-        with self._model_lock:
-            return self.model.run(self._prompt if prompt is None else prompt, capture=capture, edits=self._edits())
-
+    # -- prompt and steering ----------------------------------------------------------------------
     @property
     def prompt(self) -> str:
         """The prompt the views show. Setting it recomputes synchronously (errors raise here and
         are shown in the widgets, which keep the last good view)."""
-        return self._prompt
+        return self.last.prompt if self.last is not None else self._wanted.prompt
 
     @prompt.setter
     def prompt(self, text: str) -> None:
@@ -145,180 +138,183 @@ class Lab:
                 self.prompt_box.value = text
             finally:
                 self._syncing = False
-        self._recompute(text)
+        self._recompute(replace(self._wanted, prompt=text))
 
-    def _recompute(self, text: str) -> None:
-        try:
-            result = self._compute(text, None)
-        except Exception as exc:
-            self._show_error(text, exc)
-            raise
-        self._apply(text, result)
+    def steer(self, feature: int | None, value: float = 0.0, mode: str = "clamp") -> None:
+        """Clamp SAE ``feature`` to ``value`` (``mode="clamp"``) or scale it by ``value``
+        (``mode="scale"``) in every view's forward pass; ``steer(None)`` turns steering off. A
+        steering that fails (e.g. overflows the model) raises and leaves the previous one applied."""
+        steering = None if feature is None else Steering.checked(feature, value, mode, self.sae)
+        self._recompute(replace(self._wanted, steering=steering))
 
-    def _refresh(self) -> None:
-        if self.last_run is not None:
-            self._recompute(self._prompt)
+    def run(self, prompt: str | None = None, capture=()) -> Run:
+        """One forward pass on ``prompt`` (default: the current prompt) capturing ``capture``
+        (with the current steering applied, if any)."""
+        edits = self.steering.edits(self.sae) if self.steering is not None else {}
+        with self.lock:
+            return self.model.run(self.prompt if prompt is None else prompt, capture=capture, edits=edits)
 
-    def _edits(self) -> dict:
-        if self.steering is None or self.sae is None:
-            return {}
-        s = self.steering
-        edit = analysis.steering_edit(self.sae, s.feature, value=s.value if s.mode == "clamp" else None,
-                                      scale=s.value if s.mode == "scale" else None)
-        return {self.sae.site: edit}
-
-    def _compute(self, prompt: str, is_stale):
+    # -- one pass for every view --------------------------------------------------------------------
+    def _compute(self, state: _State, is_stale=None):
         """Worker side: ONE forward pass for every view (plus an unsteered one only while steering),
-        then each view's arrays (numpy)."""
-        bindings = list(self._views.items())
-        needs = sorted({site for _, b in bindings for site in b.needs()})
-        edits = self._edits()
-        with self._model_lock:
-            run = self.model.run(prompt, capture=needs, abort=is_stale, edits=edits)
-            base = self.model.run(prompt, abort=is_stale) if edits else None
-            return run, {view: b.payload(run, base) for view, b in bindings}
+        then each view's payload (numpy)."""
+        feeds = [(b.view, b.feed) for b in list(self._bindings.values()) if b.feed is not None]
+        needs = sorted({site for _, feed in feeds for site in feed.needs()})
+        edits = state.steering.edits(self.sae) if state.steering is not None else {}
+        with self.lock:
+            run = self.model.run(state.prompt, capture=needs, abort=is_stale, edits=edits)
+            base = self.model.run(state.prompt, abort=is_stale) if edits else None
+            p = Pass(state.prompt, run, base, state.steering)
+            return p, {view: feed.payload(p) for view, feed in feeds}
 
-    def _apply(self, prompt: str, result) -> None:
-        """Main-thread side: push arrays into the views."""
-        run, payloads = result
-        self.last_run, self._prompt = run, prompt
+    def _apply(self, state: _State, result) -> None:
+        """Loop side: push the payloads into the views."""
+        p, payloads = result
+        self.last, self.steering = p, state.steering
         for view, payload in payloads.items():
-            view.show(**payload)
+            if view in self._bindings:
+                view.show(**payload)
         with self.prompt_box.hold_sync():
-            self.prompt_box.shown = prompt
-            self.prompt_box.n_tokens = len(run.token_strs)
-            self.prompt_box.status = "idle"
-            self.prompt_box.error = ""
+            self.prompt_box.shown, self.prompt_box.n_tokens = p.prompt, len(p.run.token_strs)
+            self.prompt_box.status, self.prompt_box.error = "idle", ""
 
-    def _show_error(self, prompt: str, exc: BaseException) -> None:
+    def _failed(self, state: _State, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, (ValueError, KeyError)) else f"{type(exc).__name__}: {exc}"
+        if state.steering != self.steering:  # a new steering was part of it: the old one stays
+            message = f"steering ({state.steering or 'off'}) failed, {self.steering or 'no steering'} kept: {message}"
+            if self._wanted == state:
+                self._wanted = replace(state, steering=self.steering)
         with self.prompt_box.hold_sync():
-            self.prompt_box.status = "error"
-            self.prompt_box.error = message
-        for view in list(self._views):
+            self.prompt_box.status, self.prompt_box.error = "error", message
+        for view in list(self._bindings):
             view.error = message
 
-    # -- live edits ---------------------------------------------------------------------------
+    def _recompute(self, state: _State) -> None:
+        """Compute ``state`` now (from Python); without views only the prompt is checked."""
+        self._wanted = state
+        if self._runner is not None:
+            self._runner.supersede()  # a live result still in flight must not replace this one
+        try:
+            if not any(b.feed for b in self._bindings.values()):
+                self.model.to_tokens(state.prompt) if state.prompt else None
+                self.steering = state.steering
+                return
+            result = self._compute(state)
+        except Exception as exc:
+            self._failed(state, exc)
+            if state.steering != self.steering and hasattr(exc, "add_note"):
+                exc.add_note(f"mechviz: while steering {state.steering}; {self.steering or 'no steering'} kept")
+            raise
+        self._apply(state, result)
+
+    def _refresh(self) -> None:
+        if self.last is not None:
+            self._recompute(self._wanted)
+
+    # -- live requests (from the browser; may arrive on a kernel subshell thread) ------------------
     _syncing = False
 
     def _on_edit(self, change) -> None:
-        # May run on a kernel subshell thread (JupyterLab 4 + ipykernel 7 deliver comm messages
-        # there): everything goes through the runner, which hands it to the kernel's loop.
         if not self._syncing:
-            self._live(change["new"])
+            self._live(replace(self._wanted, prompt=change["new"]))
 
-    def _live(self, prompt: str) -> None:
+    def _live(self, state: _State) -> None:
+        self._wanted = state
+        if self._loop is None:  # no kernel loop (a script): compute now, errors stay in the views
+            try:
+                self._recompute(state)
+            except Exception:
+                pass
+            return
         if self._runner is None:
-            self._runner = LatestOnlyRunner(self._compute, self._apply, self._show_error,
-                                            on_start=self._on_start, loop=self._loop or running_loop())
-        self._runner.request(prompt)
+            self._runner = LatestOnlyRunner(self._compute, self._apply, self._failed, on_start=self._on_start,
+                                            loop=self._loop)
+        self._runner.request(state)
 
-    def _on_start(self, prompt: str) -> None:
+    def _on_start(self, state: _State) -> None:
         self.prompt_box.status = "running"
 
-    # -- steering -----------------------------------------------------------------------------
-    def steer(self, feature: int | None, value: float = 0.0, mode: str = "clamp") -> None:
-        """Clamp SAE ``feature`` to ``value`` (``mode="clamp"``) or scale it by ``value``
-        (``mode="scale"``) in every view's forward pass; ``steer(None)`` turns steering off."""
-        self.steering = self._steering(feature, value, mode)
-        self._refresh()
-
-    def _steering(self, feature, value, mode) -> Steering | None:
-        if feature is None or feature < 0:
-            return None
-        if self.sae is None:
-            raise ValueError("steering needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
-        if mode not in ("clamp", "scale"):
-            raise ValueError(f"mode must be 'clamp' or 'scale', got {mode!r}")
-        if not 0 <= int(feature) < self.sae.d_sae:
-            raise ValueError(f"feature {feature} out of range: the SAE has {self.sae.d_sae} features")
-        return Steering(int(feature), float(value), mode)
-
-    def _on_steer_request(self, change) -> None:  # a FeatureView's steering controls
-        view = change["owner"]
+    def _on_steer_request(self, change) -> None:  # a FeatureView's steering controls, one message
         try:
-            steering = self._steering(view.steer_feature, view.steer_value, view.steer_mode)
-        except Exception as exc:  # shown in the widget; the last good view stays
-            if self._loop is None:
-                self._show_error(self._prompt, exc)
-            else:
-                self._loop.call_soon_threadsafe(self._show_error, self._prompt, exc)
+            steering = Steering.from_request(change["new"], self.sae)
+        except ValueError as exc:  # shown in that view; the applied steering and the last view stay
+            change["owner"].error = str(exc)
             return
-        if self._loop is None:  # no kernel loop (a script): recompute now
-            self.steering = steering
-            self._refresh()
-        else:  # from the browser: recompute off the main thread like a prompt edit
-            self.steering = steering
-            self._live(self._prompt)
+        self._live(replace(self._wanted, steering=steering))
 
-    # -- views --------------------------------------------------------------------------------
-    def _add(self, view, needs: Callable[[], list[str]], payload):
-        self._views[view] = _Binding(needs, payload)
-        self._links += self.selection.link(view)
-        if self.last_run is not None:
-            run = self.last_run
-            if not all(site in run.cache for site in needs()):
-                self._recompute(self._prompt)
-            else:
-                base = self.model.run(self._prompt) if self._edits() else None
-                view.show(**payload(run, base))
+    def _on_feature_selected(self, change) -> None:
+        feature = change["new"]
+        for b in self._bindings.values():
+            shown = getattr(b.view.result, "features", None) if isinstance(b.view, FeatureView) else None
+            if shown is not None and feature >= 0 and feature not in shown:
+                self._live(self._wanted)  # its summary must include the selected feature
+                return
+
+    # -- the view registry --------------------------------------------------------------------------
+    def add(self, view: View, *, refresh: bool = True, **options) -> View:
+        """Bind ``view`` to this Lab: it follows the prompt (fed by ``view.feed(lab, **options)``) and
+        the shared selection. Returns the view."""
+        feed = view.feed(self, **options)
+        self._register(view, feed=feed)
+        if isinstance(view, FeatureView):
+            view.observe(self._on_steer_request, names="steer_request")
+        if refresh:
+            self._show_now([view])
         return view
+
+    def _register(self, view: View, **binding) -> None:
+        chosen = {n: getattr(view, n) for n in SELECTION_TRAITS if n in view._explicit}
+        link = self.selection.link(view)
+        for name, value in chosen.items():  # a selection given to the view wins (and is shared)
+            setattr(view, name, value)
+        self._bindings[view] = _Binding(view, link, **binding)
+        view.on_close(self.remove)
+
+    def _show_now(self, views) -> None:
+        """Fill freshly added views: from the last pass if it holds what they need, else one pass."""
+        if self.last is None and not self._wanted.prompt:
+            return
+        feeds = [self._bindings[v].feed for v in views]
+        if self.last is None or any(s not in self.last.run.cache for f in feeds for s in f.needs()):
+            self._recompute(self._wanted)
+            return
+        with self.lock:
+            payloads = [f.payload(self.last) for f in feeds]
+        for view, payload in zip(views, payloads):
+            view.show(**payload)
+
+    def remove(self, view: View) -> None:
+        """Unbind ``view``: it keeps what it shows but is no longer computed, sent or linked (closing
+        a view does this too)."""
+        b = self._bindings.pop(view, None)
+        if b is None:
+            return
+        b.link.unlink()
+        if b.session is not None:
+            b.session.close()
+        if isinstance(view, FeatureView):
+            view.unobserve(self._on_steer_request, names="steer_request")
+
+    @property
+    def views(self) -> list[View]:
+        """The views bound to this Lab."""
+        return list(self._bindings)
 
     def attention(self, **traits) -> AttentionView:
         """Attention patterns of every layer and head, following this Lab's prompt."""
-        def payload(run, base):
-            return {"pattern": analysis.attention_patterns(run), "tokens": run.token_strs, "prompt": run.prompt}
-        sites = [f"attn_pattern.{layer}" for layer in range(self.model.n_layers)]
-        return self._add(AttentionView(**traits), lambda: sites, payload)
+        return self.add(AttentionView(**traits))
 
     def logit_lens(self, k: int = 5, target="next", **traits) -> LogitLensView:
         """The logit lens: each layer's residual stream through the model's own final norm and
         unembedding; ``target`` (a token id or text, or ``"next"``: the prompt's own next token)
         can colour the cells by its probability or rank."""
-        label = "next token" if target == "next" else str(target)
-
-        def payload(run, base):
-            grid = lens.logit_lens(self.model, run, k=k, target=target)
-            return {"lens": grid, "prompt": run.prompt, "target_label": label}
-        sites = lens.needs(self.model.n_layers)
-        return self._add(LogitLensView(**traits), lambda: sites, payload)
+        return self.add(LogitLensView(**traits), k=k, target=target)
 
     def features(self, n: int = 12, k: int = 8, **traits) -> FeatureView:
         """The SAE's features on the prompt (top ``n`` by max activation), each with the ``k`` output
         tokens it promotes and suppresses most, and steering controls."""
-        if self.sae is None:
-            raise ValueError("the feature view needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
-        view = FeatureView(**traits)
-        view.observe(self._on_steer_request, names=["steer_feature", "steer_value", "steer_mode"])
-        return self._add(view, lambda: [self.sae.site], lambda run, base: self._feature_payload(run, base, n, k))
+        return self.add(FeatureView(**traits), n=n, k=k)
 
-    def _feature_payload(self, run: Run, base: Run | None, n: int, k: int) -> dict:
-        sae = self.sae
-        acts = analysis.feature_activations(sae, run)
-        feats = [int(f) for f in analysis.top_features(acts, n)]
-        for extra in (self.selection.feature, self.steering.feature if self.steering else -1):
-            if extra >= 0 and extra not in feats:
-                feats.append(extra)
-        effects = [self._effect(f, k) for f in feats]
-        eff_ids = np.array([[e.promoted_ids, e.suppressed_ids] for e in effects]).reshape(len(feats), 2, k)
-        eff_strs = np.array([[e.promoted_strs, e.suppressed_strs] for e in effects], dtype=object)
-        eff_val = np.array([[e.promoted_values, e.suppressed_values] for e in effects]).reshape(len(feats), 2, k)
-        rows = [analysis.next_token_probs(base if base is not None else run), analysis.next_token_probs(run)]
-        top = [np.argsort(-p, kind="stable")[:k] for p in rows]
-        next_strs = np.array([self.model.to_str_tokens(torch.from_numpy(t)) for t in top], dtype=object)
-        next_prob = np.stack([p[t] for p, t in zip(rows, top)])
-        return {"tokens": run.token_strs, "features": feats, "acts": acts[:, feats], "effect_ids": eff_ids,
-                "effect_strs": eff_strs.reshape(len(feats), 2, k), "effect_val": eff_val,
-                "next_strs": next_strs, "next_prob": next_prob, "prompt": run.prompt,
-                "sae_label": f"{sae.site} · {sae.architecture} · {sae.d_sae} features",
-                "steering": str(self.steering) if self.steering else ""}
-
-    def _effect(self, feature: int, k: int):
-        if (feature, k) not in self._effects:
-            self._effects[(feature, k)] = analysis.feature_logit_effects(self.sae, self.model, feature, k=k)
-        return self._effects[(feature, k)]
-
-    # -- patching -----------------------------------------------------------------------------
     def patching(self, clean: str, corrupted: str, site: str = "resid_pre", by: str = "position", *,
                  answers=None, metric=None, direction: str = "denoise", exact: bool = True,
                  **traits) -> PatchGridView:
@@ -335,106 +331,16 @@ class Lab:
         """
         from .analysis import patching as P
 
-        kwargs = dict(metric=metric, answers=answers, direction=direction)
-        with self._model_lock:
-            estimate = P.attribution_patching(self.model, clean, corrupted, site, by=by, **kwargs)
         view = PatchGridView(**traits)
-        blank = dataclasses.replace(estimate, values=np.full_like(estimate.values, np.nan),
-                                    method="activation", complete=False)
-        view.show_grid(blank, estimate=estimate, status="estimate")
-        view._mechviz_job = dict(clean=clean, corrupted=corrupted, site=site, by=by, **kwargs)
-        view.observe(lambda change: self._on_thread(self._patch_detail, change["owner"]), names="cell")
+        with self.lock:
+            pair = P.prompt_pair(self.model, clean, corrupted, metric=metric, answers=answers,
+                                 capture=P.patch_capture(self.model, site, by))
+        session = PatchingSession(view, pair, site, by, direction, self.lock, self._loop)
+        session.estimate()
+        self._register(view, session=session)
         if exact:
-            self._patch_exact(view)
+            session.start()
         return view
-
-    def _on_thread(self, fn, *args) -> None:
-        """Run ``fn`` on the kernel's loop (observers may fire on a subshell thread), or now."""
-        if self._loop is None:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _patch_exact(self, view: PatchGridView) -> None:
-        from .analysis import patching as P
-
-        job, first_cancel = view._mechviz_job, view.cancel_requests
-        last = [0.0]
-
-        def progress(grid, done, total):  # worker thread: at most ~5 redraws a second
-            if time.monotonic() - last[0] > 0.2 or done == total:
-                last[0] = time.monotonic()
-                self._on_thread(view.show_grid, dataclasses.replace(grid, values=grid.values.copy()), None, "running")
-
-        def work():  # holds the model for the whole job: live edits wait (the prompt box says so)
-            try:
-                with self._model_lock:
-                    grid = P.activation_patching(self.model, job["clean"], job["corrupted"], job["site"], by=job["by"],
-                                                 metric=job["metric"], answers=job["answers"],
-                                                 direction=job["direction"], on_progress=progress,
-                                                 cancel=lambda: view.cancel_requests != first_cancel)
-                self._on_thread(view.show_grid, grid, None, "done" if grid.complete else "cancelled")
-            except Exception as exc:  # shown in the widget
-                self._on_thread(self._patch_failed, view, f"{type(exc).__name__}: {exc}")
-
-        view.status = "running"
-        if self._loop is None:
-            work()
-        else:
-            threading.Thread(target=work, name="mechviz-patching", daemon=True).start()
-
-    @staticmethod
-    def _patch_failed(view: PatchGridView, message: str) -> None:
-        with view.hold_sync():
-            view.error, view.status = message, "error"
-
-    def _patch_detail(self, view: PatchGridView) -> None:
-        """The patched run of the clicked cell: its metric, top next tokens and logit lens (last position)."""
-        from .analysis import patching as P
-
-        r, c = view.cell
-        grid = view.grid
-        if r < 0 or c < 0 or grid is None:
-            return
-        job = view._mechviz_job
-        name = job["site"].split(".")[0]
-        H = len(grid.heads)
-        if grid.by == "position":
-            layer, pos, head = grid.layers[r], c, None
-        elif grid.by == "head":
-            layer, pos, head = grid.layers[r], slice(None), grid.heads[c]
-        else:
-            layer, pos, head = grid.layers[r // H], c, grid.heads[r % H]
-        receiver, source = ("corrupted", "clean") if job["direction"] == "denoise" else ("clean", "corrupted")
-        site = f"{name}.{layer}"
-        try:
-            with self._model_lock:
-                if "pair" not in job:  # once per view: both runs (every layer of the site) and the grid's metric
-                    job["pair"] = P.prompt_pair(self.model, job["clean"], job["corrupted"], job["metric"],
-                                                job["answers"], capture=[f"{name}.{lay}" for lay in grid.layers])
-                src = job["pair"].runs[source][site]
-
-                def patch(x):
-                    if head is None:
-                        x[pos] = src[pos].to(x.dtype)
-                    else:
-                        x[pos, head] = src[pos, head].to(x.dtype)
-                    return x
-                run = self.model.run(job[receiver], capture=lens.needs(self.model.n_layers), edits={site: patch})
-        except Exception as exc:
-            view.error = f"cannot show this cell's run: {exc}"
-            return
-        probs = torch.softmax(run.logits[-1], -1)
-        top = torch.topk(probs, 8)
-        grid_lens = lens.logit_lens(self.model, run, k=5)
-        with view.hold_sync():
-            view.detail_strs = self.model.to_str_tokens(top.indices)
-            view.detail_probs = pack(top.values.numpy(), "float16")
-            view.lens_rows = list(grid_lens.rows)
-            view.lens_strs = [[str(s) for s in row] for row in grid_lens.top_strs[:, -1]]
-            view.lens_probs = pack(grid_lens.top_probs[:, -1], "float16")
-            view.detail_metric = float(job["pair"].metric(run.logits[None]))
-            view.error = ""
 
     def show(self, *views):
         """The prompt box above ``views`` (default: a new attention view), as one displayable box."""
@@ -443,12 +349,15 @@ class Lab:
         return ipywidgets.VBox([self.prompt_box, *(views or (self.attention(),))])
 
     def dashboard(self):
-        """Prompt box, attention, logit lens and (with an SAE) features: one pass per edit, linked."""
-        views = [self.attention(), self.logit_lens()] + ([self.features()] if self.sae is not None else [])
+        """Prompt box, attention, logit lens and (with an SAE) features: one pass, linked."""
+        views = [AttentionView(), LogitLensView()] + ([FeatureView()] if self.sae is not None else [])
+        for view in views:
+            self.add(view, refresh=False)
+        self._show_now(views)
         return self.show(*views)
 
     def __repr__(self) -> str:
-        views = ", ".join(type(v).__name__ for v in self._views) or "none"
+        views = ", ".join(type(v).__name__ for v in self._bindings) or "none"
         sae = f", sae={self.sae!r}" if self.sae is not None else ""
         steer = f", steering={self.steering}" if self.steering else ""
-        return f"Lab(model={self.model!r}{sae}, prompt={self._prompt!r}, views=[{views}]{steer})"
+        return f"Lab(model={self.model!r}{sae}, prompt={self.prompt!r}, views=[{views}]{steer})"

@@ -10,7 +10,6 @@ import pytest
 
 import mechviz
 from mechviz.analysis import patching as P
-from mechviz.widgets.transport import unpack
 
 CLEAN = "And Moses and Aaron went unto the king, and Moses said unto"
 CORRUPTED = "And Moses and Aaron went unto the king, and Aaron said unto"
@@ -28,16 +27,17 @@ def test_grid_view_shows_engine_values_and_a_clicked_cell_agrees(lab, site, by):
     ref = P.activation_patching(lab.model, CLEAN, CORRUPTED, site, by=by, answers=ANSWERS)
     est = P.attribution_patching(lab.model, CLEAN, CORRUPTED, site, by=by, answers=ANSWERS)
     assert view.status == "done" and view.done == view.total == ref.values.size
-    np.testing.assert_allclose(view.matrix, ref._matrix(ref.values)[0], atol=1e-6)
-    np.testing.assert_allclose(unpack(view.estimate), est._matrix(est.values)[0], atol=1e-6)
-    assert view.clean_metric == pytest.approx(ref.clean_metric) and view.row_labels == ref._matrix(ref.values)[1]
+    np.testing.assert_allclose(view.data["values"], ref.matrix()[0], atol=1e-6)
+    np.testing.assert_allclose(view.data["estimate"], est.matrix()[0], atol=1e-6)
+    assert view.clean_metric == pytest.approx(ref.clean_metric) and view.row_labels == ref.matrix()[1]
     # click the cell with the largest effect: its patched run's metric is that cell's value
-    mat = view.matrix
+    mat = view.data["values"]
     r, c = np.unravel_index(np.nanargmax(np.abs(mat - view.corrupted_metric)), mat.shape)
     view.cell = [int(r), int(c)]
+    assert view.detail_cell == [r, c]  # the answer names its cell
     assert len(view.detail_strs) == 8 and view.lens_rows[-1] == "resid_post.3"
     assert view.detail_metric == pytest.approx(float(mat[r, c]), abs=1e-4)  # same run as the grid's cell
-    probs = unpack(view.detail_probs)
+    probs = view.data["detail_probs"]
     assert probs[0] >= probs[-1] > 0 and view.error == ""
     detail_top1 = view.detail_strs[0]
     assert view.lens_strs[-1][0] == detail_top1  # the lens' last row is the run's own output
@@ -50,7 +50,7 @@ def test_exact_values_stream_and_cancel_in_the_kernel_loop(lab):
             view = lab.patching(CLEAN, CORRUPTED, site="v", by="head_position", answers=ANSWERS)
             seen = []
             view.observe(lambda ch: seen.append(ch["new"]), names="done")
-            assert view.status == "running" and np.isnan(view.matrix).all()  # only the estimate so far
+            assert view.status == "running" and np.isnan(view.data["values"]).all()  # only the estimate so far
             for _ in range(1000):
                 await asyncio.sleep(0.01)
                 if view.status in ("done", "cancelled", "error"):
@@ -68,7 +68,7 @@ def test_exact_values_stream_and_cancel_in_the_kernel_loop(lab):
     view, seen, view2 = asyncio.run(scenario())
     assert view.status == "done" and view.done == view.total and seen[-1] == view.total
     assert view2.status == "cancelled" and view2.done < view2.total
-    assert np.isnan(view2.matrix).any()
+    assert np.isnan(view2.data["values"]).any()
 
 
 def test_unequal_lengths_are_a_clear_error(lab):
@@ -84,3 +84,76 @@ def test_a_failing_exact_job_reports_in_the_view(lab):
 
     view = lab.patching(CLEAN, CORRUPTED, site="resid_pre", metric=broken_metric)
     assert view.status == "error" and "metric exploded" in view.error
+
+
+def test_the_pair_is_built_once_per_grid(lab):
+    """The estimate, the exact job and every clicked cell share one PromptPair: 2 prompt passes, one
+    estimate pass (forward + backward), the batched exact passes, then ONE pass per click."""
+    calls = []
+    h = lab.model.blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))  # every pass enters block 0
+    try:
+        view = lab.patching(CLEAN, CORRUPTED, site="resid_pre", answers=ANSWERS, exact=False)
+        assert len(calls) == 3 and view.status == "estimate"
+        view.cell = [1, 3]
+        assert len(calls) == 4 and view.detail_cell == [1, 3]
+    finally:
+        h.remove()
+
+
+def test_paced_batches_give_the_same_grid(lab):
+    batches = {"free": 0, "paced": 0}
+
+    def counter(key):
+        def on_progress(grid, done, total):
+            batches[key] += 1
+        return on_progress
+    ref = P.activation_patching(lab.model, CLEAN, CORRUPTED, "z", by="head_position", answers=ANSWERS,
+                                on_progress=counter("free"))
+    paced = P.activation_patching(lab.model, CLEAN, CORRUPTED, "z", by="head_position", answers=ANSWERS,
+                                  batch_seconds=1e-4, on_progress=counter("paced"))
+    assert batches["paced"] > 2 * batches["free"]  # smaller batches ...
+    np.testing.assert_allclose(paced.values, ref.values, atol=1e-5)  # ... the same numbers (float32 rounding)
+
+
+REPEAT = " and Moses said unto Aaron, Go in unto Pharaoh king of Egypt, and speak unto him"
+
+
+def test_kernel_loop_stays_responsive_during_a_patching_job():
+    """A cell click and a prompt edit during an exact patching job are both served while the job
+    still runs, and a heartbeat on the kernel's loop never stalls more than 0.2 s."""
+    async def scenario():
+        lab = mechviz.Lab.default(prompt="In the beginning God created the heaven", threads=1)
+        attn, lens = lab.attention(), lab.logit_lens()
+        loop, gaps, last = asyncio.get_running_loop(), [], [0.0]
+
+        async def heartbeat():
+            last[0] = loop.time()
+            while True:
+                await asyncio.sleep(0.01)
+                gaps.append(loop.time() - last[0])
+                last[0] = loop.time()
+        beat = asyncio.ensure_future(heartbeat())
+        grid = lab.patching("Moses" + REPEAT * 6, "Aaron" + REPEAT * 6, site="q", by="head_position",
+                            answers=ANSWERS)
+        await asyncio.sleep(0.3)
+        events = {}
+        grid.cell = [5, 10]                                   # as a click in the browser
+        lab.prompt_box.value = "And God said, Let there be light"   # as typing in the box
+        for _ in range(2000):
+            await asyncio.sleep(0.005)
+            if grid.detail_cell == [5, 10] and "detail" not in events:
+                events["detail"] = grid.status
+            if attn.prompt == lens.prompt == "And God said, Let there be light" and "edit" not in events:
+                events["edit"] = grid.status
+            if len(events) == 2:
+                break
+        await grid.finished()
+        beat.cancel()
+        return events, max(gaps), grid, lab
+    events, stall, grid, lab = asyncio.run(scenario())
+    assert events == {"detail": "running", "edit": "running"}  # both answered before the job ended
+    assert grid.status == "done" and grid.done == grid.total
+    assert stall < 0.2, f"the kernel's loop stalled {stall:.3f} s"
+    ref = P.activation_patching(lab.model, "Moses" + REPEAT * 6, "Aaron" + REPEAT * 6, "q", by="head_position",
+                                answers=ANSWERS)
+    np.testing.assert_allclose(grid.data["values"], ref.matrix()[0], atol=1e-5)

@@ -34,5 +34,10 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
              if c.cell_type == "code" for o in c.get("outputs", []) if "data" in o
              and "application/vnd.jupyter.widget-view+json" in o["data"]]
     assert shown and all(mid in state for mid in shown)
+    # the selection the tour sets from Python (the induction head it finds) is what the saved state shows
+    sel = [m["state"] for m in state.values() if {"layer", "head", "token", "feature"} <= set(m["state"])
+           and "_anywidget_id" not in m["state"]]
+    assert len(sel) == 1 and (sel[0]["layer"], sel[0]["head"]) == (2, 0)
+    assert all((m["state"]["layer"], m["state"]["head"]) == (2, 0) for m in views)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "best induction head: layer" in printed
+    assert "best induction head: layer 2 head 0" in printed

@@ -33,7 +33,7 @@ def test_widget_state_carries_one_binary_buffer_not_json_floats():
     view.show(pattern, [f"t{i}" for i in range(40)], prompt="p")
     state, buffer_paths, buffers = _remove_buffers(view.get_state())
     assert buffer_paths == [["pattern", "data"]]
-    assert len(buffers) == 1 and bytes(buffers[0]) == view.pattern["data"]
+    assert len(buffers) == 1 and bytes(buffers[0]) == view.get_state("pattern")["pattern"]["data"]
     assert len(buffers[0]) == pattern.size  # 1 byte per attention weight
     text = json.dumps(state)  # the JSON part is small: traits and token strings only
     assert len(text) < 2000 + len(view._esm)
