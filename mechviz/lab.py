@@ -65,7 +65,7 @@ class Lab:
     >>> import mechviz
     >>> lab = mechviz.Lab.default(prompt="The cat sat on the mat. The cat")
     >>> view = lab.attention()          # AttentionView showing lab.prompt
-    >>> lab.show(view)                  # doctest: +SKIP   (prompt box + view; edits update live)
+    >>> box = lab.show(view)            # prompt box + view: display it; edits update live
     >>> lab.prompt = "Hello world"      # synchronous recompute from Python
     >>> view.prompt
     'Hello world'

@@ -21,7 +21,7 @@ shape, which activation each cell patches, how the grid is drawn in two dimensio
 ((4, 3), ['L0H0', 'L0H1', 'L1H0'], "0 'a'")
 >>> grid.cell(3, 2)          # drawn row 3 = layer 1 head 1, column 2 = position 2
 Cell(layer=1, pos=2, head=1, index=(1, 2, 1))
->>> float(grid.values[grid.cell(3, 2).index]) == mat[3, 2]
+>>> bool(grid.values[grid.cell(3, 2).index] == mat[3, 2])
 True
 """
 

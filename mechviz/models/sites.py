@@ -101,10 +101,11 @@ class Site:
 
 def parse_sites(spec, n_layers: int) -> list[Site]:
     """Turn ``"resid_pre.3"``, ``"attn_pattern"`` (all layers), ``Site`` objects or
-    ``("z", 2)`` tuples (or a list of any of these) into a sorted, de-duplicated list of Sites.
+    ``("z", 2)`` tuples (or a list of any of these) into a de-duplicated list of Sites in forward
+    order (by layer, then by position in the block).
 
     >>> [str(s) for s in parse_sites(["attn_pattern", "resid_pre.1"], n_layers=2)]
-    ['attn_pattern.0', 'attn_pattern.1', 'resid_pre.1']
+    ['attn_pattern.0', 'resid_pre.1', 'attn_pattern.1']
     """
     if isinstance(spec, (str, Site, tuple)):
         spec = [spec]
