@@ -238,7 +238,11 @@ class Lab:
         try:
             steering = Steering.from_request(change["new"], self.sae)
         except ValueError as exc:  # shown in that view; the applied steering and the last view stay
-            change["owner"].error = str(exc)
+            view, message = change["owner"], str(exc)
+            if self._loop is None:
+                view.error = message
+            else:  # traits are set on the loop's thread
+                self._loop.call_soon_threadsafe(setattr, view, "error", message)
             return
         self._live(replace(self._wanted, steering=steering))
 
