@@ -42,15 +42,25 @@ __all__ = [
 ]
 
 
-def load_default_model(device: str = "cpu", attn_implementation: str | None = None):
-    """Return ``(model, tokenizer)``: the bundled GPT2LMHeadModel (eval mode) and its tokenizer, offline.
+BACKENDS = ("hf", "transformer_lens")
 
-    Loaded with the regular HF loaders from :data:`MODEL_DIR` (``local_files_only=True``). Pass
+
+def load_default_model(device: str = "cpu", attn_implementation: str | None = None, backend: str = "hf"):
+    """Return ``(model, tokenizer)``: the bundled model (eval mode) and its tokenizer, offline.
+
+    ``backend="hf"`` (default): the HuggingFace ``GPT2LMHeadModel``, loaded with the regular HF
+    loaders from :data:`MODEL_DIR` (``local_files_only=True``), and its tokenizer. Pass
     ``attn_implementation="eager"`` if you need attention weights from HF directly
     (``output_attentions=True``; mechviz switches to eager attention itself).
 
-    The model is named :data:`MODEL_NAME` (``"mechviz-default"``, the name in the SAE's config),
-    so ``mechviz.Lab(*load_default_model(), sae=SAE_DIR)`` works. Nothing is downloaded
+    ``backend="transformer_lens"``: the same weights as a TransformerLens ``HookedTransformer``
+    (needs the optional ``transformer-lens`` package), converted in memory by
+    :func:`mechviz.models.tl_convert.hf_to_tl` without LayerNorm folding or centring, so every hook
+    equals the HF model's site and the bundled SAE (trained on the raw HF residual stream) applies;
+    the tokenizer returned is the one attached to it (``model.tokenizer``).
+
+    Either model is named :data:`MODEL_NAME` (``"mechviz-default"``, the name in the SAE's config),
+    so ``mechviz.Lab(*load_default_model(backend=...), sae=SAE_DIR)`` works. Nothing is downloaded
     and no progress bar is drawn (transformers' "Loading weights" bar is off for this call only).
 
     >>> import mechviz, mechviz.zoo
@@ -58,6 +68,10 @@ def load_default_model(device: str = "cpu", attn_implementation: str | None = No
     >>> mechviz.wrap(model, tokenizer).name
     'mechviz-default'
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "transformer_lens" and attn_implementation is not None:
+        raise ValueError("attn_implementation applies to the HF backend only (backend='hf')")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {"local_files_only": True}
@@ -68,6 +82,11 @@ def load_default_model(device: str = "cpu", attn_implementation: str | None = No
     model.config.name_or_path = model.name_or_path = MODEL_NAME  # was the folder's path
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(MODEL_DIR), local_files_only=True)
+    if backend == "transformer_lens":
+        from ..models.tl_convert import hf_to_tl
+
+        model = hf_to_tl(model, tokenizer)
+        return model, model.tokenizer
     return model, tokenizer
 
 
