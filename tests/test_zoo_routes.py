@@ -21,7 +21,7 @@ from mechviz.models import UnsupportedModelError, wrap
 from mechviz.saes import check_sae_fits, load_sae
 from mechviz.saes.sae import SAEError
 
-from .conftest import build_hf
+from .conftest import _tokenizer, build_hf
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "In the beginning God created the heaven and the earth. And God said, Let there be light"
@@ -140,6 +140,8 @@ def test_hf_to_tl_refuses_what_it_cannot_convert():
                                          num_key_value_heads=1, intermediate_size=32, vocab_size=50))
     with pytest.raises(UnsupportedModelError, match="model types gpt2, gpt_neox, llama; this model is 'mistral'"):
         hf_to_tl(m)
+    with pytest.raises(ValueError, match="this one was built in memory"):
+        hf_to_tl(build_hf("gpt2"), _tokenizer())  # TransformerLens would fail on it with a KeyError
     with pytest.raises(ValueError, match="backend must be one of"):
         zoo.load_default_model(backend="tl")
     with pytest.raises(ValueError, match="HF backend only"):

@@ -38,8 +38,9 @@ def hf_to_tl(model, tokenizer=None, *, device=None):
 
     ``model``: a HuggingFace ``GPT2LMHeadModel``, ``GPTNeoXForCausalLM`` or ``LlamaForCausalLM``
     (grouped-query attention included); it is not modified. ``tokenizer``: its HF tokenizer, attached
-    to the copy (TransformerLens reloads it from its folder with ``add_bos_token=True``, locally), or
-    None. ``device``: where the copy lives (default: the model's device); its dtype is the model's.
+    to the copy (TransformerLens reloads it from its folder with ``add_bos_token=True``, locally, so
+    it must have been loaded from one), or None. ``device``: where the copy lives (default: the
+    model's device); its dtype is the model's.
 
     The copy is converted without LayerNorm folding, weight centring, unembedding centring or
     value-bias folding, so its logits and every hook's activation equal the HF model's (up to float
@@ -62,6 +63,10 @@ def hf_to_tl(model, tokenizer=None, *, device=None):
         raise UnsupportedModelError(
             f"hf_to_tl converts HuggingFace model types {', '.join(sorted(CONVERTERS))}; this model is "
             f"{config.model_type!r} ({type(model).__name__})")
+    if tokenizer is not None and not getattr(tokenizer, "init_kwargs", {}).get("name_or_path"):
+        raise ValueError("TransformerLens reloads the tokenizer it is given from its folder (with add_bos_token=True), "
+                         "and this one was built in memory: save it (tokenizer.save_pretrained(folder)) and load it "
+                         "from there, or pass tokenizer=None")
     param = next(model.parameters())
     config = copy.deepcopy(config)  # TransformerLens reads the config from a folder; the copy is what we save
     config.architectures = [type(model).__name__]

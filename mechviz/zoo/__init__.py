@@ -57,7 +57,8 @@ def load_default_model(device: str = "cpu", attn_implementation: str | None = No
     (needs the optional ``transformer-lens`` package), converted in memory by
     :func:`mechviz.models.tl_convert.hf_to_tl` without LayerNorm folding or centring, so every hook
     equals the HF model's site and the bundled SAE (trained on the raw HF residual stream) applies;
-    the tokenizer returned is the one attached to it (``model.tokenizer``).
+    the tokenizer returned is the one attached to it (``model.tokenizer``, which TransformerLens
+    reloads from the same folder with ``add_bos_token=True``).
 
     Either model is named :data:`MODEL_NAME` (``"mechviz-default"``, the name in the SAE's config),
     so ``mechviz.Lab(*load_default_model(backend=...), sae=SAE_DIR)`` works. Nothing is downloaded
