@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+# the HF -> TransformerLens converter the tests compare against (TransformerLens is imported when it is called)
+from mechviz.models.tl_convert import hf_to_tl as tl_from_hf  # noqa: F401
+
 torch.set_num_threads(int(os.environ.get("MECHVIZ_TORCH_THREADS", "1")))
 
 VOCAB = 97
@@ -51,29 +54,3 @@ def build_hf(arch: str, seed: int = 0):
 
 
 HF_ARCHS = ["gpt2", "neox", "neox_seq", "llama_gqa"]
-
-
-def tl_from_hf(model, tokenizer=None):
-    """The same weights as a TransformerLens HookedTransformer, through TL's own config and weight
-    converters (no folding or centring, so activations are comparable site by site)."""
-    import tempfile
-
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens import loading_from_pretrained as loading
-    from transformer_lens.pretrained import weight_conversions as wc
-
-    with tempfile.TemporaryDirectory() as d:
-        model.config.architectures = [type(model).__name__]
-        if model.config.model_type == "gpt2":  # TL reads GPT-2's legacy n_ctx, which transformers 5 dropped
-            model.config.n_ctx = model.config.n_positions
-        model.config.save_pretrained(d)
-        cfg_dict = loading.convert_hf_model_config(d)
-    cfg_dict.pop("original_architecture", None)
-    cfg_dict.pop("tokenizer_name", None)  # else TL would try to load a tokenizer from that path
-    cfg = HookedTransformerConfig(**cfg_dict, original_architecture=type(model).__name__, device="cpu")
-    convert = {"gpt2": wc.convert_gpt2_weights, "gpt_neox": wc.convert_neox_weights,
-               "llama": wc.convert_llama_weights}[model.config.model_type]
-    tl = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-    tl.load_and_process_state_dict(convert(model, cfg), fold_ln=False, center_writing_weights=False,
-                                   center_unembed=False, fold_value_biases=False, refactor_factored_attn_matrices=False)
-    return tl.eval()

@@ -6,6 +6,7 @@ modules live. Nothing else in mechviz knows about architectures.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,10 @@ class HFAdapter(ModelAdapter):
         self.max_len = getattr(cfg, "max_position_embeddings", None)
         self.parallel = bool(self.spec.parallel and getattr(cfg, self.spec.parallel, False))
         self.blocks = _get(model, self.spec.blocks)
+        # the forward keyword for a key/value cache: transformers 5.x renamed past_key_values to cache
+        # (and warns on the old name); older versions, and models that declare neither, take past_key_values
+        takes_cache = "cache" in inspect.signature(type(model).forward).parameters
+        self._cache_kw = "cache" if takes_cache else "past_key_values"
 
     # -- where each site is read: (module, "pre" | "post", get, put) -------------------------
     def _tap(self, layer: int, name: str):
@@ -265,7 +270,7 @@ class HFAdapter(ModelAdapter):
         self._stop_after_last_block(store, handles)
         try:
             with torch.inference_mode():
-                self.model(input_ids=ids[None].to(self._device()), past_key_values=cache, use_cache=True)
+                self.model(input_ids=ids[None].to(self._device()), **{self._cache_kw: cache}, use_cache=True)
         except StopForward:
             pass
         finally:
@@ -316,7 +321,7 @@ class HFAdapter(ModelAdapter):
         try:
             setattr(parent, attr, torch.nn.ModuleList(list(self.blocks)[start_layer:]))
             with torch.inference_mode():
-                self.model(input_ids=ids[None, start_pos:].to(self._device()), past_key_values=cache,
+                self.model(input_ids=ids[None, start_pos:].to(self._device()), **{self._cache_kw: cache},
                            use_cache=cache is not None)
         except StopForward:
             pass
