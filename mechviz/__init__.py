@@ -5,6 +5,7 @@
 >>> lab.show(lab.attention())         # doctest: +SKIP
 """
 
+from . import zoo
 from .lab import Lab, pin_threads
 from .models import Run, SITES, wrap
 from .steering import Steering

@@ -111,8 +111,7 @@ class Lab:
         from .zoo import SAE_DIR, load_default_model
 
         model, tokenizer = load_default_model()
-        return cls(model, tokenizer, prompt=prompt, sae=SAE_DIR if sae else None,
-                   name=kwargs.pop("name", "mechviz-default"), **kwargs)
+        return cls(model, tokenizer, prompt=prompt, sae=SAE_DIR if sae else None, **kwargs)
 
     def add_sae(self, sae, *, site: str | None = None, allow_model_mismatch: bool = False) -> None:
         """Attach an SAE (checked against the model: site, width, and the model it was trained on)."""

@@ -77,10 +77,10 @@ with step("Lab with attention, logit lens, features"):
     lab = mechviz.Lab(model, tok, sae=zoo.SAE_DIR, prompt=P)
     attn, lens, feat = lab.attention(), lab.logit_lens(), lab.features()
     lab.prompt = "In the beginning God created the heaven and the earth."
-    R["attn_shape"] = list(attn.values.shape)
-    R["lens_shape"] = list(lens.values["top_probs"].shape)
-    R["feat_shape"] = list(feat.values["acts"].shape)
-    R["feat_max"] = float(feat.values["acts"].max())
+    R["attn_shape"] = list(attn.data["pattern"].shape)
+    R["lens_shape"] = list(lens.data["top_probs"].shape)
+    R["feat_shape"] = list(feat.data["acts"].shape)
+    R["feat_max"] = float(feat.data["acts"].max())
 
 with step("steering"):
     before = lab.run(capture=["resid_post.1"]).logits[-1]
@@ -92,7 +92,7 @@ with step("steering"):
 with step("patching grid (Lab)"):
     view = lab.patching(C, X, site="z", by="head", answers=ANSWERS)
     R["grid_status"] = view.status
-    R["grid"] = np.asarray(view.matrix).tolist()
+    R["grid"] = np.asarray(view.data["values"]).tolist()
 
 with step("activation_patching resid_pre"):
     g = activation_patching(lab.model, C, X, "resid_pre", answers=ANSWERS)
@@ -112,7 +112,7 @@ with step("TL Lab, views, steering, patching"):
     tlab.steer(158, 20.0)
     tlab.steer(None)
     tview = tlab.patching(C, X, site="z", by="head", answers=ANSWERS)
-    R["tl_grid"] = np.asarray(tview.matrix).tolist()
+    R["tl_grid"] = np.asarray(tview.data["values"]).tolist()
     R["tl_resid_pre"] = activation_patching(tlab.model, C, X, "resid_pre", answers=ANSWERS).values.tolist()
 
 print(json.dumps({"steps": STEPS, "results": R}))
