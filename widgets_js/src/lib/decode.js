@@ -79,6 +79,5 @@ export function traitDecoder(model) {
       vals.set(name, v);
       return v;
     },
-    peek(name) { return vals.get(name) ?? null; },
   };
 }

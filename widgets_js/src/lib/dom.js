@@ -60,7 +60,6 @@ export function coalesce(fn, fallbackMs = 250) {
       if (timer) clearTimeout(timer);
       raf = timer = 0;
     },
-    flush: run,
   };
 }
 
