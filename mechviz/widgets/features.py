@@ -19,9 +19,14 @@ class FeatureView(anywidget.AnyWidget):
     ``effect_val`` ``[F, 2, k]``; ``next_idx``/``next_prob`` ``[2, k]``: the next-token distribution at
     the last position without (row 0) and with (row 1) steering.
     Selection (linked): ``feature`` (an SAE feature id, -1 none), ``token``.
-    Steering (set in the browser or from Python): ``steer_feature`` (-1: off), ``steer_mode``
-    (``"clamp"`` to ``steer_value`` or ``"scale"`` by it). The Lab recomputes every view with the
-    steered model and reports what is applied in ``steering``.
+
+    Steering is one request: the browser's controls (or Python) set ``steer_request`` to
+    ``{"feature": int, "value": float, "mode": "clamp" | "scale", "id": int}`` (clamp the feature to
+    ``value``, or scale it by ``value``) or ``{"feature": None, "id": int}`` (steering off); ``id``
+    grows with every request, so a repeated request is still a change. The Lab answers with
+    ``steered``, the steering actually applied (``{"feature", "value", "mode"}``, or ``None``: off;
+    unchanged, with ``error`` set, when it refuses a request), recomputes every view with the
+    steered model and labels the data in ``steering``.
     """
 
     _esm = bundle("features")
@@ -35,9 +40,8 @@ class FeatureView(anywidget.AnyWidget):
     next_idx = ArrayTrait()
     next_prob = ArrayTrait()
     sae_label = t.Unicode("").tag(sync=True)
-    steer_feature = t.Int(-1).tag(sync=True)
-    steer_mode = t.Enum(("clamp", "scale"), default_value="clamp").tag(sync=True)
-    steer_value = t.Float(0.0).tag(sync=True)
+    steer_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
+    steered = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     steering = t.Unicode("").tag(sync=True)
     prompt = t.Unicode("").tag(sync=True)
     seq = t.Int(0).tag(sync=True)
