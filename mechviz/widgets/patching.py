@@ -20,9 +20,11 @@ class PatchGridView(anywidget.AnyWidget):
     whole clean/corrupted gap). ``row_labels``/``col_labels`` name layers (or layer/head) and
     tokens (or heads). ``done``/``total`` count exact cells; ``status``: ``"estimate"`` |
     ``"running"`` | ``"done"`` | ``"cancelled"`` | ``"error"``.
-    Click: ``cell = [row, col]`` (``[-1, -1]`` none); the kernel answers with that patched run's
-    metric (``detail_metric``, equal to the cell's value), top next tokens (``detail_strs``, ``detail_probs``) and its logit lens at the metric's position
-    (``lens_strs`` ``[R][k]`` text, ``lens_probs`` ``[R, k]``, rows ``lens_rows``).
+    Click: ``cell = [row, col]`` (``[-1, -1]`` none); the kernel answers, in one update, with the
+    cell it answers (``detail_cell``), that patched run's metric (``detail_metric``, equal to the
+    cell's value), top next tokens (``detail_strs``, ``detail_probs``) and its logit lens at the
+    metric's position (``lens_strs`` ``[R][k]`` text, ``lens_probs`` ``[R, k]``, rows ``lens_rows``).
+    The browser shows the answer only while ``detail_cell`` equals ``cell``.
     ``cancel_requests``: the browser increments it to stop the exact computation.
     """
 
@@ -40,6 +42,7 @@ class PatchGridView(anywidget.AnyWidget):
     total = t.Int(0).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
     cell = t.List(t.Int(), default_value=[-1, -1]).tag(sync=True)
+    detail_cell = t.List(t.Int(), default_value=[-1, -1]).tag(sync=True)  # the cell detail_*/lens_* describe
     detail_metric = t.Float(None, allow_none=True).tag(sync=True)  # None until a cell is clicked
     detail_strs = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     detail_probs = ArrayTrait()

@@ -426,21 +426,17 @@ def test_patch_grid_exact_estimate_hover_colours_select(page, artifacts):
     page.click(f"{GRID} button.mv-cancel")
     assert page.evaluate("window.saved.at(-1).cancel_requests") == 1
 
-    # click: cell = [r, c], outlined; the kernel's answer fills the detail panel
+    # click: cell = [r, c], outlined; until the kernel answers for that cell, the panel says so
     click_grid(page, GRID, "canvas.mv-grid", 1, 2)
     page.wait_for_selector(f'{GRID}[data-cell="1,2"]')
     assert page.evaluate("window.saved.at(-1).cell") == [1, 2]
     edge = grid_pixel(page, GRID, "canvas.mv-grid", 1, 2, 0.5, 0.02)
     assert sum(edge[:3]) < 150, edge
-    from mechviz.widgets.transport import pack
-    v.cell = [1, 2]
-    v.detail_strs = [" mat", XSS, "\n"]
-    v.detail_probs = pack(np.array([0.5, 0.25, 0.125]), "float16")
-    v.lens_rows = ["resid_pre.0", "resid_post.2"]
-    v.lens_strs = [[" a", " <b>b</b>"], [" mat", " rug"]]
-    v.lens_probs = pack(np.array([[0.1, 0.05], [0.6, 0.2]]), "float16")
-    v.detail_metric = 1.0
-    push_bare(page, v, ["detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs", "lens_probs"])
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
+    assert page.locator(f"{GRID} .mv-detail-title").text_content() == "patched L1 · 2 ' cat/dog'"
+    # the kernel's answer (it names its cell) fills the detail panel
+    answer(v, [1, 2])
+    push_bare(page, v, DETAIL)
     page.wait_for_selector(f'{GRID} .mv-detail[data-cell="1,2"]')
     items = page.locator(f"{GRID} .mv-detail-next li")
     assert items.all_text_contents() == [" mat", XSS, "\n"]
@@ -451,20 +447,8 @@ def test_patch_grid_exact_estimate_hover_colours_select(page, artifacts):
     assert lens_rows.count() == 2
     assert lens_rows.nth(1).locator(".mv-lens-tok").all_text_contents() == [" mat", " rug"]
     assert float(lens_rows.nth(1).locator(".mv-lens-tok").first.get_attribute("data-prob")) == pytest.approx(0.6, abs=1e-3)
-    _no_injection(page, GRID)
-    # another cell: until the kernel answers, the panel says so and labels the old answer as such
-    click_grid(page, GRID, "canvas.mv-grid", 0, 0)
-    page.wait_for_selector(f'{GRID}[data-cell="0,0"]')
-    assert page.locator(f"{GRID} .mv-detail").get_attribute("data-cell") == ""
-    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
-    assert page.locator(f"{GRID} .mv-detail-title").text_content() == "patched L1 · 2 ' cat/dog'"
-    v.detail_strs = [" rug"]
-    v.detail_probs = pack(np.array([0.75]), "float16")
-    v.detail_metric = 2.0
-    push_bare(page, v, ["detail_metric", "detail_strs", "detail_probs"])
-    page.wait_for_selector(f'{GRID} .mv-detail[data-cell="0,0"]')
-    assert items.all_text_contents() == [" rug"]
     assert page.locator(f"{GRID} .mv-detail-wait").count() == 0
+    _no_injection(page, GRID)
 
     # values stream in: more exact cells, redrawn; done: the cancel button goes away
     draws = int(root.get_attribute("data-draws"))
@@ -482,6 +466,72 @@ def test_patch_grid_exact_estimate_hover_colours_select(page, artifacts):
     page.evaluate("model.set('error', 'patching failed')")
     page.wait_for_selector(f"{GRID} .mv-error:visible")
     assert canvas_stats(page, f"{GRID} canvas.mv-grid")["ink"] > 0
+    assert page.mv_errors == []
+
+
+DETAIL = ["detail_cell", "detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs", "lens_probs"]
+
+
+def answer(v, cell, strs=(" mat", XSS, "\n"), metric=1.0):
+    """Fill ``v``'s detail traits as the kernel does for ``cell`` (in one update, naming the cell)."""
+    from mechviz.widgets.transport import pack
+
+    with v.hold_sync():
+        v.detail_cell = list(cell)
+        v.detail_strs = list(strs)
+        v.detail_probs = pack(np.array([0.5, 0.25, 0.125][:len(strs)]), "float16")
+        v.lens_rows = ["resid_pre.0", "resid_post.2"]
+        v.lens_strs = [[" a", " <b>b</b>"], [" mat", " rug"]]
+        v.lens_probs = pack(np.array([[0.1, 0.05], [0.6, 0.2]]), "float16")
+        v.detail_metric = metric
+
+
+def test_patch_grid_detail_only_for_the_cell_it_answers(page):
+    """The detail panel shows the kernel's answer only while ``detail_cell`` is the clicked ``cell``:
+    an answer for another cell (an earlier click, a slow kernel) is never shown under this one."""
+    from mechviz.widgets.patching import PatchGridView
+
+    grid, est = patch_grids()
+    v = PatchGridView()
+    v.show_grid(grid, estimate=est, status="done")
+    v.cell = [1, 2]
+    answer(v, [1, 2])
+    mount_bare(page, v)            # a saved notebook: the answer for the selected cell shows at load
+    detail = page.locator(f"{GRID} .mv-detail")
+    page.wait_for_selector(f'{GRID} .mv-detail[data-cell="1,2"]')
+    items = page.locator(f"{GRID} .mv-detail-next li")
+    assert items.all_text_contents() == [" mat", XSS, "\n"]
+    # another cell: the old answer disappears, the panel waits for this one
+    click_grid(page, GRID, "canvas.mv-grid", 0, 0)
+    page.wait_for_selector(f'{GRID}[data-cell="0,0"]')
+    assert detail.get_attribute("data-cell") == ""
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
+    assert page.locator(f"{GRID} .mv-detail-title").text_content() == f"patched L0 · {v.col_labels[0]}"
+    assert items.count() == 0 and page.locator(f"{GRID} .mv-lens-row").count() == 0
+    # a late answer for the previous cell (new values, still named [1, 2]): not shown here
+    draws = page.locator(GRID).get_attribute("data-draws")
+    answer(v, [1, 2], strs=(" late",))
+    push_bare(page, v, DETAIL)
+    page.wait_for_function("([sel, n]) => document.querySelector(sel).dataset.draws !== n", arg=[GRID, draws])
+    assert detail.get_attribute("data-cell") == "" and items.count() == 0
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
+    # the answer for this cell
+    answer(v, [0, 0], strs=(" rug",), metric=2.0)
+    push_bare(page, v, DETAIL)
+    page.wait_for_selector(f'{GRID} .mv-detail[data-cell="0,0"]')
+    assert items.all_text_contents() == [" rug"]
+    assert page.locator(f"{GRID} .mv-detail-metric").get_attribute("data-value") == "2.0000"
+    assert page.locator(f"{GRID} .mv-detail-wait").count() == 0
+    # back to the first cell: the answer on hand is for (0, 0), so the panel waits again
+    click_grid(page, GRID, "canvas.mv-grid", 1, 2)
+    page.wait_for_selector(f'{GRID}[data-cell="1,2"]')
+    assert detail.get_attribute("data-cell") == "" and items.count() == 0
+    # a saved notebook whose answer is for another cell than the selected one: it waits
+    v.cell = [2, 1]
+    mount_bare(page, v)
+    page.wait_for_selector(f'{GRID}[data-cell="2,1"]')
+    assert page.locator(f"{GRID} .mv-detail").get_attribute("data-cell") == ""
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
     assert page.mv_errors == []
 
 
