@@ -221,6 +221,7 @@ class Lab:
         """Clamp SAE ``feature`` to ``value`` (``mode="clamp"``) or scale it by ``value``
         (``mode="scale"``) in every view's forward pass; ``steer(None)`` turns steering off."""
         self.steering = self._steering(feature, value, mode)
+        self._show_steered()
         self._refresh()
 
     def _steering(self, feature, value, mode) -> Steering | None:
@@ -234,21 +235,28 @@ class Lab:
             raise ValueError(f"feature {feature} out of range: the SAE has {self.sae.d_sae} features")
         return Steering(int(feature), float(value), mode)
 
-    def _on_steer_request(self, change) -> None:  # a FeatureView's steering controls
-        view = change["owner"]
+    def _show_steered(self) -> None:  # every feature view's controls show the applied steering
+        s = self.steering
+        steered = None if s is None else {"feature": s.feature, "value": s.value, "mode": s.mode}
+        for view in list(self._views):
+            if isinstance(view, FeatureView):
+                view.steered = steered
+
+    def _on_steer_request(self, change) -> None:  # a FeatureView's steering controls: one request
+        request = change["new"] or {}
         try:
-            steering = self._steering(view.steer_feature, view.steer_value, view.steer_mode)
+            steering = self._steering(request.get("feature"), request.get("value", 0.0), request.get("mode", "clamp"))
         except Exception as exc:  # shown in the widget; the last good view stays
             if self._loop is None:
                 self._show_error(self._prompt, exc)
             else:
                 self._loop.call_soon_threadsafe(self._show_error, self._prompt, exc)
             return
+        self.steering = steering
+        self._on_thread(self._show_steered)
         if self._loop is None:  # no kernel loop (a script): recompute now
-            self.steering = steering
             self._refresh()
         else:  # from the browser: recompute off the main thread like a prompt edit
-            self.steering = steering
             self._live(self._prompt)
 
     # -- views --------------------------------------------------------------------------------
@@ -289,8 +297,10 @@ class Lab:
         if self.sae is None:
             raise ValueError("the feature view needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
         view = FeatureView(**traits)
-        view.observe(self._on_steer_request, names=["steer_feature", "steer_value", "steer_mode"])
-        return self._add(view, lambda: [self.sae.site], lambda run, base: self._feature_payload(run, base, n, k))
+        view.observe(self._on_steer_request, names="steer_request")
+        self._add(view, lambda: [self.sae.site], lambda run, base: self._feature_payload(run, base, n, k))
+        self._show_steered()
+        return view
 
     def _feature_payload(self, run: Run, base: Run | None, n: int, k: int) -> dict:
         sae = self.sae
@@ -428,6 +438,7 @@ class Lab:
         top = torch.topk(probs, 8)
         grid_lens = lens.logit_lens(self.model, run, k=5)
         with view.hold_sync():
+            view.detail_cell = [r, c]
             view.detail_strs = self.model.to_str_tokens(top.indices)
             view.detail_probs = pack(top.values.numpy(), "float16")
             view.lens_rows = list(grid_lens.rows)
