@@ -52,9 +52,9 @@ def test_steering_from_the_view_changes_prediction_and_lens(lab):
     before_lens = lens_view.lens.top_probs.copy()
     f = int(feat.values["features"][0])
     promoted = feat.values["effect_ids"][0, 0]
-    feat.steer_value = 40.0
-    feat.steer_feature = f  # as the browser's steering controls do
+    feat.steer_request = {"feature": f, "value": 40.0, "mode": "clamp", "id": 1}  # as the browser's controls do
     assert lab.steering == mechviz.lab.Steering(f, 40.0, "clamp")
+    assert feat.steered == {"feature": f, "value": 40.0, "mode": "clamp"}
     assert feat.steering == f"feature {f} clamped to 40"
     base, steered = feat.values["next_prob"]
     np.testing.assert_allclose(base, before_next, atol=1e-6)  # row 0 stays the unsteered model
@@ -66,14 +66,14 @@ def test_steering_from_the_view_changes_prediction_and_lens(lab):
     p0 = torch.softmax(lab.model.run("The cat sat on the").logits[-1], -1)
     p1 = torch.softmax(lab.run().logits[-1], -1)
     assert float(p1[promoted].sum()) > float(p0[promoted].sum())
-    feat.steer_feature = -1
-    assert lab.steering is None and feat.steering == ""
+    feat.steer_request = {"feature": None, "id": 2}
+    assert lab.steering is None and feat.steering == "" and feat.steered is None
 
 
 def test_bad_steering_and_bad_sae_show_clear_errors(lab):
     feat = lab.features()
-    feat.steer_feature = 10**6
-    assert "out of range" in feat.error and lab.steering is None
+    feat.steer_request = {"feature": 10**6, "value": 1.0, "mode": "clamp", "id": 1}
+    assert "out of range" in feat.error and lab.steering is None and feat.steered is None
     from mechviz.saes import SAE
     wide = SAE(W_enc=torch.zeros(64, 8), b_enc=torch.zeros(8), W_dec=torch.zeros(8, 64), b_dec=torch.zeros(64),
                site="resid_post.0")

@@ -35,6 +35,7 @@ def test_grid_view_shows_engine_values_and_a_clicked_cell_agrees(lab, site, by):
     mat = view.matrix
     r, c = np.unravel_index(np.nanargmax(np.abs(mat - view.corrupted_metric)), mat.shape)
     view.cell = [int(r), int(c)]
+    assert view.detail_cell == [int(r), int(c)]  # the answer names the cell it answers
     assert len(view.detail_strs) == 8 and view.lens_rows[-1] == "resid_post.3"
     assert view.detail_metric == pytest.approx(float(mat[r, c]), abs=1e-4)  # same run as the grid's cell
     probs = unpack(view.detail_probs)
