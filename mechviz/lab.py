@@ -238,10 +238,14 @@ class Lab:
             steering = Steering.from_request(change["new"], self.sae)
         except ValueError as exc:  # shown in that view; the applied steering and the last view stay
             view, message = change["owner"], str(exc)
-            if self._loop is None:
+
+            def refuse():  # "" first: a second refusal with the same text must still reach the browser
+                view.error = ""
                 view.error = message
+            if self._loop is None:
+                refuse()
             else:  # traits are set on the loop's thread
-                self._loop.call_soon_threadsafe(setattr, view, "error", message)
+                self._loop.call_soon_threadsafe(refuse)
             return
         self._live(replace(self._wanted, steering=steering))
 

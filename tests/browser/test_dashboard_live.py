@@ -157,7 +157,23 @@ def test_dashboard_steering_changes_prediction(dash, artifacts):
     after = hover_grid(page, LENS, "canvas.mv-grid", R - 1, T - 1)
     assert_lens_cell(after, steered_lens, R - 1, T - 1)
     assert after["top"] == steered_top != base_top, (after, steered_top, base_top)
+    # the controls show what the kernel applied (its `steered` answer)
+    controls = lambda: (page.input_value(f"{FEAT} input.mv-steer-feature"),  # noqa: E731
+                        page.input_value(f"{FEAT} input.mv-steer-value"), page.input_value(f"{FEAT} select.mv-steer-mode"))
+    assert controls() == (str(feature), f"{CLAMP:g}", "clamp")
     page.locator(".jp-Notebook:visible").first.screenshot(path=str(artifacts / "lab_dashboard_steered.png"))
+
+    # a request the kernel refuses: its error shows, the controls return to the applied steering
+    page.fill(f"{FEAT} input.mv-steer-feature", "999999")
+    page.fill(f"{FEAT} input.mv-steer-value", "3")
+    page.select_option(f"{FEAT} select.mv-steer-mode", "scale")
+    page.click(f"{FEAT} button.mv-steer-apply")
+    page.wait_for_function("(sel) => (document.querySelector(sel)?.textContent || '').includes('out of range')",
+                           arg=f"{FEAT} .mv-error", timeout=30_000)
+    page.wait_for_function("([sel, f]) => document.querySelector(sel).value === f",
+                           arg=[f"{FEAT} input.mv-steer-feature", str(feature)], timeout=10_000)
+    assert controls() == (str(feature), f"{CLAMP:g}", "clamp")
+    assert page.locator(FEAT).get_attribute("data-steering") == f"feature {feature} clamped to {CLAMP:g}"
 
     # steering off restores the prediction
     seq = page.locator(LENS).get_attribute("data-seq")

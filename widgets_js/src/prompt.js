@@ -1,24 +1,36 @@
 // PromptBox: a textarea whose edits are debounced in the browser before `value` is synced; a status
 // line says what the views show (or that a pass is running) and an error line shows failures.
 
-import { h, style, watch } from "./lib/dom.js";
+import { h, watch } from "./lib/dom.js";
+import { viewRoot, errorBanner, cleanup, stamp } from "./lib/view.js";
+
+/**
+ * The traits of mechviz/widgets/prompt.py:PromptBox (the Python <-> JS contract).
+ * @typedef {object} PromptTraits
+ * @property {string} value  written here (debounced): the prompt as typed; never overwritten while typing
+ * @property {string} placeholder
+ * @property {number} debounce_ms
+ * @property {"idle"|"running"|"error"} status
+ * @property {string} error  the last failed run's message ("" after a success)
+ * @property {string} shown  the prompt whose result the views show
+ * @property {number} n_tokens  its token count
+ * @property {number} max_tokens  the model's context length (0: unknown)
+ * @typedef {import("./lib/view.js").Model<PromptTraits>} Model
+ */
 
 const CSS = `
-.mechviz-prompt{font:12px/1.4 var(--jp-ui-font-family,system-ui,sans-serif);color:var(--jp-ui-font-color1,#222);padding:4px 0;max-width:100%}
 .mechviz-prompt textarea.mv-prompt-input{box-sizing:border-box;width:100%;min-height:3.2em;resize:vertical;font-family:var(--jp-code-font-family,monospace);font-size:13px;padding:4px 6px;border:1px solid #cbd5e1;border-radius:3px;background:var(--jp-layout-color0,#fff);color:inherit}
 .mechviz-prompt .mv-status{color:var(--jp-ui-font-color2,#555);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .mechviz-prompt[data-status=running] .mv-status{color:#b45309}
-.mechviz-prompt .mv-error{display:none;padding:2px 8px;border-left:3px solid #dc2626;background:#fee2e2;color:#7f1d1d;white-space:pre-wrap}
-.mechviz-prompt.mv-has-error .mv-error{display:block}
 `;
 
+/** @param {{model: Model, el: HTMLElement}} props */
 function render({ model, el }) {
-  el.classList.add("mechviz-prompt");
-  style(el, CSS);
+  viewRoot(el, "prompt", CSS);
   const input = h("textarea", { class: "mv-prompt-input", rows: 2, spellcheck: false, "aria-label": "prompt" });
   const status = h("div", { class: "mv-status" });
-  const error = h("div", { class: "mv-error", role: "alert" });
-  el.append(input, status, error);
+  el.append(input, status);
+  const banner = errorBanner(model, el);
 
   input.value = model.get("value") || "";
   let timer = 0;     // pending debounce
@@ -51,20 +63,13 @@ function render({ model, el }) {
     status.textContent = st === "running" ? "computing…"
       : shown || n ? `showing: ${shown} (${n} tokens${max ? ` of ${max}` : ""})` : "idle";
     status.title = status.textContent;
-    const err = model.get("error") || "";
-    error.textContent = err;
-    el.classList.toggle("mv-has-error", !!err);
-    el.dataset.status = st;
-    el.dataset.shown = shown;
+    stamp(el, { status: st, shown });
   }
 
-  const names = ["value", "placeholder", "status", "error", "shown", "n_tokens", "max_tokens"];
+  const names = ["value", "placeholder", "status", "shown", "n_tokens", "max_tokens"];
   const unwatch = watch(model, names, update);
   update();
-  return () => {
-    if (timer) clearTimeout(timer);
-    unwatch();
-  };
+  return cleanup(() => { if (timer) clearTimeout(timer); }, unwatch, banner.stop);
 }
 
 export default { render };

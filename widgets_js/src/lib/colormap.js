@@ -36,14 +36,6 @@ export function lutIndex(v, vmin = 0, vmax = 1) {
   return t <= 0 ? 0 : t >= 1 ? 255 : Math.round(t * 255);
 }
 
-/** CSS colour for a value, and a readable text colour on top of it. */
-export function cssColor(v, name = "blues", vmin = 0, vmax = 1) {
-  const i = lutIndex(v, vmin, vmax);
-  if (i < 0) return { bg: "rgb(220,220,220)", fg: "#000" };
-  const lut = colormap(name);
-  return { bg: `rgb(${lut[i * 4]},${lut[i * 4 + 1]},${lut[i * 4 + 2]})`, fg: i > 140 ? "#fff" : "#000" };
-}
-
 /** [r, g, b] for a value in [vmin, vmax] on colour map `name` (NaN -> null). */
 export function rgbAt(v, name = "blues", vmin = 0, vmax = 1) {
   const i = lutIndex(v, vmin, vmax);

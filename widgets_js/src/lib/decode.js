@@ -3,6 +3,17 @@
 // `data` arrives as a DataView (JupyterLab, html-manager), an ArrayBuffer or a typed array
 // (other managers). uint8 means value = byte * scale.
 
+/**
+ * A packed array as it arrives in a synced trait.
+ * @typedef {{dtype: "uint8"|"float16"|"float32"|"int32", shape: number[], scale: number,
+ *            data: DataView|ArrayBuffer|ArrayBufferView}} Packed
+ */
+/**
+ * A decoded array: `raw` typed array, `at(i)` the real value of flat element i.
+ * @typedef {{shape: number[], dtype: string, size: number, raw: Uint8Array|Float32Array|Int32Array,
+ *            scale: number, at: (i: number) => number}} Decoded
+ */
+
 const SIZES = { uint8: 1, float16: 2, float32: 4, int32: 4 };
 
 let HALF_LUT = null;
@@ -34,6 +45,8 @@ function bytesOf(buf) {
  * Decode a packed array. Returns {shape, dtype, size, raw, scale, at(i)}: `raw` is a typed array
  * (Uint8Array for uint8, Float32Array for float16/float32, Int32Array for int32) and `at(i)` the
  * real value of flat element i. Returns null for a missing/empty payload.
+ * @param {Packed|null|undefined} packed
+ * @returns {Decoded|null}
  */
 export function decode(packed) {
   if (!packed || packed.data == null) return null;
@@ -79,6 +92,5 @@ export function traitDecoder(model) {
       vals.set(name, v);
       return v;
     },
-    peek(name) { return vals.get(name) ?? null; },
   };
 }

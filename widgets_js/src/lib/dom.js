@@ -17,10 +17,12 @@ export function h(tag, props = {}, children = []) {
   return el;
 }
 
-/** Scoped stylesheet inside the widget element (works in the document, shadow roots and exports). */
-export function style(el, css) {
+/** Scoped stylesheet inside the widget element (works in the document, shadow roots and exports);
+ * `name` goes into its data-mv-css attribute. */
+export function style(el, css, name = "") {
   const s = document.createElement("style");
   s.textContent = css;
+  if (name) s.dataset.mvCss = name;
   el.appendChild(s);
   return s;
 }
@@ -60,7 +62,6 @@ export function coalesce(fn, fallbackMs = 250) {
       if (timer) clearTimeout(timer);
       raf = timer = 0;
     },
-    flush: run,
   };
 }
 

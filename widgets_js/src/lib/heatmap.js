@@ -71,17 +71,6 @@ export function outline(ctx, x, y, w, h, color = "#f59e0b", lw = 2) {
   ctx.restore();
 }
 
-/** Cell (row, col) under a mouse event on a heatmap canvas with `cell` px cells, or null. */
-export function cellAt(canvas, event, cell, rows, cols) {
-  const r = canvas.getBoundingClientRect();
-  const sx = canvas.width / (r.width || canvas.width);
-  const sy = canvas.height / (r.height || canvas.height);
-  const x = (event.clientX - r.left) * sx, y = (event.clientY - r.top) * sy;
-  const col = Math.floor(x / cell), row = Math.floor(y / cell);
-  if (row < 0 || col < 0 || row >= rows || col >= cols) return null;
-  return { row, col };
-}
-
 /** Diagonal hatching inside (x, y, w, h): marks missing (NaN) or estimated cells. */
 export function hatch(ctx, x, y, w, h, color = "rgba(100,116,139,0.55)", step = 5) {
   ctx.save();

@@ -227,46 +227,131 @@ def test_features_hover_select_detail_and_steering(page, artifacts):
     assert not page.locator(f"{FEAT} .mv-next-col-steered").is_visible()
     assert page.locator(f"{FEAT} .mv-steering").text_content() == "steering off"
 
-    # apply: steer_value, steer_mode, then steer_feature LAST, in one save_changes
-    page.fill(f"{FEAT} input.mv-steer-value", "25")
-    page.select_option(f"{FEAT} select.mv-steer-mode", "scale")
-    page.evaluate("window.setlog.length = 0")
-    page.click(f"{FEAT} button.mv-steer-apply")
-    assert page.evaluate("window.setlog") == ["steer_value", "steer_mode", "steer_feature", "|save"]
-    last = page.evaluate("window.saved.at(-1)")
-    assert (last["steer_feature"], last["steer_mode"], last["steer_value"]) == (42, "scale", 25)
-    # a typed feature number wins over the selection
-    page.fill(f"{FEAT} input.mv-steer-feature", "7")
-    page.select_option(f"{FEAT} select.mv-steer-mode", "clamp")
-    page.click(f"{FEAT} button.mv-steer-apply")
-    last = page.evaluate("window.saved.at(-1)")
-    assert (last["steer_feature"], last["steer_mode"], last["steer_value"]) == (7, "clamp", 25)
+    page.evaluate("model.set('error', 'steering failed: <b>no</b>')")
+    page.wait_for_selector(f"{FEAT} .mv-error:visible")
+    assert page.locator(f"{FEAT} .mv-error").text_content() == "steering failed: <b>no</b>"
+    assert canvas_stats(page, f"{FEAT} canvas.mv-heat")["ink"] > 0
+    _no_injection(page, FEAT)
+    assert page.mv_errors == []
 
-    # the kernel answers with steered data: the second next-token column appears
-    v2, d2 = feature_view(steering="feature 7 clamped to 25")
+
+def _sent(page):
+    """What the page synced since the last ``_reset``: trait names set, ``|save`` per save_changes."""
+    return page.evaluate("window.setlog")
+
+
+def _reset(page):
+    page.evaluate("window.setlog.length = 0")
+
+
+def _set_input(page, sel, text):
+    """Put ``text`` into an <input> as the browser would keep it (a number input drops what is not a
+    number: its value is then "") and fire its input event."""
+    page.locator(sel).evaluate("(e, t) => { e.value = t; e.dispatchEvent(new Event('input', {bubbles: true})); }", text)
+
+
+F_IN, V_IN, MODE = f"{FEAT} input.mv-steer-feature", f"{FEAT} input.mv-steer-value", f"{FEAT} select.mv-steer-mode"
+
+
+def _click_steer(page, feature=None, value=None, mode=None):
+    """Fill the steering controls (None: leave as is), click "steer", check that exactly ONE trait was
+    synced in ONE save_changes, and return it (the request)."""
+    for sel, text in ((F_IN, feature), (V_IN, value)):
+        if text is not None:
+            page.fill(sel, text)
+    if mode is not None:
+        page.select_option(MODE, mode)
+    _reset(page)
+    page.click(f"{FEAT} button.mv-steer-apply")
+    assert _sent(page) == ["steer_request", "|save"]
+    return page.evaluate("window.saved.at(-1).steer_request")
+
+
+def test_features_steering_is_one_request_and_the_controls_follow_steered(page, artifacts):
+    v, d = feature_view()
+    v.feature = 42
+    mount_bare(page, v)
+    page.locator(FEAT).wait_for()
+    f_in, v_in, mode = F_IN, V_IN, MODE
+    apply, off = f"{FEAT} button.mv-steer-apply", f"{FEAT} button.mv-steer-off"
+    msg, label = page.locator(f"{FEAT} .mv-steer-msg"), page.locator(f"{FEAT} .mv-steering")
+    controls = lambda: (page.input_value(f_in), page.input_value(v_in), page.input_value(mode))  # noqa: E731
+    assert controls() == ("42", "10", "clamp")          # the selected feature, the default value
+    assert label.text_content() == "steering off"
+
+    # one click: ONE trait (steer_request) in ONE save_changes, with the whole request
+    assert _click_steer(page, value="25", mode="scale") == {"feature": 42, "value": 25, "mode": "scale", "id": 1}
+    assert msg.text_content() == ""
+    # the same request again is still a change: the id grows; Enter in a field sends too
+    _reset(page)
+    page.click(apply)
+    page.press(v_in, "Enter")
+    assert _sent(page) == ["steer_request", "|save"] * 2
+    assert [r["id"] for r in page.evaluate("window.saved.slice(-2).map(s => s.steer_request)")] == [2, 3]
+
+    # a value that is empty, not a number or not finite sends nothing and says so
+    for bad in ("", "abc", "NaN", "1e999", "-1e999"):
+        _set_input(page, v_in, bad)
+        _reset(page)
+        page.click(apply)
+        page.press(v_in, "Enter")
+        assert _sent(page) == [], bad
+        assert msg.text_content() == "enter a number", bad
+    page.fill(v_in, "25")
+    assert msg.text_content() == ""                      # editing clears the message
+    # likewise a feature id that is empty, negative or not an integer
+    for bad in ("", "-3", "1.5", "abc"):
+        _set_input(page, f_in, bad)
+        _reset(page)
+        page.click(apply)
+        assert _sent(page) == [], bad
+        assert msg.text_content() == "enter a feature number", bad
+    assert page.evaluate("window.saved.at(-1).steer_request.id") == 3   # the last sent request is still the last
+
+    # the kernel applies a steering: the controls show what `steered` says
+    v.steered = {"feature": 7, "value": 2.5, "mode": "clamp"}
+    v.steering = "feature 7 clamped to 2.5"
+    push_bare(page, v, ["steered", "steering"])
+    page.wait_for_selector(f'{FEAT}[data-steering="feature 7 clamped to 2.5"]')
+    assert controls() == ("7", "2.5", "clamp")
+    assert label.text_content() == "steering: feature 7 clamped to 2.5"
+    # a refused request: the kernel answers with an error and the same `steered`; the controls
+    # go back to the still-applied steering
+    assert _click_steer(page, "100000", "99", "scale") == {"feature": 100000, "value": 99, "mode": "scale", "id": 4}
+    v.error = "feature 100000 out of range: the SAE has 1024 features"
+    push_bare(page, v, ["error"])
+    page.wait_for_selector(f"{FEAT} .mv-error:visible")
+    assert controls() == ("7", "2.5", "clamp")
+    assert label.text_content() == "steering: feature 7 clamped to 2.5"
+
+    # the data computed with steering arrive: the second next-token column appears
+    v2, d2 = feature_view(steering="feature 7 clamped to 2.5")
     v.show(tokens=d2["tokens"], features=d2["feats"], acts=d2["acts"],
            effect_ids=v2.data["effect_ids"], effect_strs=d2["eff_strs"], effect_val=d2["eff_val"],
            next_strs=d2["next_strs"], next_prob=d2["next_prob"], prompt="p <script>x</script>",
-           steering="feature 7 clamped to 25")
-    push_bare(page, v, ["steering", "next_idx", "next_prob", "strings", "effect_idx", "seq"])
-    page.wait_for_selector(f'{FEAT}[data-steering="feature 7 clamped to 25"]')
+           steering="feature 7 clamped to 2.5")
+    push_bare(page, v, ["next_idx", "next_prob", "strings", "effect_idx", "seq", "error"])
+    page.wait_for_selector(f"{FEAT} .mv-next-col-steered", state="visible")
     steered = page.locator(f"{FEAT} .mv-next-steered li")
     assert steered.all_text_contents() == list(d2["next_strs"][1])
     assert [float(x) for x in steered.evaluate_all("els => els.map(e => e.dataset.prob)")] == \
         pytest.approx(d2["next_prob"][1], abs=1e-3)
-    assert page.locator(f"{FEAT} .mv-next-col-steered").is_visible()
-    assert page.locator(f"{FEAT} .mv-steering").text_content() == "steering: feature 7 clamped to 25"
     page.screenshot(path=str(artifacts / "bare_features_steered.png"), full_page=True)
-    # off
-    page.click(f"{FEAT} button.mv-steer-off")
-    assert page.evaluate("window.saved.at(-1).steer_feature") == -1
-    page.evaluate("model.set('steering', '')")
+
+    # off: one request with feature null; the kernel answers steered = None
+    _reset(page)
+    page.click(off)
+    assert _sent(page) == ["steer_request", "|save"]
+    assert page.evaluate("window.saved.at(-1).steer_request") == {"feature": None, "id": 5}
+    v.steered, v.steering = None, ""
+    push_bare(page, v, ["steered", "steering"])
     page.wait_for_selector(f'{FEAT}[data-steering=""]')
+    assert label.text_content() == "steering off"
     assert page.locator(f"{FEAT} .mv-next-steered li").count() == 0
-    page.evaluate("model.set('error', 'steering failed: <b>no</b>')")
-    page.wait_for_selector(f"{FEAT} .mv-error:visible")
-    assert canvas_stats(page, f"{FEAT} canvas.mv-heat")["ink"] > 0
-    _no_injection(page, FEAT)
+    # a new selection: the feature to steer follows it
+    page.click(f'{FEAT} .mv-rowlabel[data-feature="100"]')
+    page.wait_for_selector(f'{FEAT}[data-feature="100"]')
+    assert page.input_value(f_in) == "100"
     assert page.mv_errors == []
 
 
@@ -341,21 +426,17 @@ def test_patch_grid_exact_estimate_hover_colours_select(page, artifacts):
     page.click(f"{GRID} button.mv-cancel")
     assert page.evaluate("window.saved.at(-1).cancel_requests") == 1
 
-    # click: cell = [r, c], outlined; the kernel's answer fills the detail panel
+    # click: cell = [r, c], outlined; until the kernel answers for that cell, the panel says so
     click_grid(page, GRID, "canvas.mv-grid", 1, 2)
     page.wait_for_selector(f'{GRID}[data-cell="1,2"]')
     assert page.evaluate("window.saved.at(-1).cell") == [1, 2]
     edge = grid_pixel(page, GRID, "canvas.mv-grid", 1, 2, 0.5, 0.02)
     assert sum(edge[:3]) < 150, edge
-    from mechviz.widgets.transport import pack
-    v.cell = [1, 2]
-    v.detail_strs = [" mat", XSS, "\n"]
-    v.detail_probs = pack(np.array([0.5, 0.25, 0.125]), "float16")
-    v.lens_rows = ["resid_pre.0", "resid_post.2"]
-    v.lens_strs = [[" a", " <b>b</b>"], [" mat", " rug"]]
-    v.lens_probs = pack(np.array([[0.1, 0.05], [0.6, 0.2]]), "float16")
-    v.detail_metric = 1.0
-    push_bare(page, v, ["detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs", "lens_probs"])
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
+    assert page.locator(f"{GRID} .mv-detail-title").text_content() == "patched L1 · 2 ' cat/dog'"
+    # the kernel's answer (it names its cell) fills the detail panel
+    answer(v, [1, 2])
+    push_bare(page, v, DETAIL)
     page.wait_for_selector(f'{GRID} .mv-detail[data-cell="1,2"]')
     items = page.locator(f"{GRID} .mv-detail-next li")
     assert items.all_text_contents() == [" mat", XSS, "\n"]
@@ -366,20 +447,8 @@ def test_patch_grid_exact_estimate_hover_colours_select(page, artifacts):
     assert lens_rows.count() == 2
     assert lens_rows.nth(1).locator(".mv-lens-tok").all_text_contents() == [" mat", " rug"]
     assert float(lens_rows.nth(1).locator(".mv-lens-tok").first.get_attribute("data-prob")) == pytest.approx(0.6, abs=1e-3)
-    _no_injection(page, GRID)
-    # another cell: until the kernel answers, the panel says so and labels the old answer as such
-    click_grid(page, GRID, "canvas.mv-grid", 0, 0)
-    page.wait_for_selector(f'{GRID}[data-cell="0,0"]')
-    assert page.locator(f"{GRID} .mv-detail").get_attribute("data-cell") == ""
-    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
-    assert page.locator(f"{GRID} .mv-detail-title").text_content() == "patched L1 · 2 ' cat/dog'"
-    v.detail_strs = [" rug"]
-    v.detail_probs = pack(np.array([0.75]), "float16")
-    v.detail_metric = 2.0
-    push_bare(page, v, ["detail_metric", "detail_strs", "detail_probs"])
-    page.wait_for_selector(f'{GRID} .mv-detail[data-cell="0,0"]')
-    assert items.all_text_contents() == [" rug"]
     assert page.locator(f"{GRID} .mv-detail-wait").count() == 0
+    _no_injection(page, GRID)
 
     # values stream in: more exact cells, redrawn; done: the cancel button goes away
     draws = int(root.get_attribute("data-draws"))
@@ -397,6 +466,72 @@ def test_patch_grid_exact_estimate_hover_colours_select(page, artifacts):
     page.evaluate("model.set('error', 'patching failed')")
     page.wait_for_selector(f"{GRID} .mv-error:visible")
     assert canvas_stats(page, f"{GRID} canvas.mv-grid")["ink"] > 0
+    assert page.mv_errors == []
+
+
+DETAIL = ["detail_cell", "detail_metric", "detail_strs", "detail_probs", "lens_rows", "lens_strs", "lens_probs"]
+
+
+def answer(v, cell, strs=(" mat", XSS, "\n"), metric=1.0):
+    """Fill ``v``'s detail traits as the kernel does for ``cell`` (in one update, naming the cell)."""
+    from mechviz.widgets.transport import pack
+
+    with v.hold_sync():
+        v.detail_cell = list(cell)
+        v.detail_strs = list(strs)
+        v.detail_probs = pack(np.array([0.5, 0.25, 0.125][:len(strs)]), "float16")
+        v.lens_rows = ["resid_pre.0", "resid_post.2"]
+        v.lens_strs = [[" a", " <b>b</b>"], [" mat", " rug"]]
+        v.lens_probs = pack(np.array([[0.1, 0.05], [0.6, 0.2]]), "float16")
+        v.detail_metric = metric
+
+
+def test_patch_grid_detail_only_for_the_cell_it_answers(page):
+    """The detail panel shows the kernel's answer only while ``detail_cell`` is the clicked ``cell``:
+    an answer for another cell (an earlier click, a slow kernel) is never shown under this one."""
+    from mechviz.widgets.patching import PatchGridView
+
+    grid, est = patch_grids()
+    v = PatchGridView()
+    v.show_grid(grid, estimate=est, status="done")
+    v.cell = [1, 2]
+    answer(v, [1, 2])
+    mount_bare(page, v)            # a saved notebook: the answer for the selected cell shows at load
+    detail = page.locator(f"{GRID} .mv-detail")
+    page.wait_for_selector(f'{GRID} .mv-detail[data-cell="1,2"]')
+    items = page.locator(f"{GRID} .mv-detail-next li")
+    assert items.all_text_contents() == [" mat", XSS, "\n"]
+    # another cell: the old answer disappears, the panel waits for this one
+    click_grid(page, GRID, "canvas.mv-grid", 0, 0)
+    page.wait_for_selector(f'{GRID}[data-cell="0,0"]')
+    assert detail.get_attribute("data-cell") == ""
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
+    assert page.locator(f"{GRID} .mv-detail-title").text_content() == f"patched L0 · {v.col_labels[0]}"
+    assert items.count() == 0 and page.locator(f"{GRID} .mv-lens-row").count() == 0
+    # a late answer for the previous cell (new values, still named [1, 2]): not shown here
+    draws = page.locator(GRID).get_attribute("data-draws")
+    answer(v, [1, 2], strs=(" late",))
+    push_bare(page, v, DETAIL)
+    page.wait_for_function("([sel, n]) => document.querySelector(sel).dataset.draws !== n", arg=[GRID, draws])
+    assert detail.get_attribute("data-cell") == "" and items.count() == 0
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
+    # the answer for this cell
+    answer(v, [0, 0], strs=(" rug",), metric=2.0)
+    push_bare(page, v, DETAIL)
+    page.wait_for_selector(f'{GRID} .mv-detail[data-cell="0,0"]')
+    assert items.all_text_contents() == [" rug"]
+    assert page.locator(f"{GRID} .mv-detail-metric").get_attribute("data-value") == "2.0000"
+    assert page.locator(f"{GRID} .mv-detail-wait").count() == 0
+    # back to the first cell: the answer on hand is for (0, 0), so the panel waits again
+    click_grid(page, GRID, "canvas.mv-grid", 1, 2)
+    page.wait_for_selector(f'{GRID}[data-cell="1,2"]')
+    assert detail.get_attribute("data-cell") == "" and items.count() == 0
+    # a saved notebook whose answer is for another cell than the selected one: it waits
+    v.cell = [2, 1]
+    mount_bare(page, v)
+    page.wait_for_selector(f'{GRID}[data-cell="2,1"]')
+    assert page.locator(f"{GRID} .mv-detail").get_attribute("data-cell") == ""
+    assert page.locator(f"{GRID} .mv-detail-wait").is_visible()
     assert page.mv_errors == []
 
 
