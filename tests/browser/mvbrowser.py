@@ -300,6 +300,20 @@ def write_cells(path: Path, cells) -> Path:
 _DASH_REF = {}
 
 
+def summary(tokens, features, acts, effect_ids, effect_strs, effect_val, next_strs, next_prob, sae_label="",
+            steering=""):
+    """A FeatureSummary from hand-made arrays (what a feature view shows)."""
+    import numpy as np
+
+    from mechviz.analysis.features import FeatureSummary
+
+    return FeatureSummary(tokens=list(tokens), features=np.asarray(features), acts=np.asarray(acts, np.float32),
+                          effect_ids=np.asarray(effect_ids), effect_strs=np.asarray(effect_strs, object),
+                          effect_val=np.asarray(effect_val, np.float32), next_strs=np.asarray(next_strs, object),
+                          next_prob=np.asarray(next_prob, np.float32), recon_error=np.zeros(len(tokens), np.float32),
+                          sae_label=sae_label, steering=steering)
+
+
 def dashboard_reference():
     """``(lab, lens_view, feature_view)``: a Lab in the test process with the dashboard's views, for
     reference numbers (``lab.prompt = ...`` / ``lab.steer(...)`` recompute them)."""
@@ -317,7 +331,7 @@ def dashboard_lens(prompt: str = DASH_PROMPT):
     lab.steer(None)
     if lab.prompt != prompt:
         lab.prompt = prompt
-    return lens.lens
+    return lens.result
 
 
 def assert_lens_cell(info: dict, lens, r: int, c: int, tol: float = 1e-3) -> None:

@@ -107,25 +107,25 @@ def test_dashboard_steering_changes_prediction(dash, artifacts):
     lab, lens_view, feat_view = dashboard_reference()
     lab.steer(None)
     lab.prompt = PROMPT
-    base_lens = lens_view.lens
+    base_lens = lens_view.result
     base_top = base_lens.top_strs[-1, -1, 0]
     # a feature whose clamp changes the last position's top-1 (decided here, with the same model)
     shown = [int(x) for x in page.locator(f"{FEAT} .mv-rowlabel").evaluate_all("els => els.map(e => e.dataset.feature)")]
     assert shown == [int(f) for f in feat_view.data["features"]]
     for row, feature in enumerate(shown):
         lab.steer(feature, CLAMP, "clamp")
-        steered_top = lens_view.lens.top_strs[-1, -1, 0]
-        p = lens_view.lens.top_probs[-1, -1]
+        steered_top = lens_view.result.top_strs[-1, -1, 0]
+        p = lens_view.result.top_probs[-1, -1]
         if steered_top != base_top and p[0] - p[1] > 2e-3:   # a clear change, no near-tie
-            steered_lens = lens_view.lens
+            steered_lens = lens_view.result
             break
     else:
         pytest.fail(f"no top feature clamped to {CLAMP} changes the top-1 {base_top!r}")
-    steered_next = list(feat_view.data["next_strs"][1])
-    steered_prob = [float(x) for x in feat_view.data["next_prob"][1]]
+    steered_next = list(feat_view.result.next_strs[1])
+    steered_prob = [float(x) for x in feat_view.result.next_prob[1]]
     lab.steer(None)
 
-    R, T = lens_view.lens.top_probs.shape[:2]
+    R, T = lens_view.result.top_probs.shape[:2]
     before = hover_grid(page, LENS, "canvas.mv-grid", R - 1, T - 1)
     assert_lens_cell(before, base_lens, R - 1, T - 1)
     # click the feature's row in the heatmap: it is selected and its detail shows
@@ -223,7 +223,7 @@ def test_lab_patching_grid_and_cell_click(patch_page, artifacts):
     a clicked cell is answered by the kernel with that patched run (metric = the cell's value)."""
     page = patch_page
     lab, _, _ = dashboard_reference()
-    ref = lab.patching(CLEAN, CORRUPT, site="resid_pre", exact=False)   # no loop here: details run at once
+    ref = lab.patching(CLEAN, CORRUPT, site="resid_pre", exact=False)
     from mechviz.analysis.patching import activation_patching
     grid = activation_patching(lab.model, CLEAN, CORRUPT, "resid_pre")
     norm = grid.normalized()
@@ -237,11 +237,14 @@ def test_lab_patching_grid_and_cell_click(patch_page, artifacts):
     page.wait_for_selector(f'{GRID}[data-cell="{r},{c}"]')
     page.wait_for_selector(f'{GRID} .mv-detail[data-cell="{r},{c}"]', timeout=30_000)
     ref.cell = [r, c]
-    from mechviz.widgets.transport import unpack
+    for _ in range(600):  # Playwright's loop runs in this thread: the reference Lab answers through it
+        if ref.detail_cell == [r, c]:
+            break
+        page.wait_for_timeout(50)
     items = page.locator(f"{GRID} .mv-detail-next li")
     assert items.count() == len(ref.detail_strs) and items.first.text_content() == ref.detail_strs[0]
     probs = [float(x) for x in items.evaluate_all("els => els.map(e => e.dataset.prob)")]
-    assert probs == pytest.approx([float(x) for x in unpack(ref.detail_probs)], abs=1e-3)
+    assert probs == pytest.approx([float(x) for x in ref.detail_probs], abs=1e-3)
     metric = page.locator(f"{GRID} .mv-detail-metric")
     assert float(metric.get_attribute("data-value")) == pytest.approx(float(grid.values[r, c]), abs=1e-3)
     rows = page.locator(f"{GRID} .mv-lens-row")

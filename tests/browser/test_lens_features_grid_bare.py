@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvbrowser import cell_colours, canvas_stats, click_grid, grid_cell, grid_pixel, hover_grid, mount_bare, push_bare
+from mvbrowser import cell_colours, canvas_stats, click_grid, grid_cell, grid_pixel, hover_grid, mount_bare, push_bare, summary
 
 pytestmark = pytest.mark.browser
 
@@ -157,8 +157,8 @@ def feature_view(steering=""):
     next_ids = rng.integers(0, len(vocab), (2, k))
     next_prob = np.sort(rng.random((2, k)), -1)[:, ::-1] * 0.5
     v = FeatureView()
-    v.show(tokens, feats, acts, eff_ids, vocab[eff_ids], eff_val, vocab[next_ids], next_prob,
-           prompt="p <script>x</script>", sae_label="resid_post.1 · relu · 1024", steering=steering)
+    v.show(summary(tokens, feats, acts, eff_ids, vocab[eff_ids], eff_val, vocab[next_ids], next_prob,
+                   sae_label="resid_post.1 · relu · 1024", steering=steering), prompt="p <script>x</script>")
     return v, dict(tokens=tokens, feats=feats, acts=acts, eff_strs=vocab[eff_ids], eff_val=eff_val,
                    next_strs=vocab[next_ids], next_prob=next_prob)
 
@@ -326,10 +326,7 @@ def test_features_steering_is_one_request_and_the_controls_follow_steered(page, 
 
     # the data computed with steering arrive: the second next-token column appears
     v2, d2 = feature_view(steering="feature 7 clamped to 2.5")
-    v.show(tokens=d2["tokens"], features=d2["feats"], acts=d2["acts"],
-           effect_ids=v2.data["effect_ids"], effect_strs=d2["eff_strs"], effect_val=d2["eff_val"],
-           next_strs=d2["next_strs"], next_prob=d2["next_prob"], prompt="p <script>x</script>",
-           steering="feature 7 clamped to 2.5")
+    v.show(v2.result, prompt="p <script>x</script>")
     push_bare(page, v, ["next_idx", "next_prob", "strings", "effect_idx", "seq", "error"])
     page.wait_for_selector(f"{FEAT} .mv-next-col-steered", state="visible")
     steered = page.locator(f"{FEAT} .mv-next-steered li")
@@ -474,15 +471,13 @@ DETAIL = ["detail_cell", "detail_metric", "detail_strs", "detail_probs", "lens_r
 
 def answer(v, cell, strs=(" mat", XSS, "\n"), metric=1.0):
     """Fill ``v``'s detail traits as the kernel does for ``cell`` (in one update, naming the cell)."""
-    from mechviz.widgets.transport import pack
-
     with v.hold_sync():
         v.detail_cell = list(cell)
         v.detail_strs = list(strs)
-        v.detail_probs = pack(np.array([0.5, 0.25, 0.125][:len(strs)]), "float16")
+        v.detail_probs = np.array([0.5, 0.25, 0.125][:len(strs)])
         v.lens_rows = ["resid_pre.0", "resid_post.2"]
         v.lens_strs = [[" a", " <b>b</b>"], [" mat", " rug"]]
-        v.lens_probs = pack(np.array([[0.1, 0.05], [0.6, 0.2]]), "float16")
+        v.lens_probs = np.array([[0.1, 0.05], [0.6, 0.2]])
         v.detail_metric = metric
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvbrowser import mount_bare, push_bare
+from mvbrowser import mount_bare, push_bare, summary
 
 pytestmark = pytest.mark.browser
 
@@ -40,8 +40,9 @@ def make_view(name):
 
         strs = np.full((2, 2, 2), XSS, object)
         v = FeatureView()
-        v.show(tokens, [5, 9], np.ones((3, 2), np.float32), np.zeros((2, 2, 2), int), strs, np.ones((2, 2, 2)),
-               np.full((2, 2), XSS, object), np.full((2, 2), 0.5), prompt=XSS, sae_label=XSS)
+        v.show(summary(tokens, [5, 9], np.ones((3, 2), np.float32), np.zeros((2, 2, 2), int), strs,
+                       np.ones((2, 2, 2)), np.full((2, 2), XSS, object), np.full((2, 2), 0.5), sae_label=XSS),
+               prompt=XSS)
     elif name == "patch-grid":
         from mechviz.analysis.patching import PatchGrid
         from mechviz.widgets.patching import PatchGridView
