@@ -4,8 +4,9 @@ Widget state (including the binary arrays, stored base64, and each view's ES mod
 the notebook by nbclient (``store_widget_state=True``); nbconvert's HTML then draws the views with
 ``@jupyter-widgets/html-manager``. That page normally loads three scripts from CDNs: require.js
 (cdnjs), html-manager's ``embed-amd.js`` (unpkg) and anywidget's AMD build (jsDelivr). With
-``inline_assets=True`` (the default) those are copied into the file from ``widgets_js/node_modules``,
-so the page works offline and forever, at the cost of about 4 MB.
+``inline_assets=True`` (the default) those are copied into the file from ``mechviz/static/export/``
+(shipped in the wheel; in a checkout ``make js`` puts them there), so the page works offline and
+forever, at the cost of about 4 MB.
 
     python -m mechviz.export notebooks/tour.ipynb tour.html            # execute, then export
     python -m mechviz.export tour.ipynb tour.html --no-execute --no-inline
@@ -14,22 +15,19 @@ so the page works offline and forever, at the cost of about 4 MB.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
+from importlib import resources
 from pathlib import Path
 
-__all__ = ["export_html", "inline_cdn_assets", "node_modules_dir"]
+__all__ = ["ASSET_DIR", "asset_paths", "export_html", "inline_cdn_assets"]
 
-_PKG_DIR = Path(__file__).resolve().parent
-_REPO = _PKG_DIR.parent
-
-#: npm files that replace the CDN scripts (paths relative to node_modules)
-_ASSETS = {
-    "requirejs": "requirejs/require.js",
-    "embed": "@jupyter-widgets/html-manager/dist/embed-amd.js",
-    "anywidget": "anywidget/dist/index.js",
-}
+#: where the inlined JS lives in the installed package; ``assets.json`` there lists each file with the
+#: npm path it is copied from (by ``widgets_js/build.mjs`` and, for wheels, ``hatch_build.py``)
+ASSET_DIR = Path(str(resources.files("mechviz").joinpath("static", "export")))
+_REQUIRE, _EMBED, _ANYWIDGET = "require.js", "embed-amd.js", "anywidget.js"
 
 _REQUIRE_TAG = re.compile(r'<script\s+src="[^"]*/require(?:\.min)?\.js"\s*>\s*</script>', re.I)
 _RENDERER_SRC = re.compile(r"(var\s+widgetRendererSrc\s*=\s*)'[^']*html-manager[^']*embed-amd\.js'")
@@ -39,21 +37,36 @@ _SOURCEMAP = re.compile(r"^//# sourceMappingURL=.*$", re.M)
 _MATH = re.compile(r"\$|\\\(|\\\[|\\begin\{")
 
 
-def node_modules_dir() -> Path:
-    """``widgets_js/node_modules`` of this checkout (env ``MECHVIZ_NODE_MODULES`` overrides)."""
-    env = os.environ.get("MECHVIZ_NODE_MODULES")
-    return Path(env) if env else _REPO / "widgets_js" / "node_modules"
+def asset_paths() -> dict[str, Path]:
+    """The JS files the export inlines, by name: ``mechviz/static/export/<name>``, or, when the
+    environment variable ``MECHVIZ_NODE_MODULES`` names an npm ``node_modules`` folder, the files
+    of the npm packages there.
+
+    >>> sorted(asset_paths())
+    ['anywidget.js', 'embed-amd.js', 'require.js']
+    """
+    files = json.loads((ASSET_DIR / "assets.json").read_text(encoding="utf-8"))["files"]
+    nm = os.environ.get("MECHVIZ_NODE_MODULES")
+    if nm:
+        return {name: Path(nm) / npm_path for name, npm_path in files.items()}
+    return {name: ASSET_DIR / name for name in files}
 
 
 def _read_assets() -> dict[str, str]:
-    nm = node_modules_dir()
-    missing = [p for p in _ASSETS.values() if not (nm / p).is_file()]
+    paths = asset_paths()
+    missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
+        if os.environ.get("MECHVIZ_NODE_MODULES"):
+            how = ("MECHVIZ_NODE_MODULES must name a node_modules folder holding the npm packages "
+                   "requirejs, @jupyter-widgets/html-manager and anywidget (unset it to use the copies "
+                   "shipped in mechviz)")
+        else:
+            how = ("an installed mechviz wheel ships them, so reinstall it; in a source checkout run "
+                   "`make js` (npm ci --prefix widgets_js && node widgets_js/build.mjs)")
         raise FileNotFoundError(
-            f"cannot inline the widget renderer: {', '.join(missing)} not found under {nm}. "
-            "Run `make js` (npm ci --prefix widgets_js) in the mechviz checkout, or export with "
-            "inline_assets=False (--no-inline) to load them from the CDNs.")
-    return {k: (nm / p).read_text(encoding="utf-8") for k, p in _ASSETS.items()}
+            f"cannot inline the widget renderer: missing {', '.join(missing)}. {how}. Or export "
+            "with inline_assets=False (--no-inline) to load these scripts from their CDNs.")
+    return {name: p.read_text(encoding="utf-8") for name, p in paths.items()}
 
 
 def _script(js: str) -> str:
@@ -74,11 +87,11 @@ def inline_cdn_assets(html: str, *, keep_mathjax: bool = True) -> str:
     * MathJax (cdnjs) is dropped when ``keep_mathjax`` is false.
     """
     assets = _read_assets()
-    if _ANYWIDGET_DEFINE not in assets["anywidget"]:
+    if _ANYWIDGET_DEFINE not in assets[_ANYWIDGET]:
         raise RuntimeError("unexpected anywidget build: no `define([\"@jupyter-widgets/base\"], ...)` to name")
-    anywidget_js = assets["anywidget"].replace(_ANYWIDGET_DEFINE, 'define("anywidget", ["@jupyter-widgets/base"], widget_default);')
+    anywidget_js = assets[_ANYWIDGET].replace(_ANYWIDGET_DEFINE, 'define("anywidget", ["@jupyter-widgets/base"], widget_default);')
 
-    head = _script(assets["requirejs"]) + "\n" + _script(anywidget_js)
+    head = _script(assets[_REQUIRE]) + "\n" + _script(anywidget_js)
     html, n = _REQUIRE_TAG.subn(lambda _m: head, html, count=1)
     if n != 1:
         raise RuntimeError("no require.js <script> found in the HTML (did nbconvert's template change?)")
@@ -87,7 +100,7 @@ def inline_cdn_assets(html: str, *, keep_mathjax: bool = True) -> str:
         raise RuntimeError("no html-manager loader found in the HTML (did nbconvert's template change?)")
     if not keep_mathjax:
         html = _MATHJAX_TAG.sub("", html)
-    tail = _script(assets["embed"])
+    tail = _script(assets[_EMBED])
     idx = html.rfind("</html>")
     return html[:idx] + tail + "\n" + html[idx:] if idx >= 0 else html + tail
 
@@ -99,7 +112,7 @@ def _has_math(nb) -> bool:
 def _kernel_env() -> dict[str, str]:
     """The kernel imports the same mechviz as this process (useful from a source checkout)."""
     env = dict(os.environ)
-    parent = str(_PKG_DIR.parent)
+    parent = str(Path(__file__).resolve().parent.parent)
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if parent not in paths:
         env["PYTHONPATH"] = os.pathsep.join([parent, *paths])
@@ -111,10 +124,10 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
     """Execute ``notebook_path`` (unless ``execute=False``) and write a static HTML page to ``out_path``.
 
     The views render in the page from their saved widget state: no kernel. ``inline_assets=True``
-    makes the page self-contained (no network at all; needs ``widgets_js/node_modules``, see
-    ``make js``); ``False`` keeps nbconvert's standard CDN script tags. ``executed_path``: also save
-    the executed notebook (outputs + widget state) there, e.g. to export it again with
-    ``execute=False``. Returns ``out_path``.
+    makes the page self-contained (no network at all; the scripts come from
+    ``mechviz/static/export/``, see :func:`asset_paths`); ``False`` keeps nbconvert's standard CDN
+    script tags. ``executed_path``: also save the executed notebook (outputs + widget state) there,
+    e.g. to export it again with ``execute=False``. Returns ``out_path``.
     """
     import nbformat
     from nbconvert import HTMLExporter
