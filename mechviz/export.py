@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -109,13 +110,40 @@ def _has_math(nb) -> bool:
     return any(c.cell_type == "markdown" and _MATH.search(c.source) for c in nb.cells)
 
 
-def _kernel_env() -> dict[str, str]:
-    """The kernel imports the same mechviz as this process (useful from a source checkout)."""
+def _kernel_manager():
+    """nbclient's kernel manager, for a kernel of this Python (``sys.executable``): not whatever
+    ``python3`` kernelspec Jupyter finds first, which may belong to another environment."""
+    from ipykernel.kernelspec import get_kernel_dict
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager  # nbclient's default class
+
+    spec = get_kernel_dict()  # argv: [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+    class ThisPython(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return KernelSpec(resource_dir="", argv=spec["argv"], display_name=spec["display_name"],
+                              language=spec["language"], metadata=spec["metadata"])
+
+    # named "python3" so that nbclient treats it as ipykernel (in-memory history, no sqlite file)
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+
+
+_FIND_MECHVIZ = ("import importlib.util as u; s = u.find_spec('mechviz'); "
+                 "print(s.submodule_search_locations[0] if s else '')")
+
+
+def _kernel_env(cwd) -> dict[str, str]:
+    """The kernel's environment: this process's, so the kernel (same Python, started in ``cwd``)
+    imports mechviz from where this process did (an installed wheel, an editable install,
+    PYTHONPATH). Only when it would not (a source checkout run without installing it, found
+    through the current directory) is this package's folder put first on PYTHONPATH."""
     env = dict(os.environ)
-    parent = str(Path(__file__).resolve().parent.parent)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if parent not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([parent, *paths])
+    here = Path(__file__).resolve().parent
+    found = subprocess.run([sys.executable, "-c", _FIND_MECHVIZ], cwd=cwd, env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    if not found or Path(found).resolve() != here:
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([str(here.parent), *paths])
     return env
 
 
@@ -123,6 +151,7 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
                 timeout: int = 600, executed_path=None) -> Path:
     """Execute ``notebook_path`` (unless ``execute=False``) and write a static HTML page to ``out_path``.
 
+    The notebook runs in a kernel of this Python (``sys.executable``) that imports this mechviz.
     The views render in the page from their saved widget state: no kernel. ``inline_assets=True``
     makes the page self-contained (no network at all; the scripts come from
     ``mechviz/static/export/``, see :func:`asset_paths`); ``False`` keeps nbconvert's standard CDN
@@ -140,9 +169,9 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
     if execute:
         from nbclient import NotebookClient
 
-        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=True,
+        client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, store_widget_state=True,
                                 resources={"metadata": {"path": str(nb_path.parent)}})
-        client.execute(env=_kernel_env())
+        client.execute(env=_kernel_env(nb_path.parent))
         if executed_path is not None:
             nbformat.write(nb, str(executed_path))
     if "widgets" not in nb.metadata:
