@@ -8,8 +8,11 @@ the notebook by nbclient (``store_widget_state=True``); nbconvert's HTML then dr
 (shipped in the wheel; in a checkout ``make js`` puts them there), so the page works offline and
 forever, at the cost of about 4 MB.
 
-    python -m mechviz.export notebooks/tour.ipynb tour.html            # execute, then export
-    python -m mechviz.export tour.ipynb tour.html --no-execute --no-inline
+    mechviz-export notebooks/tour.ipynb tour.html                 # execute, then export
+    mechviz-export tour.ipynb tour.html --no-execute --no-inline  # saved state, CDN scripts
+
+(``python -m mechviz.export`` is the same command.) Needs the ``export`` extra:
+``pip install 'mechviz[export]'``.
 """
 
 from __future__ import annotations
@@ -186,7 +189,7 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mechviz.export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="mechviz-export", description=__doc__.split("\n\n")[0])
     ap.add_argument("notebook")
     ap.add_argument("out")
     ap.add_argument("--no-execute", action="store_true", help="use the widget state already saved in the notebook")
