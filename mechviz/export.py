@@ -34,7 +34,9 @@ ASSET_DIR = Path(str(resources.files("mechviz").joinpath("static", "export")))
 _REQUIRE, _EMBED, _ANYWIDGET = "require.js", "embed-amd.js", "anywidget.js"
 
 _REQUIRE_TAG = re.compile(r'<script\s+src="[^"]*/require(?:\.min)?\.js"\s*>\s*</script>', re.I)
-_RENDERER_SRC = re.compile(r"(var\s+widgetRendererSrc\s*=\s*)'[^']*html-manager[^']*embed-amd\.js'")
+# the renderer's loader, and its fallback for pre-2.0 widget state (jupyter-js-widgets' embed.js)
+_RENDERER_SRC = re.compile(
+    r"(var\s+widgetRendererSrc\s*=\s*)'[^']*(?:html-manager[^']*embed-amd|jupyter-js-widgets[^']*embed)\.js'")
 _MATHJAX_TAG = re.compile(r'<script\s+src="[^"]*mathjax[^"]*"\s*>\s*</script>', re.I)
 _ANYWIDGET_DEFINE = 'define(["@jupyter-widgets/base"], widget_default);'
 _SOURCEMAP = re.compile(r"^//# sourceMappingURL=.*$", re.M)
@@ -87,7 +89,8 @@ def inline_cdn_assets(html: str, *, keep_mathjax: bool = True) -> str:
       anywidget's AMD build registered under the name ``"anywidget"`` (html-manager's loader first
       asks require.js for ``"anywidget"`` and only falls back to jsDelivr when that fails);
     * ``embed-amd.js``: inlined at the end of the page (all its modules are named ``define``s; it
-      renders on ``load``) and the template's loader is pointed at an empty ``data:`` script;
+      renders on ``load``) and the template's loader (also its fallback for pre-2.0 widget state,
+      which would load jupyter-js-widgets from unpkg) is pointed at an empty ``data:`` script;
     * MathJax (cdnjs) is dropped when ``keep_mathjax`` is false.
     """
     assets = _read_assets()
@@ -99,8 +102,8 @@ def inline_cdn_assets(html: str, *, keep_mathjax: bool = True) -> str:
     html, n = _REQUIRE_TAG.subn(lambda _m: head, html, count=1)
     if n != 1:
         raise RuntimeError("no require.js <script> found in the HTML (did nbconvert's template change?)")
-    html, n = _RENDERER_SRC.subn(lambda m: m.group(1) + "'data:text/javascript,'", html, count=1)
-    if n != 1:
+    html, n = _RENDERER_SRC.subn(lambda m: m.group(1) + "'data:text/javascript,'", html)
+    if n == 0:
         raise RuntimeError("no html-manager loader found in the HTML (did nbconvert's template change?)")
     if not keep_mathjax:
         html = _MATHJAX_TAG.sub("", html)
