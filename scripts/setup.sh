@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv and install mechviz with everything the demo and the tests need.
+# Create .venv and install mechviz (editable) with everything the demo and the tests need.
+#   EXTRAS: pyproject's extras, default "test" (= tl, saelens, export, lab, bench + pytest, playwright,
+#          hatchling); e.g. EXTRAS=lab for the demo only.
 #   torch: a locally provided CPU wheel first (pip's find-links, e.g. PIP_FIND_LINKS), then the
 #          CPU-only index on a normal machine: never the multi-GB CUDA build by accident.
 #   chromium: Debian's package for the browser tests (installed when running as root).
