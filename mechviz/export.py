@@ -177,7 +177,8 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
 
         client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, store_widget_state=True,
                                 resources={"metadata": {"path": str(nb_path.parent)}})
-        client.execute(env=_kernel_env(nb_path.parent))
+        # cleanup_kc: nbclient only shuts down kernels of managers it made itself
+        client.execute(env=_kernel_env(nb_path.parent), cleanup_kc=True)
         if executed_path is not None:
             nbformat.write(nb, str(executed_path))
     if "widgets" not in nb.metadata:
