@@ -4,56 +4,75 @@ Widget state (including the binary arrays, stored base64, and each view's ES mod
 the notebook by nbclient (``store_widget_state=True``); nbconvert's HTML then draws the views with
 ``@jupyter-widgets/html-manager``. That page normally loads three scripts from CDNs: require.js
 (cdnjs), html-manager's ``embed-amd.js`` (unpkg) and anywidget's AMD build (jsDelivr). With
-``inline_assets=True`` (the default) those are copied into the file from ``widgets_js/node_modules``,
-so the page works offline and forever, at the cost of about 4 MB.
+``inline_assets=True`` (the default) those are copied into the file from ``mechviz/static/export/``
+(shipped in the wheel; in a checkout ``make js`` puts them there), so the page works offline and
+forever, at the cost of about 4 MB.
 
-    python -m mechviz.export notebooks/tour.ipynb tour.html            # execute, then export
-    python -m mechviz.export tour.ipynb tour.html --no-execute --no-inline
+    mechviz-export notebooks/tour.ipynb tour.html                 # execute, then export
+    mechviz-export tour.ipynb tour.html --no-execute --no-inline  # saved state, CDN scripts
+
+(``python -m mechviz.export`` is the same command.) Needs the ``export`` extra:
+``pip install 'mechviz[export]'``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
-__all__ = ["export_html", "inline_cdn_assets", "node_modules_dir"]
+__all__ = ["ASSET_DIR", "asset_paths", "export_html", "inline_cdn_assets"]
 
-_PKG_DIR = Path(__file__).resolve().parent
-_REPO = _PKG_DIR.parent
-
-#: npm files that replace the CDN scripts (paths relative to node_modules)
-_ASSETS = {
-    "requirejs": "requirejs/require.js",
-    "embed": "@jupyter-widgets/html-manager/dist/embed-amd.js",
-    "anywidget": "anywidget/dist/index.js",
-}
+#: where the inlined JS lives in the installed package; ``assets.json`` there lists each file with the
+#: npm path it is copied from (by ``widgets_js/build.mjs`` and, for wheels, ``hatch_build.py``)
+ASSET_DIR = Path(str(resources.files("mechviz").joinpath("static", "export")))
+_REQUIRE, _EMBED, _ANYWIDGET = "require.js", "embed-amd.js", "anywidget.js"
 
 _REQUIRE_TAG = re.compile(r'<script\s+src="[^"]*/require(?:\.min)?\.js"\s*>\s*</script>', re.I)
-_RENDERER_SRC = re.compile(r"(var\s+widgetRendererSrc\s*=\s*)'[^']*html-manager[^']*embed-amd\.js'")
+# the renderer's loader, and its fallback for pre-2.0 widget state (jupyter-js-widgets' embed.js)
+_RENDERER_SRC = re.compile(
+    r"(var\s+widgetRendererSrc\s*=\s*)'[^']*(?:html-manager[^']*embed-amd|jupyter-js-widgets[^']*embed)\.js'")
 _MATHJAX_TAG = re.compile(r'<script\s+src="[^"]*mathjax[^"]*"\s*>\s*</script>', re.I)
 _ANYWIDGET_DEFINE = 'define(["@jupyter-widgets/base"], widget_default);'
 _SOURCEMAP = re.compile(r"^//# sourceMappingURL=.*$", re.M)
 _MATH = re.compile(r"\$|\\\(|\\\[|\\begin\{")
 
 
-def node_modules_dir() -> Path:
-    """``widgets_js/node_modules`` of this checkout (env ``MECHVIZ_NODE_MODULES`` overrides)."""
-    env = os.environ.get("MECHVIZ_NODE_MODULES")
-    return Path(env) if env else _REPO / "widgets_js" / "node_modules"
+def asset_paths() -> dict[str, Path]:
+    """The JS files the export inlines, by name: ``mechviz/static/export/<name>``, or, when the
+    environment variable ``MECHVIZ_NODE_MODULES`` names an npm ``node_modules`` folder, the files
+    of the npm packages there.
+
+    >>> sorted(asset_paths())
+    ['anywidget.js', 'embed-amd.js', 'require.js']
+    """
+    files = json.loads((ASSET_DIR / "assets.json").read_text(encoding="utf-8"))["files"]
+    nm = os.environ.get("MECHVIZ_NODE_MODULES")
+    if nm:
+        return {name: Path(nm) / npm_path for name, npm_path in files.items()}
+    return {name: ASSET_DIR / name for name in files}
 
 
 def _read_assets() -> dict[str, str]:
-    nm = node_modules_dir()
-    missing = [p for p in _ASSETS.values() if not (nm / p).is_file()]
+    paths = asset_paths()
+    missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
+        if os.environ.get("MECHVIZ_NODE_MODULES"):
+            how = ("MECHVIZ_NODE_MODULES must name a node_modules folder holding the npm packages "
+                   "requirejs, @jupyter-widgets/html-manager and anywidget (unset it to use the copies "
+                   "shipped in mechviz)")
+        else:
+            how = ("an installed mechviz wheel ships them, so reinstall it; in a source checkout run "
+                   "`make js` (npm ci --prefix widgets_js && node widgets_js/build.mjs)")
         raise FileNotFoundError(
-            f"cannot inline the widget renderer: {', '.join(missing)} not found under {nm}. "
-            "Run `make js` (npm ci --prefix widgets_js) in the mechviz checkout, or export with "
-            "inline_assets=False (--no-inline) to load them from the CDNs.")
-    return {k: (nm / p).read_text(encoding="utf-8") for k, p in _ASSETS.items()}
+            f"cannot inline the widget renderer: missing {', '.join(missing)}. {how}. Or export "
+            "with inline_assets=False (--no-inline) to load these scripts from their CDNs.")
+    return {name: p.read_text(encoding="utf-8") for name, p in paths.items()}
 
 
 def _script(js: str) -> str:
@@ -70,24 +89,25 @@ def inline_cdn_assets(html: str, *, keep_mathjax: bool = True) -> str:
       anywidget's AMD build registered under the name ``"anywidget"`` (html-manager's loader first
       asks require.js for ``"anywidget"`` and only falls back to jsDelivr when that fails);
     * ``embed-amd.js``: inlined at the end of the page (all its modules are named ``define``s; it
-      renders on ``load``) and the template's loader is pointed at an empty ``data:`` script;
+      renders on ``load``) and the template's loader (also its fallback for pre-2.0 widget state,
+      which would load jupyter-js-widgets from unpkg) is pointed at an empty ``data:`` script;
     * MathJax (cdnjs) is dropped when ``keep_mathjax`` is false.
     """
     assets = _read_assets()
-    if _ANYWIDGET_DEFINE not in assets["anywidget"]:
+    if _ANYWIDGET_DEFINE not in assets[_ANYWIDGET]:
         raise RuntimeError("unexpected anywidget build: no `define([\"@jupyter-widgets/base\"], ...)` to name")
-    anywidget_js = assets["anywidget"].replace(_ANYWIDGET_DEFINE, 'define("anywidget", ["@jupyter-widgets/base"], widget_default);')
+    anywidget_js = assets[_ANYWIDGET].replace(_ANYWIDGET_DEFINE, 'define("anywidget", ["@jupyter-widgets/base"], widget_default);')
 
-    head = _script(assets["requirejs"]) + "\n" + _script(anywidget_js)
+    head = _script(assets[_REQUIRE]) + "\n" + _script(anywidget_js)
     html, n = _REQUIRE_TAG.subn(lambda _m: head, html, count=1)
     if n != 1:
         raise RuntimeError("no require.js <script> found in the HTML (did nbconvert's template change?)")
-    html, n = _RENDERER_SRC.subn(lambda m: m.group(1) + "'data:text/javascript,'", html, count=1)
-    if n != 1:
+    html, n = _RENDERER_SRC.subn(lambda m: m.group(1) + "'data:text/javascript,'", html)
+    if n == 0:
         raise RuntimeError("no html-manager loader found in the HTML (did nbconvert's template change?)")
     if not keep_mathjax:
         html = _MATHJAX_TAG.sub("", html)
-    tail = _script(assets["embed"])
+    tail = _script(assets[_EMBED])
     idx = html.rfind("</html>")
     return html[:idx] + tail + "\n" + html[idx:] if idx >= 0 else html + tail
 
@@ -96,13 +116,40 @@ def _has_math(nb) -> bool:
     return any(c.cell_type == "markdown" and _MATH.search(c.source) for c in nb.cells)
 
 
-def _kernel_env() -> dict[str, str]:
-    """The kernel imports the same mechviz as this process (useful from a source checkout)."""
+def _kernel_manager():
+    """nbclient's kernel manager, for a kernel of this Python (``sys.executable``): not whatever
+    ``python3`` kernelspec Jupyter finds first, which may belong to another environment."""
+    from ipykernel.kernelspec import get_kernel_dict
+    from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager  # nbclient's default class
+
+    spec = get_kernel_dict()  # argv: [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+    class ThisPython(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name):
+            return KernelSpec(resource_dir="", argv=spec["argv"], display_name=spec["display_name"],
+                              language=spec["language"], metadata=spec["metadata"])
+
+    # named "python3" so that nbclient treats it as ipykernel (in-memory history, no sqlite file)
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
+
+
+_FIND_MECHVIZ = ("import importlib.util as u; s = u.find_spec('mechviz'); "
+                 "print(s.submodule_search_locations[0] if s else '')")
+
+
+def _kernel_env(cwd) -> dict[str, str]:
+    """The kernel's environment: this process's, so the kernel (same Python, started in ``cwd``)
+    imports mechviz from where this process did (an installed wheel, an editable install,
+    PYTHONPATH). Only when it would not (a source checkout run without installing it, found
+    through the current directory) is this package's folder put first on PYTHONPATH."""
     env = dict(os.environ)
-    parent = str(_PKG_DIR.parent)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if parent not in paths:
-        env["PYTHONPATH"] = os.pathsep.join([parent, *paths])
+    here = Path(__file__).resolve().parent
+    found = subprocess.run([sys.executable, "-c", _FIND_MECHVIZ], cwd=cwd, env=env, capture_output=True,
+                           text=True, check=True).stdout.strip()
+    if not found or Path(found).resolve() != here:
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([str(here.parent), *paths])
     return env
 
 
@@ -110,11 +157,12 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
                 timeout: int = 600, executed_path=None) -> Path:
     """Execute ``notebook_path`` (unless ``execute=False``) and write a static HTML page to ``out_path``.
 
+    The notebook runs in a kernel of this Python (``sys.executable``) that imports this mechviz.
     The views render in the page from their saved widget state: no kernel. ``inline_assets=True``
-    makes the page self-contained (no network at all; needs ``widgets_js/node_modules``, see
-    ``make js``); ``False`` keeps nbconvert's standard CDN script tags. ``executed_path``: also save
-    the executed notebook (outputs + widget state) there, e.g. to export it again with
-    ``execute=False``. Returns ``out_path``.
+    makes the page self-contained (no network at all; the scripts come from
+    ``mechviz/static/export/``, see :func:`asset_paths`); ``False`` keeps nbconvert's standard CDN
+    script tags. ``executed_path``: also save the executed notebook (outputs + widget state) there,
+    e.g. to export it again with ``execute=False``. Returns ``out_path``.
     """
     import nbformat
     from nbconvert import HTMLExporter
@@ -127,9 +175,10 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
     if execute:
         from nbclient import NotebookClient
 
-        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, store_widget_state=True,
+        client = NotebookClient(nb, km=_kernel_manager(), timeout=timeout, store_widget_state=True,
                                 resources={"metadata": {"path": str(nb_path.parent)}})
-        client.execute(env=_kernel_env())
+        # cleanup_kc: nbclient only shuts down kernels of managers it made itself
+        client.execute(env=_kernel_env(nb_path.parent), cleanup_kc=True)
         if executed_path is not None:
             nbformat.write(nb, str(executed_path))
     if "widgets" not in nb.metadata:
@@ -144,7 +193,7 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mechviz.export", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="mechviz-export", description=__doc__.split("\n\n")[0])
     ap.add_argument("notebook")
     ap.add_argument("out")
     ap.add_argument("--no-execute", action="store_true", help="use the widget state already saved in the notebook")

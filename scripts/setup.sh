@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Create .venv and install mechviz with everything the demo and the tests need.
+# Create .venv and install mechviz (editable) with everything the demo and the tests need.
+#   EXTRAS: pyproject's extras, default "test" (= tl, saelens, export, lab, bench + pytest, playwright,
+#          hatchling); e.g. EXTRAS=lab for the demo only.
 #   torch: a locally provided CPU wheel first (pip's find-links, e.g. PIP_FIND_LINKS), then the
 #          CPU-only index on a normal machine: never the multi-GB CUDA build by accident.
 #   chromium: Debian's package for the browser tests (installed when running as root).
-#   widgets_js: npm ci + esbuild, rebuilding mechviz/static/*.js.
+#   widgets_js: npm ci + esbuild, rebuilding mechviz/static/*.js (and copying the export's JS).
+#   WHEEL=dist/mechviz-*.whl: install that wheel instead of the checkout (then no chromium, no npm):
+#          VENV=/tmp/v WHEEL=$PWD/dist/mechviz-0.1.0-py3-none-any.whl EXTRAS=export bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-test}
 PYTHON=${PYTHON:-python3}
+WHEEL=${WHEEL:-}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
@@ -20,9 +25,15 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     || { echo "== torch: no local wheel; installing the CPU build"; \
          "${PIP[@]}" install -q torch --index-url https://download.pytorch.org/whl/cpu; }
 fi
-echo "== mechviz[$EXTRAS] (editable)"
-"${PIP[@]}" install -q -e ".[$EXTRAS]"
+if [ -n "$WHEEL" ]; then
+  echo "== $WHEEL[$EXTRAS]"
+  "${PIP[@]}" install -q "$WHEEL[$EXTRAS]"
+else
+  echo "== mechviz[$EXTRAS] (editable)"
+  "${PIP[@]}" install -q -e ".[$EXTRAS]"
+fi
 "$VENV/bin/python" -c "import torch; print('torch', torch.__version__, '(CUDA build)' if torch.version.cuda else '(CPU build)')"
+[ -z "$WHEEL" ] || exit 0
 
 if [ "$EXTRAS" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

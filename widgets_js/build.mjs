@@ -1,12 +1,22 @@
-// Bundle each widget entry in src/ into ../mechviz/static/<name>.js (one self-contained ES module per view).
+// Bundle each widget entry in src/ into ../mechviz/static/<name>.js (one self-contained ES module per view),
+// and copy the static export's JS (require.js, html-manager, anywidget; listed in
+// ../mechviz/static/export/assets.json) from node_modules into ../mechviz/static/export/.
 //   node build.mjs            build once
 //   node build.mjs --watch    rebuild on change (pair with ANYWIDGET_HMR=1 in the kernel)
 import * as esbuild from "esbuild";
-import { readdirSync } from "node:fs";
+import { copyFileSync, readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+// the export's assets go into the Python package, so an installed wheel can export offline
+const exportDir = join(here, "..", "mechviz", "static", "export");
+const { files } = JSON.parse(readFileSync(join(exportDir, "assets.json"), "utf8"));
+for (const [name, npmPath] of Object.entries(files)) {
+  copyFileSync(join(here, "node_modules", npmPath), join(exportDir, name));
+}
+console.log(`copied ${Object.keys(files).join(", ")} into mechviz/static/export/`);
 const entries = readdirSync(join(here, "src")).filter((f) => f.endsWith(".js")).map((f) => join(here, "src", f));
 
 const options = {
