@@ -28,10 +28,11 @@ test: setup
 js:
 	npm ci --prefix widgets_js --no-audit --no-fund --loglevel=error && node widgets_js/build.mjs
 
-## both benchmarks (minutes; TransformerLens timed on 120 sampled cells per grid, as in the README)
+## the benchmarks (minutes; TransformerLens timed on 120 sampled cells per grid, as in the README)
 bench: setup
 	$(PY) bench/attention_payload.py
 	$(PY) bench/patching_vs_tl.py --tl-sample 120
+	$(PY) bench/edit_during_patching.py
 
 ## dist/mechviz-<version>-py3-none-any.whl, with the widget bundles and the export's JS inside
 wheel: setup
