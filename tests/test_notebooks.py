@@ -17,6 +17,10 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
+    # no stray progress bars ("Loading weights ...") or warnings in what a reader of the notebook sees
+    stderr = [o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.output_type == "stream" and o.get("name") == "stderr"]
+    assert not stderr, stderr
     state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
     views = [m for m in state.values() if m["state"].get("_anywidget_id") == "mechviz.widgets.attention.AttentionView"]
     assert views, "no AttentionView in the saved widget state"
