@@ -194,8 +194,9 @@ class Lab:
         if self._runner is not None:
             self._runner.supersede()  # a live result still in flight must not replace this one
         try:
-            if not any(b.feed for b in self._bindings.values()):
-                self.model.to_tokens(state.prompt) if state.prompt else None
+            if not any(b.feed for b in self._bindings.values()):  # nothing to show: check the prompt only
+                if state.prompt:
+                    self.model.to_tokens(state.prompt)
                 self.steering = state.steering
                 return
             result = self._compute(state)
