@@ -59,6 +59,12 @@ TL_HOOKS: dict[str, str] = {
 }
 assert TL_HOOKS.keys() == SITES.keys()
 
+#: Sites only some blocks have (read-only; not in :data:`SITES`, which every model has): the router
+#: logits of a mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, gpt-oss), one row per token.
+MOE_SITES: dict[str, str] = {"router": "router logits of a mixture-of-experts MLP [T, n_experts] (read-only)"}
+#: Every site name in forward order (the order :func:`parse_sites` returns).
+_ORDER = [*list(SITES)[:8], *MOE_SITES, *list(SITES)[8:]]
+
 #: Sites one ``d_model`` vector wide per token (patched by position; readable by an SAE).
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 #: Sites with a head axis ``[T, heads, d_head]``: ``z`` is the head's output (TransformerLens'
@@ -122,16 +128,17 @@ def parse_sites(spec, n_layers: int) -> list[Site]:
             layer = int(layer_s) if layer_s else None
         else:
             raise SiteError(f"cannot read {item!r} as a site; use a string like 'resid_pre.0'")
-        if name not in SITES:
-            close = difflib.get_close_matches(str(name), list(SITES), n=1)
+        if name not in _ORDER:
+            close = difflib.get_close_matches(str(name), _ORDER, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SiteError(f"unknown site {name!r}.{hint} Known sites: {', '.join(SITES)}.")
+            raise SiteError(f"unknown site {name!r}.{hint} Known sites: {', '.join(SITES)} "
+                            f"(and {', '.join(MOE_SITES)} in mixture-of-experts models).")
         layers = range(n_layers) if layer is None else [int(layer)]
         for lay in layers:
             if not 0 <= lay < n_layers:
                 raise SiteError(f"site {name}.{lay}: the model has layers 0..{n_layers - 1}")
             out.add(Site(name, lay))
-    return sorted(out, key=lambda s: (s.layer, list(SITES).index(s.name)))
+    return sorted(out, key=lambda s: (s.layer, _ORDER.index(s.name)))
 
 
 def tl_hook_name(site) -> str:
