@@ -105,6 +105,13 @@ class Lab:
         if sae is not None:
             self.add_sae(sae, allow_model_mismatch=allow_model_mismatch)
 
+    @property
+    def model_info(self) -> str:
+        """What computes every view's numbers: name, backend and numerics, dtype, device."""
+        from .models.describe import describe
+
+        return str(describe(self.model))
+
     @classmethod
     def default(cls, prompt: str = DEFAULT_PROMPT, sae: bool = True, **kwargs) -> "Lab":
         """A Lab on mechviz's bundled model and (``sae=True``) its SAE, offline (see :mod:`mechviz.zoo`)."""
@@ -275,6 +282,7 @@ class Lab:
         link = self.selection.link(view)
         for name, value in chosen.items():  # a selection given to the view wins (and is shared)
             setattr(view, name, value)
+        view.model_info = self.model_info
         self._bindings[view] = _Binding(view, link, **binding)
         view.on_close(self.remove)
 

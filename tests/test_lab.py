@@ -234,3 +234,31 @@ def test_edits_arriving_on_another_thread_still_update(tokenizer):
         return view
 
     assert asyncio.run(scenario()).prompt == "typed on a subshell"
+
+
+def test_a_bfloat16_model_runs_every_view_and_says_so():
+    """A bfloat16 model (untouched: its weights stay bfloat16) runs the dashboard, steering and a patching
+    grid; the numbers agree with the float32 model to bfloat16 precision, and every view's header says
+    what computed it."""
+    import mechviz
+    from mechviz.zoo import SAE_DIR, load_default_model
+
+    prompt = "In the beginning God created the heaven and the earth. And the earth was"
+    clean, corrupted = ("And Moses and Aaron went unto the king, and Moses said unto",
+                        "And Moses and Aaron went unto the king, and Aaron said unto")
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model, tok = load_default_model()
+        lab = Lab(model.to(dtype), tok, sae=SAE_DIR, prompt=prompt, threads=1)
+        attn, lens, feat = lab.dashboard().children[1:]
+        lab.steer(int(feat.result.features[0]), 20.0)
+        steered = feat.result.next_prob[1].copy()
+        lab.steer(None)
+        grid = lab.patching(clean, corrupted, site="z", by="head", answers=(" Aaron", " Moses"))
+        assert grid.status == "done" and next(model.parameters()).dtype == dtype
+        assert all(v.model_info == f"mechviz-default · HF raw weights · {str(dtype)[6:]} · cpu"
+                   for v in (attn, lens, feat, grid))
+        out[dtype] = (attn.data["pattern"], lens.result.top_probs, feat.result.acts, steered, grid.data["values"])
+    for f32, b16, tol in zip(out[torch.float32], out[torch.bfloat16], (0.05, 0.05, 0.1, 0.05, 0.1)):
+        assert f32.shape == b16.shape and np.isfinite(b16).all()
+        np.testing.assert_allclose(b16, f32, atol=tol * max(1.0, float(np.abs(f32).max())))

@@ -91,3 +91,16 @@ def test_edit_errors(pair):
         hf.run(IDS, edits={"resid_pre": lambda x: x})
     with pytest.raises(SiteError, match="can be read but not edited"):
         hf.run(IDS, edits={"attn_pattern.0": lambda x: x})
+
+
+def test_describe_says_whether_transformer_lens_folded_the_weights(tokenizer):
+    from mechviz.models.describe import describe
+    from mechviz.models.tl_convert import hf_to_tl
+
+    hf = build_hf("gpt2")
+    raw = hf_to_tl(hf)
+    assert str(describe(wrap(raw))).endswith("TransformerLens raw weights · float32 · cpu")
+    raw.process_weights_(fold_ln=True, center_writing_weights=False, center_unembed=False)
+    info = describe(wrap(raw))
+    assert (info.backend, info.numerics) == ("TransformerLens", "LayerNorm folded")
+    assert describe(wrap(hf, tokenizer)).numerics == "raw weights"

@@ -47,7 +47,8 @@ class View(anywidget.AnyWidget):
 
     ``prompt``: the prompt the data belongs to; ``seq``: bumped on every new payload (the browser
     redraws once per payload); ``error``: shown as a banner over the last good view ("" = none);
-    ``title``: the header.
+    ``title``: the header; ``model_info``: what computed the data (shown in the header, see
+    :func:`mechviz.models.describe.describe`).
 
     >>> from mechviz.widgets import AttentionView
     >>> AttentionView(layr=2)
@@ -60,6 +61,7 @@ class View(anywidget.AnyWidget):
     seq = t.Int(0).tag(sync=True)
     error = t.Unicode("").tag(sync=True)
     title = t.Unicode("").tag(sync=True)
+    model_info = t.Unicode("").tag(sync=True)  # what computed the data: name · backend numerics · dtype · device
 
     #: the analysis object the view shows (set by ``show``; None before any data)
     result = None

@@ -115,4 +115,12 @@ def test_every_view_has_the_scaffold_and_one_error_banner(page, name):
         page.wait_for_function("(sel) => document.querySelector(sel).textContent === '<b>mine</b>'", arg=f"{root} .mv-title")
         assert page.locator(f"{root} .mv-header").count() == 1
         _no_markup(page, root)
+        # and shows what computed the data (model · numerics · dtype · device), as text
+        info = page.locator(f"{root} .mv-model-info")
+        assert info.count() == 1 and not info.is_visible()   # nothing to say yet
+        v.model_info = f"{XSS} · HF raw weights · bfloat16 · cuda:0"
+        push_bare(page, v, ["model_info"])
+        page.wait_for_selector(f"{root} .mv-model-info:visible")
+        assert info.text_content() == v.model_info
+        _no_markup(page, root)
     assert page.mv_errors == []

@@ -28,20 +28,25 @@ export function viewRoot(el, name, css = "", parts = []) {
  * Append the header row to `el`: the title (the `title` trait, else `title`), `extra` elements and,
  * with `prompt`, the prompt line (the `prompt` trait, "no data yet" while it is empty). Kept in sync
  * with those traits; returns the function that stops that.
- * @param {Model<{title: string, prompt?: string}>} model
+ * @param {Model<{title: string, prompt?: string, model_info?: string}>} model
  */
 export function header(model, el, { title = "", prompt = true, extra = [] } = {}) {
+  // model_info (what computed the data: model, raw/folded numerics, dtype, device) ends the row
   const titleEl = h("span", { class: "mv-title" });
   const promptEl = prompt ? h("span", { class: "mv-prompt" }) : null;
-  el.appendChild(h("div", { class: "mv-header" }, [titleEl, ...extra, promptEl]));
+  const infoEl = h("span", { class: "mv-dim mv-model-info" });
+  el.appendChild(h("div", { class: "mv-header" }, [titleEl, ...extra, promptEl, infoEl]));
   const update = () => {
     titleEl.textContent = model.get("title") || title;
+    const info = model.get("model_info") || "";
+    infoEl.textContent = info;
+    infoEl.hidden = !info;
     if (!promptEl) return;
     const p = model.get("prompt") || "";
     promptEl.textContent = p ? `prompt: ${p}` : "no data yet";
   };
   update();
-  return watch(model, prompt ? ["title", "prompt"] : ["title"], update);
+  return watch(model, prompt ? ["title", "prompt", "model_info"] : ["title", "model_info"], update);
 }
 
 /**
