@@ -49,3 +49,24 @@ def describe(adapter) -> ModelInfo:
     first = str(params[0].device) if params else devices[0]
     return ModelInfo(name=str(adapter.name), backend=backend, numerics=numerics, dtype=dtype, device=first,
                      devices=len(devices))
+
+
+def attention_windows(adapter) -> list[int]:
+    """Per layer, the length of its sliding attention window (a token attends to itself and the
+    ``w - 1`` before it), or 0 where the layer attends to the whole prefix. Read from the model's
+    config: HF ``layer_types`` + ``sliding_window`` (Gemma 2/3, gpt-oss, Qwen2), a model-wide
+    ``sliding_window`` (Mistral), TransformerLens ``attn_types`` + ``window_size``."""
+    n = adapter.n_layers
+    model = getattr(adapter, "model", None)
+    cfg = getattr(model, "config", None)
+    if cfg is not None:  # HF
+        w = int(getattr(cfg, "sliding_window", None) or 0)
+        types = getattr(cfg, "layer_types", None)
+        if types:
+            return [w if t == "sliding_attention" else 0 for t in types][:n]
+        return [w if getattr(cfg, "use_sliding_window", True) is not False else 0] * n
+    tl = getattr(model, "cfg", None)
+    types, w = getattr(tl, "attn_types", None), int(getattr(tl, "window_size", None) or 0)
+    if types and w:
+        return [w if t == "local" else 0 for t in types][:n]
+    return [0] * n

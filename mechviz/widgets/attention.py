@@ -6,6 +6,7 @@ import numpy as np
 import traitlets as t
 
 from ..analysis.attention import attention_patterns
+from ..models.describe import attention_windows
 from ._esm import bundle
 from .base import Feed, View
 from .transport import Array
@@ -19,6 +20,9 @@ class AttentionView(View):
       gets one byte per weight);
       ``tokens``: the token strings (untrusted text, rendered with ``textContent``).
     Selection (linked with other views): ``layer``, ``head``, ``token`` (destination token, -1 none).
+    Architecture, drawn so it is visible: ``windows`` (per layer, its sliding-window length, 0 = full
+    attention; the view draws the window's edge) and ``kv_heads`` (key/value heads: with grouped-query
+    attention, each group of ``heads / kv_heads`` query heads shares one).
 
     Example
     -------
@@ -37,15 +41,19 @@ class AttentionView(View):
     layer = t.Int(0).tag(sync=True)
     head = t.Int(0).tag(sync=True)
     token = t.Int(-1).tag(sync=True)
+    windows = t.List(t.Int(), default_value=[]).tag(sync=True)
+    kv_heads = t.Int(0).tag(sync=True)
     title = t.Unicode("Attention").tag(sync=True)
 
     def feed(self, lab) -> Feed:
         sites = [f"attn_pattern.{layer}" for layer in range(lab.model.n_layers)]
+        arch = {"windows": attention_windows(lab.model), "kv_heads": lab.model.n_kv_heads}
         return Feed(lambda: sites, lambda p: {"pattern": attention_patterns(p.run), "tokens": p.run.token_strs,
-                                              "prompt": p.prompt})
+                                              "prompt": p.prompt, **arch})
 
-    def show(self, pattern: np.ndarray, tokens: list[str], prompt: str = ""):
-        """Display ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens``."""
+    def show(self, pattern: np.ndarray, tokens: list[str], prompt: str = "", windows=None, kv_heads: int = 0):
+        """Display ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens``; ``windows``
+        and ``kv_heads`` as in the class docstring (default: full attention, one key/value head per head)."""
         pattern = np.asarray(pattern, np.float32)
         if pattern.ndim != 4 or pattern.shape[2] != pattern.shape[3] or pattern.shape[3] != len(tokens):
             raise ValueError(
@@ -56,6 +64,8 @@ class AttentionView(View):
         with self.hold_sync():
             self.pattern = pattern
             self.tokens = list(tokens)
+            self.windows = [int(w) for w in windows] if windows is not None else [0] * pattern.shape[0]
+            self.kv_heads = int(kv_heads) or pattern.shape[1]
             # the selection is shared: a logit-lens row may select layer n_layers (the final
             # residual); the browser shows the nearest layer and the shared value stays as it is
             if self.token >= pattern.shape[2]:

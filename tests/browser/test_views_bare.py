@@ -123,3 +123,42 @@ def test_prompt_box_debounces_and_keeps_typing(page):
     assert page.locator(".mechviz-prompt .mv-error").is_visible()
     assert page.locator(".mechviz-prompt .mv-error").text_content() == "empty prompt"
     assert page.mv_errors == []
+
+
+def _orange_pixels(page, selector):
+    return page.evaluate("""(sel) => { const c = document.querySelector(sel);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i + 1] < 140 && d[i + 2] < 80) n++;
+        return n; }""", selector)
+
+
+def test_attention_view_marks_sliding_windows_and_kv_groups(page, artifacts):
+    """A sliding-window layer's window edge is drawn on the zoomed head (not on a full-attention
+    layer), the layer picker names the window, and thumbnails are grouped by shared key/value head."""
+    from mechviz.widgets.attention import AttentionView
+
+    T, w = 8, 3
+    pat = patterns(2, 4, T, seed=5)
+    band = np.tril(np.ones((T, T))) * np.triu(np.ones((T, T)), -(w - 1))   # src in (dst - w, dst]
+    pat[0] = pat[0] * band
+    pat[0] /= pat[0].sum(-1, keepdims=True)
+    v = AttentionView()
+    v.show(pat, [f"t{i}" for i in range(T)], prompt="p", windows=[w, 0], kv_heads=2)
+    mount(page, v)
+    root = page.locator(".mechviz-attention")
+    root.wait_for()
+    zoom = page.locator("canvas.mv-zoom")
+    assert zoom.get_attribute("data-window") == str(w)
+    assert _orange_pixels(page, "canvas.mv-zoom") > 10 * T          # the window's edge, row by row
+    assert page.locator("select.mv-layer option").all_text_contents() == [f"0 · window {w}", "1"]
+    assert "2 key/value heads (2 query heads each)" in root.text_content()
+    assert "sliding window 3" in root.text_content()
+    boxes = page.locator(".mv-thumbbox")
+    assert boxes.evaluate_all("bs => bs.map(b => b.dataset.kv)") == ["0", "0", "1", "1"]
+    assert page.locator(".mv-thumbbox.mv-group-start").count() == 1
+    assert page.locator(".mv-thumbbox .mv-kv").all_text_contents() == ["kv 0", "kv 0", "kv 1", "kv 1"]
+    page.locator(".mechviz-attention").screenshot(path=str(artifacts / "bare_attention_window_gqa.png"))
+    page.select_option("select.mv-layer", "1")
+    page.wait_for_selector('.mechviz-attention[data-layer="1"]')
+    assert zoom.get_attribute("data-window") == "0" and _orange_pixels(page, "canvas.mv-zoom") == 0
+    assert "sliding window" not in root.text_content()

@@ -19,13 +19,15 @@ import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legen
  * @property {number} layer  selection (linked, written here): the layer shown (clamped to the data)
  * @property {number} head  selection (linked, written here): the zoomed head
  * @property {number} token  selection (linked, written here): destination token, -1 none
+ * @property {number[]} windows  per layer: its sliding-window length (0 = full attention); drawn as the window's edge
+ * @property {number} kv_heads  key/value heads (grouped-query attention: heads / kv_heads query heads share one)
  * @property {string} error  kernel error, shown over the last good view
  * @property {string} title
  * @typedef {import("./lib/view.js").Model<AttentionTraits>} Model
  */
 
 // traits the drawing reads (title, prompt, error: the header and banner follow those themselves)
-const DRAWN = ["pattern", "tokens", "prompt", "seq", "layer", "head", "token"];
+const DRAWN = ["pattern", "tokens", "prompt", "seq", "layer", "head", "token", "windows", "kv_heads"];
 
 const CSS = `
 .mechviz-attention .mv-thumbs{display:flex;flex-wrap:wrap;gap:6px;padding:3px;margin-bottom:8px}
@@ -33,6 +35,8 @@ const CSS = `
 .mechviz-attention canvas.mv-thumb{width:56px;height:56px;image-rendering:pixelated;outline:1px solid #cbd5e1;background:#fff}
 .mechviz-attention .mv-thumbbox.mv-selected canvas.mv-thumb{outline:2px solid #f59e0b}
 .mechviz-attention .mv-thumbbox.mv-selected{font-weight:600}
+.mechviz-attention .mv-thumbbox.mv-group-start{margin-left:10px}
+.mechviz-attention .mv-thumbbox .mv-kv{color:var(--jp-ui-font-color2,#666);font-size:9px}
 .mechviz-attention canvas.mv-zoom{cursor:crosshair;display:block;background:#fff;image-rendering:pixelated}
 .mechviz-attention canvas.mv-labels{display:block}
 .mechviz-attention .mv-info{white-space:pre}
@@ -90,23 +94,50 @@ function current(model, S) {
 const base = (S, l, hd) => ((l * S.arr.shape[1] + hd) * S.T) * S.T;
 
 // -- draw -------------------------------------------------------------------------------------------
-function buildLayers(ui, nL) {
-  if (ui.layerSel.options.length === nL) return;
+// per layer: its sliding-window length (0 = full attention)
+const windowOf = (model, l) => ((model.get("windows") || [])[l] | 0);
+
+function buildLayers(model, ui, nL) {
+  const key = `${nL}|${JSON.stringify(model.get("windows") || [])}`;
+  if (ui.layerSel.dataset.key === key) return;
+  ui.layerSel.dataset.key = key;
   clear(ui.layerSel);
-  for (let l = 0; l < nL; l++) ui.layerSel.appendChild(h("option", { value: String(l), text: String(l) }));
+  for (let l = 0; l < nL; l++) {
+    const w = windowOf(model, l);
+    ui.layerSel.appendChild(h("option", { value: String(l), text: w ? `${l} · window ${w}` : String(l) }));
+  }
 }
 
+// grouped-query attention: heads / kv_heads query heads share one key/value head; a gap between groups
 function buildThumbs(model, ui, S, nH) {
-  if (S.thumbBoxes.length === nH) return;
+  const kv = Math.max(1, Math.min(nH, model.get("kv_heads") || nH)), size = Math.max(1, Math.round(nH / kv));
+  const key = `${nH}|${kv}`;
+  if (S.thumbKey === key) return;
+  S.thumbKey = key;
   clear(ui.thumbs);
   S.thumbBoxes = [];
   for (let hd = 0; hd < nH; hd++) {
-    const c = h("canvas", { class: "mv-thumb", width: 1, height: 1, data: { head: hd }, title: `head ${hd}` });
-    const box = h("div", { class: "mv-thumbbox", data: { head: hd }, on: { click: () => setSelection(model, { head: hd }) } },
-      [c, h("span", { text: `H${hd}` })]);
+    const g = Math.floor(hd / size);
+    const shared = size > 1 ? ` · shares key/value head ${g} with heads ${g * size}-${g * size + size - 1}` : "";
+    const c = h("canvas", { class: "mv-thumb", width: 1, height: 1, data: { head: hd }, title: `head ${hd}${shared}` });
+    const box = h("div", { class: size > 1 && hd > 0 && hd % size === 0 ? "mv-thumbbox mv-group-start" : "mv-thumbbox",
+      data: { head: hd, kv: g }, on: { click: () => setSelection(model, { head: hd }) } },
+      [c, h("span", { text: `H${hd}` }), size > 1 ? h("span", { class: "mv-kv", text: `kv ${g}` }) : null]);
     S.thumbBoxes.push({ box, c });
     ui.thumbs.appendChild(box);
   }
+}
+
+// the edge of a sliding window on the zoomed head: sources left of it (src <= dst - w) are masked
+function drawWindow(ctx, T, cell, w) {
+  if (!w || w >= T) return;
+  ctx.save();
+  ctx.strokeStyle = "#ea580c"; ctx.lineWidth = Math.max(1, Math.min(2, cell >> 2)); ctx.setLineDash([4, 3]);
+  ctx.beginPath();
+  ctx.moveTo(0, w * cell);
+  for (let i = w; i < T; i++) { ctx.lineTo((i - w + 1) * cell, i * cell); ctx.lineTo((i - w + 1) * cell, (i + 1) * cell); }
+  ctx.stroke();
+  ctx.restore();
 }
 
 function buildTokens(model, ui, S) {
@@ -178,11 +209,14 @@ function draw(model, el, ui, S) {
   const [nL, nH, T] = S.arr.shape;
   S.T = T;
   const { layer, head, token } = current(model, S);
-  buildLayers(ui, nL);
+  buildLayers(model, ui, nL);
   ui.layerSel.value = String(layer);
   buildThumbs(model, ui, S, nH);
   buildTokens(model, ui, S);
-  ui.shapeEl.textContent = `${nL} layers × ${nH} heads · ${T} tokens · head ${head}`;
+  const w = windowOf(model, layer), kv = model.get("kv_heads") || nH;
+  ui.shapeEl.textContent = `${nL} layers × ${nH} heads · ${T} tokens · head ${head}` +
+    (kv < nH ? ` · ${kv} key/value heads (${nH / kv} query heads each)` : "") + (w ? ` · layer ${layer}: sliding window ${w}` : "");
+  ui.zoom.dataset.window = String(w);
 
   S.thumbBoxes.forEach(({ box, c }, hd) => {
     drawHeatmap(c, S.arr, base(S, layer, hd), T, T, 1);
@@ -191,6 +225,7 @@ function draw(model, el, ui, S) {
   S.cell = zoomCell(T);
   ui.zoom.dataset.cell = String(S.cell);
   const ctx = drawHeatmap(ui.zoom, S.arr, base(S, layer, head), T, T, S.cell);
+  drawWindow(ctx, T, S.cell, w);
   if (token >= 0 && token < T) outline(ctx, 0, token * S.cell, T * S.cell, S.cell, "#f59e0b", Math.max(1, Math.min(2, S.cell >> 2)));
   drawLabels(el, ui, S);
   shadeTokens(S, base(S, layer, head), token);
@@ -221,7 +256,7 @@ function bindEvents(model, ui, S) {
 function render({ model, el }) {
   const ui = build(model, el);
   const S = { dec: traitDecoder(model), arr: null, T: 0, cell: 8, tokens: [], tokKey: null, labelKey: null,
-    thumbBoxes: [], spans: [], draws: 0 };
+    thumbBoxes: [], thumbKey: null, spans: [], draws: 0 };
   bindEvents(model, ui, S);
   return cleanup(ui.stop, redrawOn(model, DRAWN, () => draw(model, el, ui, S)));
 }
