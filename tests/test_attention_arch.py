@@ -44,3 +44,24 @@ def test_attention_view_carries_windows_and_kv_groups(tokenizer):
     view = lab.attention()
     assert view.windows == [3, 0, 3] and view.kv_heads == 2 and view.data["pattern"].shape[1] == 4
     assert "gemma2" in view.model_info or view.model_info.startswith(lab.model.name)
+
+
+def test_feature_logit_weights_are_linear_even_with_a_final_soft_cap():
+    """Gemma 2's final soft-cap is part of the model's logits (the lens applies it) but not of a feature's
+    logit weights, which are its decoder direction times W_U, as sae_vis / Neuronpedia show them."""
+    from mechviz.analysis.features import feature_logit_effects
+    from mechviz.saes import SAE
+
+    model = build("gemma2")
+    adapter = wrap(model)
+    assert adapter.softcap
+    torch.manual_seed(1)
+    d = adapter.d_model
+    W_dec = torch.randn(8, d) * 20   # large enough that a capped value would differ visibly
+    sae = SAE(W_enc=torch.randn(d, 8), b_enc=torch.zeros(8), W_dec=W_dec, b_dec=torch.zeros(d), site="resid_post.0")
+    eff = feature_logit_effects(sae, adapter, 3, k=5)
+    ref = (W_dec[3] @ model.get_output_embeddings().weight.T.detach()).numpy()
+    np.testing.assert_allclose(eff.values, ref, rtol=1e-5, atol=1e-4)
+    assert np.abs(ref).max() > 2 * adapter.softcap            # the cap would have clipped these
+    lens_last = adapter.logits_of(torch.randn(4, d) * 50)
+    assert float(lens_last.abs().max()) <= adapter.softcap + 1e-4   # while the model's logits are capped

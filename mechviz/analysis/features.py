@@ -93,7 +93,7 @@ def feature_logit_effects(sae: SAE, adapter, feature: int, k: int = 10, norm: bo
         x = _like_model(adapter, torch.stack([d, torch.zeros_like(d)]))
         if norm:
             x = adapter.final_norm(x)
-        out = adapter.unembed(x).float().cpu()
+        out = adapter.unembed_linear(x).float().cpu()
     values = (out[0] - out[1]).numpy()
     k = max(0, min(int(k), values.size))
     up = np.argsort(-values, kind="stable")[:k]

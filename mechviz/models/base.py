@@ -190,6 +190,11 @@ class ModelAdapter:
         """Normalised residual ``[..., d]`` to logits ``[..., vocab]`` (the model's own unembedding)."""
         raise NotImplementedError
 
+    def unembed_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The unembedding as a linear map (no final soft-cap): what logit weights of a direction and
+        direct logit attribution decompose. Equal to :meth:`unembed` for models without a soft-cap."""
+        return self.unembed(x)
+
     def logits_of(self, resid: torch.Tensor) -> torch.Tensor:
         """Logits the model would output if ``resid`` were its final residual stream (logit lens)."""
         with torch.inference_mode():

@@ -377,6 +377,9 @@ class HFAdapter(ModelAdapter):
         ``logits_of`` (the logit lens) and patching metrics see the logits the model outputs."""
         return self._capped(self.model.get_output_embeddings()(x))
 
+    def unembed_linear(self, x):
+        return self.model.get_output_embeddings()(x)
+
     def _dtype(self):
         return next(self.model.parameters()).dtype
 
