@@ -262,3 +262,19 @@ def test_a_bfloat16_model_runs_every_view_and_says_so():
     for f32, b16, tol in zip(out[torch.float32], out[torch.bfloat16], (0.05, 0.05, 0.1, 0.05, 0.1)):
         assert f32.shape == b16.shape and np.isfinite(b16).all()
         np.testing.assert_allclose(b16, f32, atol=tol * max(1.0, float(np.abs(f32).max())))
+
+
+def test_non_finite_activations_are_an_error_in_every_view(tokenizer):
+    """NaN or inf anywhere in a pass is an error naming where it starts, shown by every view (which keep
+    their last good data), not a lens of NaN probabilities or a feature view of zeros."""
+    model = build_hf("gpt2")
+    lab = Lab(model, tokenizer, prompt="The cat sat", threads=1)
+    lens = lab.logit_lens()
+    good = lens.data["top_probs"].copy()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.bias.fill_(float("inf"))   # layer 1's MLP: the lens first sees it entering layer 2
+    with pytest.raises(FloatingPointError, match="NaN or inf, first at site resid_pre.2"):
+        lab.prompt = "The mat"
+    assert np.array_equal(lens.data["top_probs"], good) and "NaN or inf" in lens.error
+    with pytest.raises(FloatingPointError, match="in the logits"):
+        lab.run("The mat")                       # no site captured: the logits themselves are checked

@@ -293,6 +293,10 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
             except Aborted:      # cancel() turned True inside the pass
                 grid.complete = False
                 return grid
+            if not np.isfinite(vals).all():
+                bad = [c[2] for c, v in zip(batch, vals) if not np.isfinite(v)]
+                raise FloatingPointError(f"patched runs give a non-finite metric (NaN or inf) at {len(bad)} cell(s) of "
+                                         f"{name}.{layers[li]}, e.g. {bad[0]}: the model overflows there")
             for c, v in zip(batch, vals):
                 grid.values[c[2]] = v
             done += len(batch)

@@ -70,6 +70,8 @@ class PromptPair:
                              f"on a batch of 2 it returned {shape}. A TransformerLens-style metric that averages "
                              "over the batch must not average here.")
         self.metrics = {"clean": float(vals[0]), "corrupted": float(vals[1])}
+        if not all(np.isfinite(v) for v in self.metrics.values()):
+            raise FloatingPointError(f"the metric is not finite on the prompts ({self.metrics}): nothing to patch")
         self.subset = all(hasattr(self.metric, n) for n in ("positions", "token_ids", "from_subset"))
 
     @property

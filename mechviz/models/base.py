@@ -55,6 +55,17 @@ class Run:
                 f"captured={sorted(self.cache, key=lambda s: (int(s.split('.')[1]), s))})")
 
 
+def _check_finite(logits: torch.Tensor, cache: dict, sites: list[Site], edited: bool) -> None:
+    """A run whose numbers are not all finite is an error naming where it starts, never a view of NaNs."""
+    bad = next((str(s) for s in sites if not bool(torch.isfinite(cache[str(s)]).all())), None)
+    if bad is None and bool(torch.isfinite(logits).all()):
+        return
+    where = f"first at site {bad}" if bad else "in the logits (after every captured site)"
+    cause = " with edits applied (a steering value can overflow the model)" if edited else ""
+    raise FloatingPointError(f"the model's activations contain NaN or inf, {where}{cause}: its weights or inputs "
+                             "overflow; nothing computed from this run is shown")
+
+
 class StopForward(Exception):
     """Raised by a hook once the last block has run, so the pass skips the final norm and unembedding."""
 
@@ -175,6 +186,7 @@ class ModelAdapter:
         ids = self.to_tokens(prompt)
         with torch.inference_mode():
             logits, cache = self._forward(ids, sites, abort, edit_fns)
+        _check_finite(logits, cache, sites, edited=bool(edit_fns))
         text = prompt if isinstance(prompt, str) else ""
         return Run(prompt=text, tokens=ids, token_strs=self.to_str_tokens(ids),
                    logits=logits.float(), cache=cache)
