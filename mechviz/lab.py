@@ -348,6 +348,7 @@ class Lab:
         from .analysis import patching as P
 
         view = PatchGridView(**traits)
+        P.direction_roles(direction)  # arguments first: no prompt pass for a call that cannot run
         with self.lock:
             pair = P.prompt_pair(self.model, clean, corrupted, metric=metric, answers=answers,
                                  capture=P.patch_capture(self.model, site, by))

@@ -288,7 +288,7 @@ def train_lm(args, stream, held, vocab_size, bos, device, work: Path):
     start = 0
     ckpt = work / "ckpt.pt"
     if args.resume and ckpt.exists():
-        st = torch.load(ckpt, map_location=device, weights_only=False)
+        st = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start = st["step"]
@@ -470,13 +470,14 @@ RECIPE_V1 = [
 
 def _ckpt_step(work: Path) -> int:
     ck = work / "ckpt.pt"
-    return torch.load(ck, map_location="cpu", weights_only=False)["step"] if ck.exists() else 0
+    return torch.load(ck, map_location="cpu", weights_only=True)["step"] if ck.exists() else 0
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "mechviz" / "zoo" / "default"))
-    ap.add_argument("--work-dir", default="/tmp/zoo_work/run", help="checkpoints, token cache")
+    ap.add_argument("--work-dir", default=str(Path.home() / ".cache" / "mechviz" / "train"),
+                    help="checkpoints, token cache (private to this user: --resume loads what is there)")
     ap.add_argument("--corpus-dir", default="/tmp/corpora")
     ap.add_argument("--steps", type=int, default=6000, help="LM optimiser steps (defines the LR schedule)")
     ap.add_argument("--minutes", type=float, default=0, help="optional wall-clock cap on LM training")
@@ -564,7 +565,7 @@ def main(argv=None):
             for i, (stop, over) in enumerate(RECIPE_V1):
                 ckpt = work / "ckpt.pt"
                 if args.resume and ckpt.exists():
-                    done = torch.load(ckpt, map_location="cpu", weights_only=False)["step"]
+                    done = torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
                     if stop and done >= stop:
                         continue  # phase already finished
                 vars(args).update(over)

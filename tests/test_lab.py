@@ -278,3 +278,47 @@ def test_non_finite_activations_are_an_error_in_every_view(tokenizer):
     assert np.array_equal(lens.data["top_probs"], good) and "NaN or inf" in lens.error
     with pytest.raises(FloatingPointError, match="in the logits"):
         lab.run("The mat")                       # no site captured: the logits themselves are checked
+
+
+def test_bad_inputs_get_messages_that_name_the_problem(lab, tokenizer):
+    """A catalogue of careless inputs: each gets a message naming the problem; the prompt and the last
+    good view are kept."""
+    from transformers import GPT2Config, GPT2Model
+
+    import mechviz
+    from mechviz.models import UnsupportedModelError
+
+    view = lab.attention()
+    good = view.pattern.copy()
+    cases = [
+        (lambda: setattr(lab, "prompt", "cat \ud800 dog"), PromptError, "lone surrogate"),
+        (lambda: setattr(lab, "prompt", "cat " * 100), PromptError, "counting the start token"),
+        (lambda: setattr(view, "head", 99), Exception, "head 99 is out of range: this view shows 4 heads"),
+        (lambda: setattr(view, "layer", -1), Exception, "layer -1 is out of range"),
+        (lambda: lab.features(), ValueError, "needs an SAE"),
+        (lambda: lab.steer(3, 1.0), ValueError, "steering needs an SAE"),
+        (lambda: lab.logit_lens(k=2.5), ValueError, "k must be a whole number"),
+        (lambda: lab.patching("The cat sat", "The cat sat", answers=(1, 10**6)), ValueError,
+         "outside the vocabulary"),
+        (lambda: lab.patching("The cat sat on", "The dog sat on", site="attn_pattern"), Exception, "cannot be patched"),
+        (lambda: lab.patching("The cat sat on", "The dog sat on", direction="sideways"), ValueError, "direction must be"),
+        (lambda: mechviz.Lab(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)), tokenizer), UnsupportedModelError,
+         "no language-model head"),
+    ]
+    for fn, exc, phrase in cases:
+        with pytest.raises(exc, match=phrase):
+            fn()
+        assert np.array_equal(view.pattern, good) and lab.prompt == "The cat sat on the mat.", phrase
+    assert (view.head, view.layer) == (0, 0)
+
+
+def test_a_model_on_the_meta_device_is_refused_with_a_message():
+    import torch as _t
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mechviz.models import UnsupportedModelError, wrap
+
+    with _t.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(UnsupportedModelError, match="meta device"):
+        wrap(model)

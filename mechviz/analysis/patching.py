@@ -50,7 +50,7 @@ from ..models import Aborted, SiteError, parse_sites, wrap
 from ..models.base import Edit
 from ..models.sites import HEAD_SITES, RESID_SITES, Site, n_site_heads
 from .patch_grid import BYS, LAYOUTS, Cell, Layout, LogitDiff, PatchGrid, layout, logit_diff
-from .prompt_pair import CellDetail, PromptPair, cell_detail, direction_roles, patched_run, prompt_pair
+from .prompt_pair import CellDetail, PromptPair, cell_detail, direction_roles, patched_run, prompt_pair  # noqa: F401
 
 __all__ = ["activation_patching", "attribution_patching", "attribution_patching_all", "prompt_pair", "PromptPair",
            "PatchGrid", "Layout", "LAYOUTS", "Cell", "layout", "logit_diff", "LogitDiff", "patched_run",

@@ -135,6 +135,10 @@ class ModelAdapter:
         elif isinstance(prompt, str):
             if not prompt.strip():
                 raise PromptError("the prompt is empty: type some text to run the model on")
+            bad = next((i for i, c in enumerate(prompt) if 0xD800 <= ord(c) <= 0xDFFF), None)
+            if bad is not None:
+                raise PromptError(f"the prompt holds a lone surrogate (U+{ord(prompt[bad]):04X}) at character {bad}, "
+                                  "which is not text: remove it (it often comes from a broken copy of an emoji)")
             if self.tokenizer is None:
                 raise PromptError("this model has no tokenizer: pass token ids instead of text")
             ids_list = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
@@ -147,8 +151,10 @@ class ModelAdapter:
         if ids.numel() == 0:
             raise PromptError("the prompt has no tokens")
         if self.max_len is not None and ids.numel() > self.max_len:
+            start = " (counting the start token the model prepends)" if isinstance(prompt, str) and self.prepend_bos \
+                and self.bos_id() is not None else ""
             raise PromptError(
-                f"the prompt is {ids.numel()} tokens long but {self.name} takes at most "
+                f"the prompt is {ids.numel()} tokens long{start} but {self.name} takes at most "
                 f"{self.max_len}: shorten it"
             )
         if int(ids.min()) < 0 or int(ids.max()) >= self.d_vocab:

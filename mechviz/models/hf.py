@@ -49,6 +49,14 @@ class HFAdapter(ModelAdapter):
                 raise UnsupportedModelError(
                     f"mechviz's map for {cfg.model_type!r} assumes config.{attr} = {want!r}; this model has "
                     f"{getattr(cfg, attr)!r}, which it has not been verified on: open an issue, or use TransformerLens")
+        if not callable(getattr(model, "get_output_embeddings", None)) or model.get_output_embeddings() is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no language-model head (no unembedding to read logits from): load "
+                "the causal-LM class, e.g. AutoModelForCausalLM.from_pretrained(...), not AutoModel")
+        if any(p.device.type == "meta" for p in model.parameters()):
+            raise UnsupportedModelError(
+                f"{type(model).__name__}'s weights are on the meta device (not loaded): load them first, e.g. "
+                "from_pretrained(...) without init_empty_weights, or for a model that does not fit use nnsight/NDIF")
         self.model = model.eval()
         if getattr(cfg, "_attn_implementation", "eager") != "eager":
             model.set_attn_implementation("eager")

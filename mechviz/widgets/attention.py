@@ -45,6 +45,21 @@ class AttentionView(View):
     kv_heads = t.Int(0).tag(sync=True)
     title = t.Unicode("Attention").tag(sync=True)
 
+    @t.validate("head")
+    def _valid_head(self, proposal):
+        head, n = proposal["value"], None if self.pattern is None else self.pattern.shape[1]
+        if head < 0 or (n is not None and head >= n):
+            raise t.TraitError(f"head {head} is out of range: this view shows {n or 'no'} heads"
+                               + (f" (0..{n - 1})" if n else ""))
+        return head
+
+    @t.validate("layer")
+    def _valid_layer(self, proposal):  # n_layers itself is allowed: a logit-lens row selects the final residual
+        layer, n = proposal["value"], None if self.pattern is None else self.pattern.shape[0]
+        if layer < 0 or (n is not None and layer > n):
+            raise t.TraitError(f"layer {layer} is out of range: the model has {n} layers (0..{n - 1})")
+        return layer
+
     def feed(self, lab) -> Feed:
         sites = [f"attn_pattern.{layer}" for layer in range(lab.model.n_layers)]
         arch = {"windows": attention_windows(lab.model), "kv_heads": lab.model.n_kv_heads}
