@@ -32,13 +32,31 @@ def pack(arr, dtype: str = "float16") -> dict:
     a = np.asarray(arr)
     scale = 1.0
     if dtype == "uint8":
-        a = np.nan_to_num(a.astype(np.float32), nan=0.0)
-        a = np.rint(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
-        scale = 1.0 / 255.0
+        a, scale = _quantise(a), 1.0 / 255.0
     else:
         a = a.astype(np.dtype(dtype).newbyteorder("<"))
     return {"dtype": dtype, "shape": [int(s) for s in a.shape], "scale": scale,
             "data": np.ascontiguousarray(a).tobytes()}
+
+
+_CHUNK = 1 << 20  # values quantised at a time: temporaries stay a few MB whatever the array's size
+
+
+def _quantise(a: np.ndarray) -> np.ndarray:
+    """``round(clip(a, 0, 1) * 255)`` as uint8 (NaN -> 0), chunk by chunk: the only full-size allocation
+    is the uint8 result (one byte per value)."""
+    flat = a.reshape(-1)
+    out = np.empty(flat.shape, np.uint8)
+    buf = np.empty(min(_CHUNK, flat.size), np.float32)
+    for i in range(0, flat.size, _CHUNK):
+        x = buf[: min(_CHUNK, flat.size - i)]
+        np.copyto(x, flat[i:i + _CHUNK], casting="unsafe")
+        np.nan_to_num(x, copy=False, nan=0.0)
+        np.clip(x, 0.0, 1.0, out=x)
+        np.multiply(x, 255.0, out=x)
+        np.rint(x, out=x)
+        out[i:i + x.size] = x
+    return out.reshape(a.shape)
 
 
 def unpack(packed: dict | None) -> np.ndarray | None:
