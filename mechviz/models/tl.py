@@ -23,6 +23,10 @@ class HookNameAdapter(ModelAdapter):
     """
 
     HOOKS: dict[str, str] = TL_HOOKS
+    #: whether the resid_mid hook carries the residual stream itself (so editing it changes resid_post),
+    #: rather than only what the MLP reads; where it does not, resid_mid is edited through attn_out
+    #: and differentiated as resid_pre + attn_out
+    MID_HOOK_IS_RESIDUAL = True
 
     def __init__(self, model, name: str | None = None):
         cfg = model.cfg
@@ -35,6 +39,8 @@ class HookNameAdapter(ModelAdapter):
         self.parallel = bool(getattr(cfg, "parallel_attn_mlp", False))
         self.prepend_bos = bool(getattr(cfg, "default_prepend_bos", True))
         self._hook_points = set(model.hook_dict)  # a TransformerBridge builds hook_dict on every access
+        # resid_mid set by changing attn_out so that resid_pre + attn_out takes the value (see base.Edit)
+        self._mid_via_attn = self.parallel or not self.MID_HOOK_IS_RESIDUAL
 
     def _device(self):
         return self.model.cfg.device
@@ -50,7 +56,7 @@ class HookNameAdapter(ModelAdapter):
         hook = self.HOOKS[name].format(layer=layer)
         if name == "resid_mid" and self.parallel:
             raise SiteError(f"site resid_mid.{layer} has no hook in a parallel block ({self.name}): both norms read "
-                            "resid_pre; it is read as resid_pre + attn_out and edited through attn_out")
+                            "resid_pre; it is read as resid_pre + attn_out and set through attn_out")
         if hook not in self._hook_points:
             raise self._no_site(f"{name}.{layer}")
         return hook
@@ -65,6 +71,16 @@ class HookNameAdapter(ModelAdapter):
         store: dict[str, torch.Tensor] = {}
         hooks = []
         for site, edit in (edits or {}).items():
+            if site.name == "resid_mid" and self._mid_via_attn:
+                stash = {}
+                hooks.append((self._hook_name("resid_pre", site.layer), lambda x, hook, stash=stash: stash.update(h=x)))
+
+                def on_attn(x, hook, edit=edit, stash=stash):
+                    mid = edit((stash["h"] + x)[0].clone()).to(x.dtype)[None]
+                    return mid - stash["h"]
+                hooks.append((self._hook_name("attn_out", site.layer), on_attn))
+                continue
+
             def fn(x, hook, edit=edit):
                 return edit(x[0].clone()).to(x.dtype)[None]
             hooks.append((self._hook_name(site.name, site.layer), fn))
@@ -110,7 +126,7 @@ class HookNameAdapter(ModelAdapter):
         hooks = []
         for edit in edits:
             name, layer = edit.site.name, edit.site.layer
-            if name == "resid_mid" and self.parallel:  # no resid_mid hook: edit attn_out instead
+            if name == "resid_mid" and self._mid_via_attn:  # edit attn_out instead
                 stash = {}
                 hooks.append((self._hook_name("resid_pre", layer), lambda x, hook, stash=stash: stash.update(h=x)))
                 def on_attn(x, hook, e=edit, stash=stash):
@@ -135,9 +151,10 @@ class HookNameAdapter(ModelAdapter):
         def capture(key):
             def fn(x, hook):
                 captured[key] = x
+                return x  # what runs on: a TL 4 hook sees a reshaped view, and the pass uses only what it returns
             return fn
         for s in sites:
-            derived = s.name == "resid_mid" and self.parallel
+            derived = s.name == "resid_mid" and self._mid_via_attn
             for name in ("resid_pre", "attn_out") if derived else (s.name,):
                 hooks.append((self._hook_name(name, s.layer), capture(f"{name}.{s.layer}")))
         with torch.enable_grad():
@@ -149,7 +166,7 @@ class HookNameAdapter(ModelAdapter):
             x = captured[key].detach()
             out[key] = (x.float().cpu(), (torch.zeros_like(x) if g is None else g).float().cpu())
         for s in sites:
-            if str(s) not in out:  # resid_mid of a parallel block
+            if str(s) not in out:  # resid_mid read as resid_pre + attn_out
                 pre, attn = out[f"resid_pre.{s.layer}"], out[f"attn_out.{s.layer}"]
                 out[str(s)] = (pre[0] + attn[0], attn[1])
         return {str(s): out[str(s)] for s in sites}
