@@ -20,11 +20,11 @@ How each adapter method is computed:
   (their output is discarded), so a pass costs the whole stack; the result is exact. Where there is
   no cache to resume from, every position is recomputed (exact, slower): a bridge over a module that
   is not a HuggingFace ``PreTrainedModel`` (``boot_native``), and TL 4.3 with transformers >= 5.24,
-  whose blocks receive the cache as ``cache=`` while TL 4.3's attention bridges read
-  ``past_key_values=`` (the bridge then ignores the cache; :meth:`TLBridgeAdapter.patch_base` sees it
-  left empty);
-  TransformerLens 3.x's ``TransformerBridge`` has no ``start_at_layer`` (it raises): there every pass
-  runs from the tokens;
+  which hands most models' attention the cache as ``cache=`` (GPT-2, Llama and Mistral do; GPT-NeoX
+  still as ``layer_past=``) while TL 4.3's attention bridges read ``past_key_values=`` or
+  ``layer_past=``: the bridge then ignores the cache, and :meth:`TLBridgeAdapter.patch_base` sees it
+  left empty. TransformerLens 3.x's ``TransformerBridge`` has no ``start_at_layer`` (it raises):
+  there every pass runs from the tokens;
 * ``finish_block`` / ``attn_out_of_z`` (the token-by-token shortcut for patches after a block's
   attention): only for the architectures whose block layout has been checked against HF
   (:data:`FINISH_BLOCK_ARCHS`); for any other they return None and the patching engine takes the
