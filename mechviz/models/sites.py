@@ -22,7 +22,10 @@ site                    shape                 meaning
 ======================  ====================  ======================================================
 
 These are the names TransformerLens calls ``blocks.L.hook_resid_pre``, ``blocks.L.attn.hook_pattern``,
-``blocks.L.attn.hook_q`` ... ``blocks.L.hook_resid_post``; :data:`TL_HOOKS` maps them.
+``blocks.L.attn.hook_q`` ... ``blocks.L.hook_resid_post``; :data:`TL_HOOKS` maps them. TransformerLens 4's
+``TransformerBridge`` names its hooks after the component that fires them (``blocks.L.hook_in``,
+``blocks.L.attn.q.hook_out`` ...) and keeps the 3.x names as aliases of those; :data:`TL4_HOOKS` maps the
+sites to the canonical names.
 """
 
 from __future__ import annotations
@@ -64,6 +67,25 @@ assert TL_HOOKS.keys() == SITES.keys()
 MOE_SITES: dict[str, str] = {"router": "router logits of a mixture-of-experts MLP [T, n_experts] (read-only)"}
 #: Every site name in forward order (the order :func:`parse_sites` returns).
 _ORDER = [*list(SITES)[:8], *MOE_SITES, *list(SITES)[8:]]
+#: TransformerLens 4 ``TransformerBridge`` canonical hook names for each site (format with the layer). The
+#: bridge also answers to the 3.x names of :data:`TL_HOOKS`, as aliases of these same hook points
+#: (``blocks.L.hook_resid_pre`` is ``blocks.L.hook_in``, ``blocks.L.attn.hook_z`` is
+#: ``blocks.L.attn.o.hook_in``, ...). ``resid_mid`` is the second norm's input, which is
+#: ``resid_pre + attn_out`` only in a sequential block: in a parallel one (GPT-NeoX/Pythia) that norm
+#: reads ``resid_pre``, and adapters derive ``resid_mid`` instead.
+TL4_HOOKS: dict[str, str] = {
+    "resid_pre": "blocks.{layer}.hook_in",
+    "q": "blocks.{layer}.attn.q.hook_out",
+    "k": "blocks.{layer}.attn.k.hook_out",
+    "v": "blocks.{layer}.attn.v.hook_out",
+    "attn_pattern": "blocks.{layer}.attn.hook_pattern",
+    "z": "blocks.{layer}.attn.o.hook_in",
+    "attn_out": "blocks.{layer}.attn.hook_out",
+    "resid_mid": "blocks.{layer}.ln2.hook_in",
+    "mlp_out": "blocks.{layer}.mlp.hook_out",
+    "resid_post": "blocks.{layer}.hook_out",
+}
+assert TL4_HOOKS.keys() == SITES.keys()
 
 #: Sites one ``d_model`` vector wide per token (patched by position; readable by an SAE).
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")

@@ -30,7 +30,20 @@ def _import_tl():
         import transformer_lens  # noqa: F401
     except ImportError as exc:
         raise ImportError("a TransformerLens copy of the model needs the optional transformer-lens package: "
-                          "pip install transformer-lens (or mechviz[interop])") from exc
+                          "pip install transformer-lens (or mechviz[tl])") from exc
+
+
+def check_tokenizer(tokenizer) -> None:
+    """TransformerLens (3 and 4) reloads a tokenizer from its folder: refuse one built in memory."""
+    if tokenizer is not None and not getattr(tokenizer, "init_kwargs", {}).get("name_or_path"):
+        raise ValueError("TransformerLens reloads the tokenizer it is given from its folder (with add_bos_token=True), "
+                         "and this one was built in memory: save it (tokenizer.save_pretrained(folder)) and load it "
+                         "from there, or pass tokenizer=None")
+
+
+def model_name(model) -> str:
+    """The name a TransformerLens copy gets: ``config.name_or_path`` without the organisation, else the model type."""
+    return (getattr(model.config, "_name_or_path", "") or model.config.model_type).rstrip("/").rsplit("/", 1)[-1]
 
 
 def hf_to_tl(model, tokenizer=None, *, device=None):
@@ -63,10 +76,7 @@ def hf_to_tl(model, tokenizer=None, *, device=None):
         raise UnsupportedModelError(
             f"hf_to_tl converts HuggingFace model types {', '.join(sorted(CONVERTERS))}; this model is "
             f"{config.model_type!r} ({type(model).__name__})")
-    if tokenizer is not None and not getattr(tokenizer, "init_kwargs", {}).get("name_or_path"):
-        raise ValueError("TransformerLens reloads the tokenizer it is given from its folder (with add_bos_token=True), "
-                         "and this one was built in memory: save it (tokenizer.save_pretrained(folder)) and load it "
-                         "from there, or pass tokenizer=None")
+    check_tokenizer(tokenizer)
     param = next(model.parameters())
     config = copy.deepcopy(config)  # TransformerLens reads the config from a folder; the copy is what we save
     config.architectures = [type(model).__name__]
@@ -80,7 +90,7 @@ def hf_to_tl(model, tokenizer=None, *, device=None):
         cfg_dict = loading.convert_hf_model_config(folder)
     cfg_dict.pop("original_architecture", None)
     cfg_dict.pop("tokenizer_name", None)  # else TL would load a tokenizer from the temporary folder
-    name = (getattr(model.config, "_name_or_path", "") or config.model_type).rstrip("/").rsplit("/", 1)[-1]
+    name = model_name(model)
     cfg = HookedTransformerConfig(**cfg_dict, original_architecture=type(model).__name__, model_name=name,
                                   device=str(device or param.device), dtype=param.dtype,
                                   init_weights=False)  # every weight is loaded below
