@@ -28,9 +28,15 @@ def needs(sae: SAE) -> list[str]:
 
 def feature_activations(sae: SAE, run: Run) -> np.ndarray:
     """SAE feature activations of every token, float32 ``[T, d_sae]`` (``run`` must hold ``sae.site``)."""
+    return _encode(sae, run)[1].float().cpu().numpy()
+
+
+def _encode(sae: SAE, run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs [T, d_in], feature activations [T, d_sae])`` of ``sae`` on ``run``."""
     if not sae.site:
         raise SAEError("this SAE is not attached to a site: load_sae(..., site='resid_post.0')")
-    return sae.encode(run[sae.site].reshape(len(run.tokens), -1)).float().cpu().numpy()
+    x = run[sae.site].reshape(len(run.tokens), -1)
+    return x, sae.encode(x)
 
 
 def top_features(acts: np.ndarray, n: int = 10, by: str = "max") -> np.ndarray:
@@ -196,8 +202,8 @@ def feature_summary(sae: SAE, adapter, run: Run, base: Run | None = None, n: int
     skipped); ``effects``: a dict caching :func:`feature_logit_effects` by ``(feature, k)`` across
     calls (they depend only on the weights)."""
     n, k = positive_int(n, "n"), positive_int(k, "k")
-    x = run[sae.site].reshape(len(run.tokens), -1)
-    acts = feature_activations(sae, run)
+    x, f_acts = _encode(sae, run)   # encoded once: the activations and the reconstruction error both read it
+    acts = f_acts.float().cpu().numpy()
     feats = [int(f) for f in top_features(acts, n)]
     feats += [int(f) for f in dict.fromkeys(extra) if 0 <= int(f) < sae.d_sae and int(f) not in feats]
     cache = {} if effects is None else effects
@@ -211,7 +217,7 @@ def feature_summary(sae: SAE, adapter, run: Run, base: Run | None = None, n: int
     top = [np.argsort(-p, kind="stable")[:kk] for p in rows]
     with torch.inference_mode():
         xs = x.to(sae.W_enc.device, sae.W_enc.dtype)
-        recon = sae.decode(sae.encode(xs), xs)
+        recon = sae.decode(f_acts, xs)
         err = ((xs - recon).norm(dim=-1) / xs.norm(dim=-1).clamp_min(1e-12)).float().cpu().numpy()
     return FeatureSummary(
         tokens=list(run.token_strs), features=np.asarray(feats, np.int64), acts=acts[:, feats],
