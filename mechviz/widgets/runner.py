@@ -88,12 +88,11 @@ class LatestOnlyRunner:
         """Drop every request made so far (a result computed elsewhere replaces them)."""
         self.gen += 1  # results in flight are stale from now on, whichever thread asks
         if running_loop() is self.loop:
-            self._supersede()
+            self._drop_pending()
         else:
-            self.loop.call_soon_threadsafe(self._supersede)
+            self.loop.call_soon_threadsafe(self._drop_pending)
 
-    def _supersede(self) -> None:
-        self.gen += 1
+    def _drop_pending(self) -> None:
         self.pending = None
         if self._timer is not None:
             self._timer.cancel()
