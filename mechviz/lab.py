@@ -11,7 +11,7 @@ loop. Views say how they are fed (``view.feed(lab)``); patching grids carry thei
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -42,10 +42,13 @@ def pin_threads(threads: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class _State:
-    """What one pass computes: a prompt under a steering (None: unsteered)."""
+    """What one pass computes: a prompt under a steering (None: unsteered). ``reuse``: the views'
+    payloads may come from the last pass when it is of this prompt and steering (a request that changes
+    only what a view reads, such as the selected feature, costs no forward pass)."""
 
     prompt: str
     steering: Steering | None = None
+    reuse: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -167,10 +170,15 @@ class Lab:
         feeds = [(b.view, b.feed) for b in list(self._bindings.values()) if b.feed is not None]
         needs = sorted({site for _, feed in feeds for site in feed.needs()})
         edits = state.steering.edits(self.sae) if state.steering is not None else {}
+        last = self.last
         with self.lock:
-            run = self.model.run(state.prompt, capture=needs, abort=is_stale, edits=edits)
-            base = self.model.run(state.prompt, abort=is_stale) if edits else None
-            p = Pass(state.prompt, run, base, state.steering)
+            if state.reuse and last is not None and (last.prompt, last.steering) == (state.prompt, state.steering) \
+                    and all(site in last.run.cache for site in needs):
+                p = last
+            else:
+                run = self.model.run(state.prompt, capture=needs, abort=is_stale, edits=edits)
+                base = self.model.run(state.prompt, abort=is_stale) if edits else None
+                p = Pass(state.prompt, run, base, state.steering)
             return p, {view: feed.payload(p) for view, feed in feeds}
 
     def _apply(self, state: _State, result) -> None:
@@ -197,7 +205,7 @@ class Lab:
 
     def _recompute(self, state: _State) -> None:
         """Compute ``state`` now (from Python); without views only the prompt is checked."""
-        self._wanted = state
+        self._wanted = replace(state, reuse=False)
         if self._runner is not None:
             self._runner.supersede()  # a live result still in flight must not replace this one
         try:
@@ -226,7 +234,7 @@ class Lab:
             self._live(replace(self._wanted, prompt=change["new"]))
 
     def _live(self, state: _State) -> None:
-        self._wanted = state
+        self._wanted = replace(state, reuse=False)
         if self._loop is None:  # no kernel loop (a script): compute now, errors stay in the views
             try:
                 self._recompute(state)
@@ -262,7 +270,7 @@ class Lab:
         for b in self._bindings.values():
             shown = getattr(b.view.result, "features", None) if isinstance(b.view, FeatureView) else None
             if shown is not None and feature >= 0 and feature not in shown:
-                self._live(self._wanted)  # its summary must include the selected feature
+                self._live(replace(self._wanted, reuse=True))  # its summary must include it: no new pass
                 return
 
     # -- the view registry --------------------------------------------------------------------------

@@ -117,3 +117,25 @@ def test_selecting_a_feature_from_python_shows_it(lab):
     lab.selection.feature = hidden
     assert feat.feature == hidden and hidden in feat.result.features.tolist()
     assert len(feat.result.features) == 4
+
+
+def test_selecting_a_feature_reuses_the_last_pass(lab):
+    feat = lab.features(n=3)
+    lab.prompt = "And God said, Let there be light: and there was light."
+    hidden = next(f for f in range(lab.sae.d_sae) if f not in feat.result.features)
+    calls, h = count_passes(lab)
+    try:
+        lab.selection.feature = hidden
+    finally:
+        h.remove()
+    assert calls == [] and hidden in feat.result.features.tolist()   # the payload changed, no forward pass
+    from mechviz.saes import load_sae
+
+    other = load_sae(mechviz.zoo.SAE_DIR)
+    other.W_enc = other.W_enc.flip(-1)        # another SAE on the same site: its features are the old ones reversed
+    other.b_enc = other.b_enc.flip(-1)
+    other.W_dec, other.threshold = other.W_dec.flip(0), None
+    lab.add_sae(other)                        # the feature view follows the Lab's new SAE (a new pass)
+    acts = feature_activations(other, lab.run(capture=[other.site]))
+    np.testing.assert_allclose(feat.result.acts, acts[:, feat.result.features], atol=1e-6)
+    lab.add_sae(mechviz.zoo.SAE_DIR)

@@ -52,17 +52,20 @@ class FeatureView(View):
     def feed(self, lab, n: int = 12, k: int = 8) -> Feed:
         if lab.sae is None:
             raise ValueError("the feature view needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
-        sae, effects = lab.sae, {}
         n, k = positive_int(n, "n"), positive_int(k, "k")
+        effects: dict = {}   # logit effects by (feature, k), for the SAE they were computed for
 
         def payload(p):
-            steering = p.steering
+            sae, steering = lab.sae, p.steering   # the Lab's SAE now (add_sae may have replaced it)
+            if effects.get("sae") is not sae:
+                effects.clear()
+                effects["sae"] = sae
             extra = [lab.selection.feature] + ([steering.feature] if steering is not None else [])
             summary = feature_summary(sae, lab.model, p.run, p.base, n=n, k=k, extra=extra,
                                       steering=str(steering) if steering is not None else "", effects=effects)
             return {"summary": summary, "prompt": p.prompt,
                     "steered": None if steering is None else steering.to_json()}
-        return Feed(lambda: [sae.site], payload)
+        return Feed(lambda: [lab.sae.site], payload)
 
     def show(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None):
         """Display a :class:`~mechviz.analysis.features.FeatureSummary`."""
