@@ -321,6 +321,8 @@ def test_features_steering_is_one_request_and_the_controls_follow_steered(page, 
     v.error = "feature 100000 out of range: the SAE has 1024 features"
     push_bare(page, v, ["error"])
     page.wait_for_selector(f"{FEAT} .mv-error:visible")
+    # the banner follows `error` at once, the controls on the view's next redraw (one animation frame)
+    page.wait_for_function("(sel) => document.querySelector(sel).value === '7'", arg=f_in, timeout=5000)
     assert controls() == ("7", "2.5", "clamp")
     assert label.text_content() == "steering: feature 7 clamped to 2.5"
 
