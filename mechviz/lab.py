@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .models import ModelAdapter, Run, wrap
+from .models.base import Aborted
 from .steering import Steering
 from .widgets.attention import AttentionView
 from .widgets.base import Feed, Pass, View
@@ -164,9 +165,12 @@ class Lab:
             return self.model.run(self.prompt if prompt is None else prompt, capture=capture, edits=edits)
 
     # -- one pass for every view --------------------------------------------------------------------
-    def _compute(self, state: _State, is_stale=None):
+    def _compute(self, state: _State, ticket=None):
         """Worker side: ONE forward pass for every view (plus an unsteered one only while steering),
-        then each view's payload (numpy)."""
+        then each view's payload, prepared (numpy, packed). Views that stream (the logit lens) give a
+        first payload at once: with a live ``ticket`` those are shown first (``ticket.publish``) and
+        the rest follow, a stage at a time, until a newer request makes the ticket stale; from
+        Python (no ticket) every stream runs to its end."""
         feeds = [(b.view, b.feed) for b in list(self._bindings.values()) if b.feed is not None]
         needs = sorted({site for _, feed in feeds for site in feed.needs()})
         edits = state.steering.edits(self.sae) if state.steering is not None else {}
@@ -176,21 +180,40 @@ class Lab:
                     and all(site in last.run.cache for site in needs):
                 p = last
             else:
-                run = self.model.run(state.prompt, capture=needs, abort=is_stale, edits=edits)
-                base = self.model.run(state.prompt, abort=is_stale) if edits else None
+                run = self.model.run(state.prompt, capture=needs, abort=ticket, edits=edits)
+                base = self.model.run(state.prompt, abort=ticket) if edits else None
                 p = Pass(state.prompt, run, base, state.steering)
-            return p, {view: feed.payload(p) for view, feed in feeds}
+            streams = {view: feed.payloads(p) for view, feed in feeds}
+            shown = {view: view.prepare(**next(it)) for view, it in streams.items()}
+        if ticket is None:
+            for view, it in streams.items():
+                for payload in it:
+                    with self.lock:
+                        shown[view] = view.prepare(**payload)
+            return p, shown
+        stage = shown
+        while stage:  # each stage is shown as it comes; the result itself then only marks the end
+            ticket.publish((p, stage))
+            stage = {}
+            for view, it in streams.items():
+                if ticket():
+                    raise Aborted("a newer request arrived")
+                with self.lock:
+                    payload = next(it, None)
+                    if payload is not None:
+                        stage[view] = view.prepare(**payload)
+        return p, {}
 
-    def _apply(self, state: _State, result) -> None:
-        """Loop side: push the payloads into the views."""
-        p, payloads = result
+    def _apply(self, state: _State, result, partial: bool = False) -> None:
+        """Loop side: push the prepared payloads into the views (``partial``: more stages follow)."""
+        p, shown = result
         self.last, self.steering = p, state.steering
-        for view, payload in payloads.items():
+        for view, ready in shown.items():
             if view in self._bindings:
-                view.show(**payload)
+                view.apply(ready)
         with self.prompt_box.hold_sync():
             self.prompt_box.shown, self.prompt_box.n_tokens = p.prompt, len(p.run.token_strs)
-            self.prompt_box.status, self.prompt_box.error = "idle", ""
+            self.prompt_box.status, self.prompt_box.error = ("running" if partial else "idle"), ""
 
     def _failed(self, state: _State, exc: BaseException) -> None:
         message = str(exc) if isinstance(exc, (ValueError, KeyError)) else f"{type(exc).__name__}: {exc}"
@@ -243,6 +266,7 @@ class Lab:
             return
         if self._runner is None:
             self._runner = LatestOnlyRunner(self._compute, self._apply, self._failed, on_start=self._on_start,
+                                            on_partial=lambda s, r: self._apply(s, r, partial=True),
                                             loop=self._loop)
         self._runner.request(state)
 
@@ -291,6 +315,7 @@ class Lab:
         for name, value in chosen.items():  # a selection given to the view wins (and is shared)
             setattr(view, name, value)
         view.model_info = self.model_info
+        view._loop = self._loop  # follow-up fetches (another layer's attention) run off the loop
         self._bindings[view] = _Binding(view, link, **binding)
         view.on_close(self.remove)
 
@@ -303,9 +328,9 @@ class Lab:
             self._recompute(self._wanted)
             return
         with self.lock:
-            payloads = [f.payload(self.last) for f in feeds]
-        for view, payload in zip(views, payloads):
-            view.show(**payload)
+            shown = [view.prepare(**list(f.payloads(self.last))[-1]) for view, f in zip(views, feeds)]
+        for view, ready in zip(views, shown):
+            view.apply(ready)
 
     def remove(self, view: View) -> None:
         """Unbind ``view``: it keeps what it shows but is no longer computed, sent or linked (closing

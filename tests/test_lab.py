@@ -12,6 +12,7 @@ import torch
 
 from mechviz import AttentionView, Lab
 from mechviz.models import PromptError
+from mechviz.widgets.transport import unpack
 
 from .conftest import build_hf
 
@@ -37,9 +38,17 @@ def test_view_shows_the_prompts_attention(lab):
     run = lab.run(capture=["attn_pattern"])
     ref = run.stack("attn_pattern").numpy()
     assert view.prompt == "The cat sat on the mat." and view.tokens == run.token_strs
-    packed = sent(view, "pattern")
-    assert packed["dtype"] == "uint8" and packed["shape"] == list(ref.shape)
-    assert len(packed["data"]) == ref.size  # one byte per attention weight
+    # the browser gets the selected layer at full resolution (one byte per weight) and every head's thumbnail
+    detail, overview = sent(view, "detail"), sent(view, "overview")
+    L, H, T, _ = ref.shape
+    assert detail["dtype"] == "uint8" and detail["shape"] == [H, T, T] and len(detail["data"]) == H * T * T
+    assert (view.detail_layer, view.detail_heads) == (0, list(range(H)))
+    np.testing.assert_allclose(unpack(detail), ref[0], atol=0.5 / 255 + 1e-6)
+    assert overview["shape"] == [L, H, T, T]  # short prompts: the thumbnails are the patterns themselves
+    np.testing.assert_allclose(unpack(overview), ref, atol=0.5 / 255 + 1e-6)
+    view.layer = 2  # another layer: its detail is sent (no loop here: at once)
+    assert view.detail_layer == 2
+    np.testing.assert_allclose(unpack(sent(view, "detail")), ref[2], atol=0.5 / 255 + 1e-6)
     np.testing.assert_allclose(view.data["pattern"], ref, atol=1e-6)
     assert lab.prompt_box.shown == "The cat sat on the mat." and lab.prompt_box.n_tokens == len(run.token_strs)
     assert "AttentionView(prompt='The cat sat on the mat.', layers=3, heads=4" in repr(view)

@@ -26,9 +26,10 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
     assert views, "no AttentionView in the saved widget state"
     for m in views:
         s = m["state"]
-        (buf,) = [b for b in m.get("buffers", []) if b["path"] == ["pattern", "data"]]
-        n_layers, n_heads, T, T2 = s["pattern"]["shape"]
-        assert T == T2 == len(s["tokens"]) and len(base64.b64decode(buf["data"])) == n_layers * n_heads * T * T
+        (buf,) = [b for b in m.get("buffers", []) if b["path"] == ["detail", "data"]]
+        n_heads, T, T2 = s["detail"]["shape"]
+        assert T == T2 == len(s["tokens"]) and len(base64.b64decode(buf["data"])) == n_heads * T * T
+        assert s["detail_layer"] == s["layer"] and s["overview"]["shape"][:2] == [len(s["windows"]), n_heads]
         assert s["prompt"]
     grids = [m["state"] for m in state.values()
              if m["state"].get("_anywidget_id") == "mechviz.widgets.patching.PatchGridView"]

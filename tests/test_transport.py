@@ -32,9 +32,10 @@ def test_widget_state_carries_one_binary_buffer_not_json_floats():
     view = AttentionView()
     view.show(pattern, [f"t{i}" for i in range(40)], prompt="p")
     state, buffer_paths, buffers = _remove_buffers(view.get_state())
-    assert buffer_paths == [["pattern", "data"]]
-    assert len(buffers) == 1 and bytes(buffers[0]) == view.get_state("pattern")["pattern"]["data"]
-    assert len(buffers[0]) == pattern.size  # 1 byte per attention weight
+    assert sorted(buffer_paths) == [["detail", "data"], ["overview", "data"]]
+    detail = buffers[buffer_paths.index(["detail", "data"])]
+    assert bytes(detail) == view.get_state("detail")["detail"]["data"]
+    assert len(detail) == pattern[0].size  # the selected layer, 1 byte per attention weight
     text = json.dumps(state)  # the JSON part is small: traits and token strings only
     assert len(text) < 2000 + len(view._esm)
 

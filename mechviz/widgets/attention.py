@@ -8,17 +8,31 @@ import traitlets as t
 from ..analysis.attention import attention_patterns
 from ..models.describe import attention_windows
 from ._esm import bundle
-from .base import Feed, View
-from .transport import Array
+from .base import Feed, Shown, View
+from .runner import offload
+from .transport import Array, Packed, maxpool
+
+
+#: each head of every layer goes to the browser max-pooled to at most THUMB x THUMB (the overview)
+THUMB = 64
+#: the selected layer goes at full resolution when all its heads fit in this many bytes, else only the
+#: selected head (at 1,024 tokens a 12-head layer is 12.6 MB; one head 1 MB, 4 MB at 2,048)
+DETAIL_BYTES = 8 << 20
 
 
 class AttentionView(View):
     """Attention patterns of one prompt, drawn on ``<canvas>`` in the browser.
 
     Data (set by :meth:`show`, normally by a :class:`~mechviz.Lab`):
-      ``pattern``: ``[n_layers, n_heads, T_dst, T_src]`` attention weights (numpy here; the browser
-      gets one byte per weight);
+      ``pattern``: ``[n_layers, n_heads, T_dst, T_src]`` attention weights, held in Python at full
+      precision (``view.data["pattern"]``);
       ``tokens``: the token strings (untrusted text, rendered with ``textContent``).
+    What the browser gets is sized to what is on screen, whatever the prompt's length: ``overview``
+    (uint8 ``[n_layers, n_heads, S, S]``, every head max-pooled to ``S = min(T, THUMB)``: the
+    thumbnails, and what a layer shows until its detail arrives) and ``detail`` (uint8 ``[n, T, T]``,
+    one byte per weight: the heads ``detail_heads`` of layer ``detail_layer`` at full resolution, the
+    whole selected layer when it fits :data:`DETAIL_BYTES`, else the selected head). Picking another
+    layer or head sends its detail, packed off the kernel's loop.
     Selection (linked with other views): ``layer``, ``head``, ``token`` (destination token, -1 none).
     Architecture, drawn so it is visible: ``windows`` (per layer, its sliding-window length, 0 = full
     attention; the view draws the window's edge) and ``kv_heads`` (key/value heads: with grouped-query
@@ -31,12 +45,16 @@ class AttentionView(View):
     >>> v.show(np.full((1, 2, 3, 3), 1 / 3), ["a", "b", "c"], prompt="abc")
     >>> v
     AttentionView(prompt='abc', layers=1, heads=2, tokens=3, layer=0, head=0)
-    >>> v.data["pattern"].shape
-    (1, 2, 3, 3)
+    >>> v.data["pattern"].shape, v.detail_layer, v.detail_heads
+    ((1, 2, 3, 3), 0, [0, 1])
     """
 
     _esm = bundle("attention")
-    pattern = Array("uint8")
+    pattern = Array("uint8", send=False)
+    overview = Array("uint8", derived=True)
+    detail = Array("uint8", derived=True)
+    detail_layer = t.Int(-1).tag(sync=True)
+    detail_heads = t.List(t.Int(), default_value=[]).tag(sync=True)
     tokens = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     layer = t.Int(0).tag(sync=True)
     head = t.Int(0).tag(sync=True)
@@ -66,26 +84,57 @@ class AttentionView(View):
         return Feed(lambda: sites, lambda p: {"pattern": attention_patterns(p.run), "tokens": p.run.token_strs,
                                               "prompt": p.prompt, **arch})
 
-    def show(self, pattern: np.ndarray, tokens: list[str], prompt: str = "", windows=None, kv_heads: int = 0):
-        """Display ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens``; ``windows``
-        and ``kv_heads`` as in the class docstring (default: full attention, one key/value head per head)."""
+    def prepare(self, pattern: np.ndarray, tokens: list[str], prompt: str = "", windows=None,
+                kv_heads: int = 0) -> Shown:
+        """Check ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens`` and pack what
+        the browser gets; ``windows`` and ``kv_heads`` as in the class docstring (default: full
+        attention, one key/value head per head)."""
         pattern = np.asarray(pattern, np.float32)
         if pattern.ndim != 4 or pattern.shape[2] != pattern.shape[3] or pattern.shape[3] != len(tokens):
             raise ValueError(
                 f"pattern must be [layers, heads, T, T] with T = len(tokens) = {len(tokens)}, "
                 f"got shape {pattern.shape}"
             )
-        self.result = pattern
-        with self.hold_sync():
-            self.pattern = pattern
-            self.tokens = list(tokens)
-            self.windows = [int(w) for w in windows] if windows is not None else [0] * pattern.shape[0]
-            self.kv_heads = int(kv_heads) or pattern.shape[1]
-            # the selection is shared: a logit-lens row may select layer n_layers (the final
-            # residual); the browser shows the nearest layer and the shared value stays as it is
-            if self.token >= pattern.shape[2]:
-                self.token = -1
-            self._shown(prompt)
+        overview = np.stack([maxpool(layer, THUMB) for layer in pattern])  # layer by layer: small temporaries
+        traits = {"pattern": pattern, "overview": Packed(overview, "uint8"), "tokens": list(tokens),
+                  "windows": [int(w) for w in windows] if windows is not None else [0] * pattern.shape[0],
+                  "kv_heads": int(kv_heads) or pattern.shape[1],
+                  **_detail(pattern, self.layer, self.head)}
+        return Shown(traits, pattern, prompt)
+
+    def _applied(self, shown: Shown) -> None:
+        # the selection is shared: a logit-lens row may select layer n_layers (the final
+        # residual); the browser shows the nearest layer and the shared value stays as it is
+        if self.token >= self.pattern.shape[2]:
+            self.token = -1
+
+    def apply(self, shown: Shown) -> None:
+        super().apply(shown)
+        self._fetch()  # the selection may have moved while the payload was prepared
+
+    @t.observe("layer", "head")
+    def _on_pick(self, change) -> None:
+        self._fetch()
+
+    _fetches = 0
+
+    def _fetch(self) -> None:
+        """Send the detail of the selected layer and head unless the browser has it."""
+        pattern = self.pattern
+        if pattern is None:
+            return
+        layer, head = _clamp(pattern, self.layer, self.head)
+        if self.detail_layer == layer and head in self.detail_heads:
+            return
+        self._fetches += 1
+        n = self._fetches
+
+        def done(traits):
+            if n == self._fetches and self.pattern is pattern:  # newest pick, same data
+                with self.hold_sync():
+                    for name, value in traits.items():
+                        setattr(self, name, value)
+        offload(self._loop, lambda: _detail(pattern, layer, head), done)
 
     def figure(self, layer: int | None = None, head: int | None = None):
         """A matplotlib Figure of one head (default: the selected layer and head)."""
@@ -101,3 +150,16 @@ class AttentionView(View):
         shape = (0, 0, 0, 0) if self.pattern is None else self.pattern.shape
         return (f"AttentionView(prompt={self.prompt!r}, layers={shape[0]}, heads={shape[1]}, "
                 f"tokens={len(self.tokens)}, layer={self.layer}, head={self.head})")
+
+
+def _clamp(pattern: np.ndarray, layer: int, head: int) -> tuple[int, int]:
+    n_layers, n_heads = pattern.shape[:2]
+    return max(0, min(n_layers - 1, layer)), max(0, min(n_heads - 1, head))
+
+
+def _detail(pattern: np.ndarray, layer: int, head: int) -> dict:
+    """The ``detail`` traits for a selection: the whole layer if it fits :data:`DETAIL_BYTES`, else the head."""
+    layer, head = _clamp(pattern, layer, head)
+    n_heads, T = pattern.shape[1], pattern.shape[2]
+    heads = list(range(n_heads)) if n_heads * T * T <= DETAIL_BYTES else [head]
+    return {"detail": Packed(pattern[layer, heads], "uint8"), "detail_layer": layer, "detail_heads": heads}

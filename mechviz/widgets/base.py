@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import anywidget
 import numpy as np
@@ -36,10 +36,31 @@ class Pass:
 class Feed:
     """How a Lab feeds a view on every prompt edit: ``needs()`` the sites its pass must capture,
     ``payload(pass_)`` the keyword arguments of the view's ``show`` (computed in the worker thread,
-    applied on the kernel's loop)."""
+    applied on the kernel's loop). ``stream(pass_)``, when given, replaces ``payload``: an iterator of
+    such keyword arguments, each more complete; a live edit shows the first at once and the others as
+    they come (a newer edit cancels the rest), a call from Python shows the last."""
 
     needs: Callable[[], list[str]]
-    payload: Callable[[Pass], dict]
+    payload: Callable[[Pass], dict] | None = None
+    stream: Callable[[Pass], Iterator[dict]] | None = None
+
+    def payloads(self, p: Pass) -> Iterator[dict]:
+        """The view's payloads for pass ``p``, first to last."""
+        if self.stream is not None:
+            yield from self.stream(p)
+        else:
+            yield self.payload(p)
+
+
+@dataclass
+class Shown:
+    """A payload made ready to show (by :meth:`View.prepare`, in the worker thread): the trait values
+    (arrays already packed, see :class:`~mechviz.widgets.transport.Packed`), the analysis object and
+    the prompt. :meth:`View.apply` sets them on the kernel's loop, which then only sends."""
+
+    traits: dict
+    result: Any
+    prompt: str = ""
 
 
 class View(anywidget.AnyWidget):
@@ -62,6 +83,8 @@ class View(anywidget.AnyWidget):
     error = t.Unicode("").tag(sync=True)
     title = t.Unicode("").tag(sync=True)
     model_info = t.Unicode("").tag(sync=True)  # what computed the data: name · backend numerics · dtype · device
+    note = t.Unicode("").tag(sync=True)  # shown under the header, e.g. what a static export left out
+    _mv_kind = t.Unicode("").tag(sync=True)  # the view's class name (how an export knows what it holds)
 
     #: the analysis object the view shows (set by ``show``; None before any data)
     result = None
@@ -75,6 +98,8 @@ class View(anywidget.AnyWidget):
                 hint = f" (did you mean {close[0]!r}?)" if close else f"; it takes {', '.join(self._own_traits())}"
                 raise TypeError(f"{type(self).__name__} got an unknown argument {key!r}{hint}")
         super().__init__(**kwargs)
+        self._mv_kind = type(self).__name__
+        self._loop = None  # the kernel's loop, set by a Lab: follow-up work is done off it
         self._explicit = frozenset(kwargs)  # traits the caller chose (a Lab shares a chosen selection)
         self._close_callbacks: list[Callable[[View], None]] = []
 
@@ -88,11 +113,32 @@ class View(anywidget.AnyWidget):
         """Every array the view shows, by trait name, as numpy (as held in Python, before the
         transport's quantisation)."""
         return {name: getattr(self, name) for name, trait in self.traits().items()
-                if isinstance(trait, Array) and getattr(self, name) is not None}
+                if isinstance(trait, Array) and not trait.derived and getattr(self, name) is not None}
 
     def feed(self, lab, **options) -> Feed:
         """How ``lab`` feeds this view (views that follow a Lab's prompt override this)."""
         raise TypeError(f"a {type(self).__name__} does not follow a Lab's prompt")
+
+    def show(self, *args, **payload) -> None:
+        """Display data now: ``apply(prepare(...))`` (see the view's :meth:`prepare` for the arguments)."""
+        self.apply(self.prepare(*args, **payload))
+
+    def prepare(self, *args, **payload) -> Shown:
+        """Check and convert ``payload`` into what :meth:`apply` sets: everything slow (conversions,
+        packing, downsampling, string tables) happens here, off the kernel's loop. Views override it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement prepare")
+
+    def apply(self, shown: Shown) -> None:
+        """Show a prepared payload: set its traits in one message (on the kernel's loop)."""
+        self.result = shown.result
+        with self.hold_sync():
+            for name, value in shown.traits.items():
+                setattr(self, name, value)
+            self._applied(shown)
+            self._shown(shown.prompt)
+
+    def _applied(self, shown: Shown) -> None:
+        """Hook: adjust the selection to new data (inside ``apply``'s ``hold_sync``)."""
 
     def _shown(self, prompt: str) -> None:
         """Mark a new payload (call inside ``hold_sync``): prompt, ``seq`` bump, error cleared."""

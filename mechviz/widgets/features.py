@@ -8,8 +8,8 @@ import traitlets as t
 from ..analysis.features import FeatureSummary, feature_summary
 from ..analysis.checks import positive_int
 from ._esm import bundle
-from .base import Feed, View
-from .transport import Array, string_table
+from .base import Feed, Shown, View
+from .transport import Array, Packed, string_table
 
 
 class FeatureView(View):
@@ -67,24 +67,20 @@ class FeatureView(View):
                     "steered": None if steering is None else steering.to_json()}
         return Feed(lambda: [lab.sae.site], payload)
 
-    def show(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None):
-        """Display a :class:`~mechviz.analysis.features.FeatureSummary`."""
+    def prepare(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None) -> Shown:
+        """Pack a :class:`~mechviz.analysis.features.FeatureSummary` for display."""
         s = summary
         n_eff = s.effect_strs.size
         strings, flat = string_table(np.concatenate([s.effect_strs.reshape(-1), s.next_strs.reshape(-1)]))
         top = float(np.nanmax(s.acts)) if s.acts.size else 0.0
-        self.result = s
-        with self.hold_sync():
-            self.tokens, self.strings = list(s.tokens), strings
-            self.features = s.features
-            self.acts = s.acts
-            self.vmax = top if top > 0 else 1.0
-            self.effect_idx = flat[:n_eff].reshape(s.effect_strs.shape)
-            self.effect_val = s.effect_val
-            self.next_idx = flat[n_eff:].reshape(s.next_strs.shape)
-            self.next_prob = s.next_prob
-            self.sae_label, self.steering, self.steered = s.sae_label, s.steering, steered
-            self._shown(prompt)
+        traits = {"tokens": list(s.tokens), "strings": strings, "features": Packed(s.features, "int32"),
+                  "acts": Packed(s.acts, "float16"), "vmax": top if top > 0 else 1.0,
+                  "effect_idx": Packed(flat[:n_eff].reshape(s.effect_strs.shape), "int32"),
+                  "effect_val": Packed(s.effect_val, "float16"),
+                  "next_idx": Packed(flat[n_eff:].reshape(s.next_strs.shape), "int32"),
+                  "next_prob": Packed(s.next_prob, "float16"),
+                  "sae_label": s.sae_label, "steering": s.steering, "steered": steered}
+        return Shown(traits, s, prompt)
 
     def figure(self):
         """A matplotlib Figure: the tokens x features heatmap."""

@@ -9,8 +9,8 @@ from ..analysis import logit_lens as lens_fns
 from ..analysis.checks import positive_int
 from ..analysis.logit_lens import LogitLens
 from ._esm import bundle
-from .base import Feed, View
-from .transport import Array, string_table
+from .base import Feed, Shown, View
+from .transport import Array, Packed, string_table
 
 COLOR_MODES = ("top_prob", "target_prob", "target_rank", "entropy")
 
@@ -56,22 +56,27 @@ class LogitLensView(View):
                     "target_label": label}
         return Feed(lambda: sites, payload)
 
-    def show(self, lens: LogitLens, prompt: str = "", target_label: str = ""):
-        """Display a :class:`~mechviz.analysis.LogitLens` grid."""
-        strings, top_idx = string_table(lens.top_strs)
+    def prepare(self, lens: LogitLens, prompt: str = "", target_label: str = "") -> Shown:
+        """Pack a :class:`~mechviz.analysis.LogitLens` grid (complete, or a stage of
+        :func:`~mechviz.analysis.logit_lens.logit_lens_stream`: cells not computed yet have
+        ``top_ids`` -1 and are drawn as pending)."""
         R, T, _ = lens.top_ids.shape
-        self.result = lens
-        with self.hold_sync():
-            self.tokens, self.rows, self.strings = list(lens.token_strs), list(lens.rows), strings
-            self.top_idx = top_idx
-            self.top_probs = lens.top_probs
-            self.entropy = lens.entropy
-            self.target_prob = np.full((R, T), np.nan, np.float32) if lens.target_prob is None else lens.target_prob
-            self.target_rank = np.full((R, T), -1) if lens.target_rank is None else lens.target_rank
-            self.target_label = target_label
-            if lens.target_prob is None and self.color_by in ("target_prob", "target_rank"):
-                self.color_by = "top_prob"
-            self._shown(prompt)
+        top_strs = lens.top_strs if lens.top_strs is not None else np.full(lens.top_ids.shape, "", dtype=object)
+        strings, top_idx = string_table(top_strs)
+        top_idx = np.where(lens.top_ids < 0, -1, top_idx)  # pending cells
+        no_target = lens.target_prob is None
+        traits = {"tokens": list(lens.token_strs), "rows": list(lens.rows), "strings": strings,
+                  "top_idx": Packed(top_idx, "int32"), "top_probs": Packed(lens.top_probs, "float16"),
+                  "entropy": Packed(lens.entropy, "float16"),
+                  "target_prob": Packed(np.full((R, T), np.nan, np.float32) if no_target else lens.target_prob,
+                                        "float16"),
+                  "target_rank": Packed(np.full((R, T), -1) if no_target else lens.target_rank, "int32"),
+                  "target_label": target_label}
+        return Shown(traits, lens, prompt)
+
+    def _applied(self, shown: Shown) -> None:
+        if shown.result.target_prob is None and self.color_by in ("target_prob", "target_rank"):
+            self.color_by = "top_prob"
 
     def figure(self, by: str | None = None):
         """A matplotlib Figure of the grid (coloured by ``by``, default the view's ``color_by``)."""

@@ -24,14 +24,17 @@ class LatestOnlyRunner:
     ``delay`` seconds for more edits, then starts the computation unless one is running, in which
     case only the newest request waits for it. A running computation learns through
     ``is_stale()`` that a newer request arrived (the model adapter polls it between layers and
-    aborts). ``apply(arg, result)`` / ``on_error(arg, exc)`` run back on the loop's thread, and only
+    aborts); ``is_stale`` is a :class:`Ticket`, whose ``publish(partial)`` shows a partial result
+    through ``on_partial(arg, partial)``. ``apply(arg, result)`` / ``on_error(arg, exc)`` run back on the loop's thread, and only
     for the newest request; ``on_start(arg)`` runs when a computation starts.
     """
 
     def __init__(self, compute: Callable[[Any, Callable[[], bool]], Any], apply: Callable[[Any, Any], None],
                  on_error: Callable[[Any, BaseException], None], on_start: Callable[[Any], None] | None = None,
-                 delay: float = 0.05, loop: asyncio.AbstractEventLoop | None = None):
+                 on_partial: Callable[[Any, Any], None] | None = None, delay: float = 0.05,
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.compute, self.apply, self.on_error, self.on_start = compute, apply, on_error, on_start
+        self.on_partial = on_partial
         self.delay = delay
         self.loop = loop or _kernel_loop()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechviz")
@@ -66,8 +69,12 @@ class LatestOnlyRunner:
         self.stats["started"] += 1
         if self.on_start is not None:
             self.on_start(arg)
-        fut = self.pool.submit(self.compute, arg, lambda: gen != self.gen)
+        fut = self.pool.submit(self.compute, arg, Ticket(self, gen, arg))
         fut.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self._done, gen, arg, f))
+
+    def _partial(self, gen: int, arg, result) -> None:
+        if gen == self.gen and self.on_partial is not None:
+            self.on_partial(arg, result)
 
     def _done(self, gen: int, arg, fut: Future) -> None:
         self.busy = False
@@ -105,6 +112,20 @@ class LatestOnlyRunner:
     def close(self) -> None:
         self.gen += 1
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Ticket:
+    """What a computation holds: calling it says whether a newer request has arrived (stop then);
+    ``publish(result)`` shows a partial result now (on the loop's thread, unless it is stale by then)."""
+
+    def __init__(self, runner: LatestOnlyRunner, gen: int, arg):
+        self.runner, self.gen, self.arg = runner, gen, arg
+
+    def __call__(self) -> bool:
+        return self.gen != self.runner.gen
+
+    def publish(self, result) -> None:
+        self.runner.loop.call_soon_threadsafe(self.runner._partial, self.gen, self.arg, result)
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:
@@ -184,3 +205,25 @@ class ModelLock:
     def waiting(self) -> int:
         """Interactive requests waiting for the model now."""
         return self._waiting
+
+
+_FETCH: ThreadPoolExecutor | None = None
+
+
+def offload(loop: asyncio.AbstractEventLoop | None, work: Callable[[], Any], done: Callable[[Any], None]) -> None:
+    """Run ``work()`` off the kernel's loop and ``done(result)`` back on it (a view fetching data it
+    holds in Python, e.g. the attention of a newly picked layer). Without a loop (a script, a test)
+    both run now, in this thread. ``work`` raising is logged; ``done`` is then not called."""
+    global _FETCH
+    if loop is None or loop.is_closed():
+        done(work())
+        return
+    if _FETCH is None:
+        _FETCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechviz-fetch")
+
+    def finished(fut: Future) -> None:
+        if fut.exception() is not None:
+            log.error("mechviz: background fetch failed", exc_info=fut.exception())
+        else:
+            loop.call_soon_threadsafe(done, fut.result())
+    _FETCH.submit(work).add_done_callback(finished)

@@ -70,11 +70,36 @@ def unpack(packed: dict | None) -> np.ndarray | None:
     return a
 
 
+class Packed:
+    """An array together with its wire form, packed ahead of time (in a worker thread), so that
+    setting an :class:`Array` trait to it costs the kernel's loop nothing but the send.
+
+    >>> p = Packed(np.array([0.0, 1.0]), "uint8")
+    >>> p.array.tolist(), p.wire["data"]
+    ([0.0, 1.0], b'\\x00\\xff')
+    """
+
+    __slots__ = ("array", "dtype", "wire")
+
+    def __init__(self, array, dtype: str):
+        self.array = np.asarray(array)
+        self.dtype = dtype
+        self.wire = pack(self.array, dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire (the binary buffer)."""
+        return len(self.wire["data"])
+
+
 class Array(t.TraitType):
     """A synced trait holding a numpy array (or ``None``), sent as :func:`pack` ``(value, dtype)``.
 
     The widget keeps the array as given (full precision, readable from Python); only the browser
     gets the packed bytes. Like jupyter-scatter's ndarray serialiser, the trait serialises itself.
+    Set it to a :class:`Packed` to send bytes packed elsewhere (the trait then holds ``.array``).
+    ``send=False``: held in Python only (part of :attr:`View.data`), never sent. ``derived=True``: a
+    form of other data made for the browser (a thumbnail, a slice), left out of :attr:`View.data`.
 
     >>> import ipywidgets, traitlets
     >>> class W(ipywidgets.Widget):
@@ -87,22 +112,51 @@ class Array(t.TraitType):
     default_value = None
     info_text = "a numpy array or None"
 
-    def __init__(self, dtype: str = "float16", **kwargs):
+    def __init__(self, dtype: str = "float16", send: bool = True, derived: bool = False, **kwargs):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         super().__init__(default_value=None, allow_none=True, **kwargs)
-        self.dtype = dtype
-        self.tag(sync=True, to_json=self._to_json, from_json=self._from_json)
+        self.dtype, self.derived = dtype, derived
+        if send:
+            self.tag(sync=True, to_json=self._to_json, from_json=self._from_json)
 
     def validate(self, obj, value):
+        wires = obj.__dict__.setdefault("_mv_wires", {})
+        if isinstance(value, Packed):
+            if value.dtype == self.dtype:
+                wires[self.name] = value
+            value = value.array
+        else:
+            wires.pop(self.name, None)
         return None if value is None else np.asarray(value)
 
     def _to_json(self, value, widget):
-        return None if value is None else pack(value, self.dtype)
+        if value is None:
+            return None
+        ready = widget.__dict__.get("_mv_wires", {}).get(self.name)
+        return ready.wire if ready is not None and ready.array is value else pack(value, self.dtype)
 
     @staticmethod
     def _from_json(value, widget):
         return unpack(value) if isinstance(value, dict) else value
+
+
+def maxpool(a: np.ndarray, size: int) -> np.ndarray:
+    """Max-pool the last two axes of ``a`` to at most ``size`` x ``size`` (bins as even as integer
+    division allows; axes already that small are kept): a thumbnail in which a sharp attention peak
+    stays visible, unlike a mean.
+
+    >>> maxpool(np.arange(16.0).reshape(4, 4), 2)
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
+    rows, cols = a.shape[-2:]
+    out = a
+    if cols > size:
+        out = np.maximum.reduceat(out, (np.arange(size) * cols) // size, axis=-1)
+    if rows > size:
+        out = np.maximum.reduceat(out, (np.arange(size) * rows) // size, axis=-2)
+    return out
 
 
 def string_table(strs) -> tuple[list[str], np.ndarray]:
