@@ -26,7 +26,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ASSET_DIR", "asset_paths", "export_html", "inline_cdn_assets"]
+__all__ = ["ASSET_DIR", "DEFAULT_BUDGET", "asset_paths", "export_html", "inline_cdn_assets"]
 
 #: where the inlined JS lives in the installed package; ``assets.json`` there lists each file with the
 #: npm path it is copied from (by ``widgets_js/build.mjs`` and, for wheels, ``hatch_build.py``)
@@ -153,8 +153,12 @@ def _kernel_env(cwd) -> dict[str, str]:
     return env
 
 
+#: the default size budget of an exported page (bytes): what a repository or notebook viewer will host
+DEFAULT_BUDGET = 25_000_000
+
+
 def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets: bool = True,
-                timeout: int = 600, executed_path=None) -> Path:
+                timeout: int = 600, executed_path=None, budget: int | None = DEFAULT_BUDGET) -> Path:
     """Execute ``notebook_path`` (unless ``execute=False``) and write a static HTML page to ``out_path``.
 
     The notebook runs in a kernel of this Python (``sys.executable``) that imports this mechviz.
@@ -162,7 +166,10 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
     makes the page self-contained (no network at all; the scripts come from
     ``mechviz/static/export/``, see :func:`asset_paths`); ``False`` keeps nbconvert's standard CDN
     script tags. ``executed_path``: also save the executed notebook (outputs + widget state) there,
-    e.g. to export it again with ``execute=False``. Returns ``out_path``.
+    e.g. to export it again with ``execute=False``. ``budget``: the page's size limit in bytes
+    (default 25 MB; ``None``: no limit): a page over it has its largest views' saved data trimmed (an
+    attention view keeps the selected head at full resolution, then only its 64x64 overview), each
+    trimmed view saying so in a note on the page (see :mod:`mechviz.export_budget`). Returns ``out_path``.
     """
     import nbformat
     from nbconvert import HTMLExporter
@@ -184,9 +191,19 @@ def export_html(notebook_path, out_path, *, execute: bool = True, inline_assets:
     if "widgets" not in nb.metadata:
         print(f"mechviz.export: {nb_path.name} has no saved widget state; views will not render "
               "(execute it, or save it from JupyterLab with widget state)", file=sys.stderr)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    if inline_assets:
-        body = inline_cdn_assets(body, keep_mathjax=_has_math(nb))
+    def render():
+        body, _ = HTMLExporter().from_notebook_node(nb)
+        return inline_cdn_assets(body, keep_mathjax=_has_math(nb)) if inline_assets else body
+
+    body = render()
+    size = len(body.encode("utf-8"))
+    if budget is not None and size > budget:
+        from .export_budget import fit_budget
+
+        report = fit_budget(nb, size, budget)
+        if report.notes:
+            body = render()
+        print(f"mechviz.export: {report}", file=sys.stderr)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(body, encoding="utf-8")
     return out
@@ -199,10 +216,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-execute", action="store_true", help="use the widget state already saved in the notebook")
     ap.add_argument("--no-inline", action="store_true", help="keep nbconvert's CDN <script> tags (smaller file)")
     ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--budget-mb", type=float, default=DEFAULT_BUDGET / 1e6,
+                    help="size budget of the page in MB (default 25; 0: no limit): larger views are trimmed, "
+                         "with a note on the page")
     ap.add_argument("--save-executed", metavar="NB", help="also write the executed notebook (with widget state) here")
     a = ap.parse_args(argv)
     out = export_html(a.notebook, a.out, execute=not a.no_execute, inline_assets=not a.no_inline, timeout=a.timeout,
-                      executed_path=a.save_executed)
+                      executed_path=a.save_executed, budget=int(a.budget_mb * 1e6) or None)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

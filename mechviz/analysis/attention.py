@@ -10,14 +10,19 @@ from ..models.base import Run
 def attention_patterns(run: Run) -> np.ndarray:
     """All captured attention patterns as float32 ``[n_layers, n_heads, T_dst, T_src]``.
 
+    The run's cache then holds views of the returned array (same values), so the patterns are in
+    memory once, not twice: 2.4 GB, not 4.8, for GPT-2-small at 2,048 tokens. (A run's numbers are
+    checked finite when it is made.)
+
     >>> run = adapter.run("The cat sat", capture=["attn_pattern"])   # doctest: +SKIP
     >>> attention_patterns(run).shape                                # doctest: +SKIP
     (4, 4, 4, 4)
     """
-    pattern = run.stack("attn_pattern").numpy().astype(np.float32, copy=False)
-    if not np.isfinite(pattern).all():
-        raise FloatingPointError("the attention pattern contains NaN or inf: the model's activations overflowed")
-    return pattern
+    pattern = run.stack("attn_pattern").float()
+    layers = sorted(int(k.split(".")[1]) for k in run.cache if k.split(".")[0] == "attn_pattern")
+    for i, layer in enumerate(layers):
+        run.cache[f"attn_pattern.{layer}"] = pattern[i]
+    return pattern.numpy()
 
 
 def induction_scores(pattern: np.ndarray, period: int) -> np.ndarray:

@@ -114,11 +114,13 @@ class AttentionView(View):
 
     @t.observe("layer", "head")
     def _on_pick(self, change) -> None:
-        self._fetch()
+        # a pick in the browser is packed off the kernel's loop; one set from Python (a cell) now, so
+        # that what the cell chose is in the saved state (and a static export) when the cell ends
+        self._fetch(offloaded=change["name"] in getattr(self, "_property_lock", {}))
 
     _fetches = 0
 
-    def _fetch(self) -> None:
+    def _fetch(self, offloaded: bool = False) -> None:
         """Send the detail of the selected layer and head unless the browser has it."""
         pattern = self.pattern
         if pattern is None:
@@ -134,7 +136,7 @@ class AttentionView(View):
                 with self.hold_sync():
                     for name, value in traits.items():
                         setattr(self, name, value)
-        offload(self._loop, lambda: _detail(pattern, layer, head), done)
+        offload(self._loop if offloaded else None, lambda: _detail(pattern, layer, head), done)
 
     def figure(self, layer: int | None = None, head: int | None = None):
         """A matplotlib Figure of one head (default: the selected layer and head)."""
