@@ -84,3 +84,60 @@ def test_the_pass_keeps_the_attention_once():
     cached = lab.last.run.cache["attn_pattern.1"]
     assert np.shares_memory(cached.numpy(), view.data["pattern"])
     np.testing.assert_array_equal(cached.numpy(), view.data["pattern"][1])
+
+
+def test_the_lens_streams_its_final_row_and_selected_column_first(tokenizer):
+    from mechviz.analysis.logit_lens import logit_lens, logit_lens_stream, needs
+
+    lab = Lab(build_hf("gpt2"), tokenizer, threads=1)
+    run = lab.model.run("The cat sat on the mat. The cat sat", capture=needs(lab.model.n_layers))
+    full = logit_lens(lab.model, run, k=3, target="next")
+    stages = list(logit_lens_stream(lab.model, run, k=3, target="next", first=[2], rows_per_stage=2))
+    R, T = full.entropy.shape
+    assert len(stages) == 1 + -(-(R - 1) // 2)
+    first = stages[0]
+    expect = np.zeros((R, T), bool)
+    expect[-1], expect[:, 2] = True, True
+    np.testing.assert_array_equal(first.ready, expect)
+    assert not first.complete and stages[-1].complete
+    np.testing.assert_array_equal(first.top_ids[expect], full.top_ids[expect])
+    np.testing.assert_allclose(first.top_probs[expect], full.top_probs[expect], atol=1e-6)
+    assert (first.top_ids[~expect] == -1).all() and np.isnan(first.entropy[~expect]).all()
+    assert (first.top_strs[~expect] == "").all() and (first.target_rank[~expect] == -1).all()
+    for a, b in zip(stages, stages[1:]):
+        assert (b.ready >= a.ready).all() and b.ready.sum() > a.ready.sum()   # only grows
+    last = stages[-1]
+    np.testing.assert_array_equal(last.top_ids, full.top_ids)
+    np.testing.assert_array_equal(last.top_strs, full.top_strs)
+    np.testing.assert_allclose(last.top_probs, full.top_probs, atol=1e-6)
+    np.testing.assert_allclose(last.target_prob, full.target_prob, atol=1e-6)
+    import pytest
+
+    with pytest.raises(ValueError, match="position 99 is out of range"):
+        next(logit_lens_stream(lab.model, run, first=[99]))
+
+
+def test_a_live_edit_shows_the_lens_in_stages(tokenizer):
+    shown = []
+
+    async def scenario():
+        lab = Lab(build_hf("gpt2"), tokenizer, prompt="The cat", threads=1)
+        lens = lab.logit_lens()
+        assert lens.result.complete  # from Python: the whole grid
+        real = lens.apply
+
+        def spy(ready):
+            shown.append(ready.result.ready.copy())
+            real(ready)
+        lens.apply = spy
+        lab.prompt_box.value = "The cat sat on the mat. The dog"
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if lab._runner.idle and lab.prompt_box.status == "idle":
+                break
+        return lab, lens
+
+    lab, lens = asyncio.run(scenario())
+    assert len(shown) == 1 + -(-lab.model.n_layers // 3) and not shown[0].all() and shown[-1].all()
+    assert shown[0][-1].all() and shown[0][:, -1].all()  # the final row and the last position first
+    assert lens.prompt == "The cat sat on the mat. The dog" and lens.result.complete

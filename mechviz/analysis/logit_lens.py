@@ -60,6 +60,12 @@ class LogitLens:
     target: np.ndarray | None = None
     target_prob: np.ndarray | None = None
     target_rank: np.ndarray | None = None
+    ready: np.ndarray | None = None  # bool [R, T]: computed (None: all); a stage of logit_lens_stream
+
+    @property
+    def complete(self) -> bool:
+        """Every cell computed (a stage of :func:`logit_lens_stream` may not be)."""
+        return self.ready is None or bool(self.ready.all())
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the grid by name (the data a view sends or a user saves)."""
@@ -126,37 +132,82 @@ def logit_lens(adapter, run: Run, k: int = 5, target=None, decode: bool = True,
     >>> lens.top_probs.shape                                                  # doctest: +SKIP
     (L + 1, T, 5)
     """
+    *_, lens = logit_lens_stream(adapter, run, k=k, target=target, decode=decode, incl_mid=incl_mid)
+    return lens
+
+
+def logit_lens_stream(adapter, run: Run, k: int = 5, target=None, decode: bool = True, incl_mid: bool = False,
+                      first=(-1,), rows_per_stage: int = 3):
+    """:func:`logit_lens` in stages, each a more complete :class:`LogitLens` (a snapshot: safe to
+    hand to another thread while the next is computed). The first stage holds the final row (the
+    model's own prediction) at every position and every row at the positions ``first`` (negative:
+    from the end; default the last); each later stage adds ``rows_per_stage`` rows; the last is the
+    whole grid, equal to :func:`logit_lens`'s. Cells not computed yet: ``ready`` False, ``top_ids``
+    and ``target_rank`` -1, ``top_probs``/``entropy``/``target_prob`` NaN, ``top_strs`` "".
+
+    >>> stages = logit_lens_stream(adapter, run, first=[3])      # doctest: +SKIP
+    >>> lens = next(stages); lens.ready[:, 3].all(), lens.complete   # doctest: +SKIP
+    (True, False)
+    """
     rows = needs(adapter.n_layers, incl_mid)
     missing = [s for s in rows if s not in run.cache]
     if missing:
         raise KeyError(f"the logit lens needs {missing} captured: run with "
                        f"capture=logit_lens.needs(n_layers{', incl_mid=True' if incl_mid else ''})")
     tgt = _targets(target, run, adapter)
-    T = len(run.tokens)
+    T, R = len(run.tokens), len(rows)
     k = min(positive_int(k, "k"), adapter.d_vocab)
-    top_ids = np.empty((len(rows), T, k), dtype=np.int64)
-    top_probs = np.empty((len(rows), T, k), dtype=np.float32)
-    entropy = np.empty((len(rows), T), dtype=np.float32)
-    t_prob = np.full((len(rows), T), np.nan, dtype=np.float32) if tgt is not None else None
-    t_rank = np.full((len(rows), T), -1, dtype=np.int64) if tgt is not None else None
-    has = torch.from_numpy(tgt >= 0) if tgt is not None else None
-    for r, site in enumerate(rows):  # one row at a time: [T, vocab] logits, not [R, T, vocab]
-        logits = adapter.logits_of(run[site]).float().cpu()
+    cols = sorted({_position(p, T) for p in first})
+    top_ids = np.full((R, T, k), -1, dtype=np.int64)
+    top_probs = np.full((R, T, k), np.nan, dtype=np.float32)
+    entropy = np.full((R, T), np.nan, dtype=np.float32)
+    t_prob = np.full((R, T), np.nan, dtype=np.float32) if tgt is not None else None
+    t_rank = np.full((R, T), -1, dtype=np.int64) if tgt is not None else None
+    ready = np.zeros((R, T), dtype=bool)
+    names: dict[int, str] = {}
+
+    def fill(r: int, pos) -> None:  # one row at the positions `pos`: [len(pos), vocab] logits, never [R, T, vocab]
+        logits = adapter.logits_of(run[rows[r]][pos]).float().cpu()
         logp = torch.log_softmax(logits, dim=-1)
         p = logp.exp()
         vals, ids = torch.topk(p, k, dim=-1)
-        top_ids[r], top_probs[r] = ids.numpy(), vals.numpy()
-        entropy[r] = (-(p * logp).nan_to_num().sum(-1)).numpy()
+        top_ids[r, pos], top_probs[r, pos] = ids.numpy(), vals.numpy()
+        entropy[r, pos] = (-(p * logp).nan_to_num().sum(-1)).numpy()
         if tgt is not None:
-            idx = torch.from_numpy(np.where(tgt >= 0, tgt, 0))[:, None]
-            tp = p.gather(-1, idx)[:, 0]
+            tp_ = tgt[pos]
+            has = torch.from_numpy(tp_ >= 0)
+            idx = torch.from_numpy(np.where(tp_ >= 0, tp_, 0))[:, None]
             rank = (logits > logits.gather(-1, idx)).sum(-1)
-            t_prob[r] = torch.where(has, tp, torch.nan).numpy()
-            t_rank[r] = torch.where(has, rank, -1).numpy()
-    top_strs = None
-    if decode:
-        uniq, inv = np.unique(top_ids, return_inverse=True)
-        strs = np.asarray(adapter.to_str_tokens(torch.from_numpy(uniq)), dtype=str)
-        top_strs = strs[inv.reshape(top_ids.shape)]
-    return LogitLens(rows=rows, token_strs=list(run.token_strs), top_ids=top_ids, top_probs=top_probs,
-                     entropy=entropy, top_strs=top_strs, target=tgt, target_prob=t_prob, target_rank=t_rank)
+            t_prob[r, pos] = torch.where(has, p.gather(-1, idx)[:, 0], torch.nan).numpy()
+            t_rank[r, pos] = torch.where(has, rank, -1).numpy()
+        ready[r, pos] = True
+
+    def snapshot() -> LogitLens:
+        top_strs = None
+        if decode:
+            new = [int(i) for i in np.unique(top_ids) if i >= 0 and int(i) not in names]
+            if new:
+                names.update(zip(new, adapter.to_str_tokens(torch.tensor(new))))
+            lookup = np.vectorize(lambda i: names.get(int(i), ""), otypes=[object])
+            top_strs = lookup(top_ids).astype(str) if top_ids.size else np.zeros(top_ids.shape, dtype=str)
+        copy = (lambda a: None if a is None else a.copy())
+        return LogitLens(rows=rows, token_strs=list(run.token_strs), top_ids=top_ids.copy(),
+                         top_probs=top_probs.copy(), entropy=entropy.copy(), top_strs=top_strs, target=tgt,
+                         target_prob=copy(t_prob), target_rank=copy(t_rank), ready=ready.copy())
+
+    fill(R - 1, slice(None))
+    for r in range(R - 1):
+        fill(r, cols)
+    yield snapshot()
+    rest = list(range(R - 1))
+    step = positive_int(rows_per_stage, "rows_per_stage")
+    for i in range(0, len(rest), step):
+        for r in rest[i:i + step]:
+            fill(r, slice(None))
+        yield snapshot()
+
+
+def _position(p: int, T: int) -> int:
+    if not -T <= int(p) < T:
+        raise ValueError(f"position {p} is out of range for a prompt of {T} tokens")
+    return int(p) % T

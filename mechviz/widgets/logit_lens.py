@@ -51,10 +51,12 @@ class LogitLensView(View):
         label = "next token" if isinstance(target, str) and target == "next" else str(target)
         sites = lens_fns.needs(lab.model.n_layers)
 
-        def payload(p):
-            return {"lens": lens_fns.logit_lens(lab.model, p.run, k=k, target=target), "prompt": p.prompt,
-                    "target_label": label}
-        return Feed(lambda: sites, payload)
+        def stream(p):  # the final prediction and the selected column first, then the other rows
+            token = lab.selection.token
+            first = (token,) if 0 <= token < len(p.run.token_strs) else (-1,)
+            for lens in lens_fns.logit_lens_stream(lab.model, p.run, k=k, target=target, first=first):
+                yield {"lens": lens, "prompt": p.prompt, "target_label": label}
+        return Feed(lambda: sites, stream=stream)
 
     def prepare(self, lens: LogitLens, prompt: str = "", target_label: str = "") -> Shown:
         """Pack a :class:`~mechviz.analysis.LogitLens` grid (complete, or a stage of

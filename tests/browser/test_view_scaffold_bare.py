@@ -14,7 +14,7 @@ pytestmark = pytest.mark.browser
 
 XSS = '<img src=x onerror="window.__pwned=1">'
 NAMES = ["attention", "logit-lens", "features", "patch-grid", "prompt"]
-MAIN_ARRAY = {"attention": "pattern", "logit-lens": "top_probs", "features": "acts", "patch-grid": "values"}
+MAIN_ARRAY = {"attention": "detail", "logit-lens": "top_probs", "features": "acts", "patch-grid": "values"}
 
 
 def make_view(name):

@@ -92,7 +92,7 @@ def test_float16_and_misaligned_decode(page):
     page.evaluate("""(b64) => {
         const bin = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
         const ab = new ArrayBuffer(bin.length + 1); new Uint8Array(ab, 1).set(bin);   // offset 1: misaligned
-        model.set('pattern', {dtype: 'float16', shape: [1, 1, 5, 5], scale: 1, data: new DataView(ab, 1)});
+        model.set('detail', {dtype: 'float16', shape: [1, 5, 5], scale: 1, data: new DataView(ab, 1)});
     }""", base64.b64encode(p16["data"]).decode())
     r = hover_cell(page, 3, 1)
     assert r["value"] == pytest.approx(pat[0, 0, 3, 1] * 0.5, abs=2e-3)

@@ -12,7 +12,10 @@ import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legen
 /**
  * The traits of mechviz/widgets/attention.py:AttentionView (the Python <-> JS contract).
  * @typedef {object} AttentionTraits
- * @property {import("./lib/decode.js").Packed|null} pattern  uint8 [n_layers, n_heads, T, T]: row = destination, column = source
+ * @property {import("./lib/decode.js").Packed|null} overview  uint8 [n_layers, n_heads, S, S]: every head max-pooled to S = min(T, 64) (bin b of T covers [floor(b*T/S), floor((b+1)*T/S)))
+ * @property {import("./lib/decode.js").Packed|null} detail  uint8 [n, T, T]: heads `detail_heads` of layer `detail_layer` at full resolution (row = destination, column = source)
+ * @property {number} detail_layer  the layer `detail` holds (-1: none)
+ * @property {number[]} detail_heads  the heads `detail` holds
  * @property {string[]} tokens  the T token strings (untrusted text)
  * @property {string} prompt  the prompt the data belong to
  * @property {number} seq  bumped by every show()
@@ -27,7 +30,7 @@ import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legen
  */
 
 // traits the drawing reads (title, prompt, error: the header and banner follow those themselves)
-const DRAWN = ["pattern", "tokens", "prompt", "seq", "layer", "head", "token", "windows", "kv_heads"];
+const DRAWN = ["overview", "detail", "detail_layer", "detail_heads", "tokens", "prompt", "seq", "layer", "head", "token", "windows", "kv_heads"];
 
 const CSS = `
 .mechviz-attention .mv-thumbs{display:flex;flex-wrap:wrap;gap:6px;padding:3px;margin-bottom:8px}
@@ -43,10 +46,11 @@ const CSS = `
 `;
 
 const ZOOM_PX = 440;   // target size of the zoomed head
+const ZOOM_MAX = 1024; // the zoomed head's canvas never exceeds this (long prompts: fractional cells)
 const LABEL_PX = 84;   // room for token labels
 const HINT = "hover the pattern: row = destination token, column = source token; click a token to select it";
 
-const zoomCell = (T) => Math.max(4, Math.min(32, Math.floor(ZOOM_PX / Math.max(1, T))));
+const zoomCell = (T) => (T * 4 > ZOOM_MAX ? ZOOM_MAX / T : Math.max(4, Math.min(32, Math.floor(ZOOM_PX / Math.max(1, T)))));
 
 // -- build: the DOM, once ---------------------------------------------------------------------------
 function build(model, el) {
@@ -61,12 +65,14 @@ function build(model, el) {
     top: h("canvas", { class: "mv-labels mv-labels-src", width: 1, height: 1 }),
     left: h("canvas", { class: "mv-labels mv-labels-dst", width: 1, height: 1 }),
     info: readout(HINT),
+    lowres: h("div", { class: "mv-dim mv-lowres" }),
     tokensEl: h("div", { class: "mv-tokens" }),
   };
   const leg = legend("blues", "0", "1", "attention weight: 0 (white) to 1 (dark blue)");
   el.append(
     h("div", { class: "mv-controls" }, [h("label", { text: "layer " }, [ui.layerSel]), ui.shapeEl, ...leg.nodes]),
     ui.thumbs,
+    ui.lowres,
     h("div", { class: "mv-gridwrap" }, [h("div"), ui.top, ui.left, ui.zoom]),
     ui.info.el,
     ui.tokensEl,
@@ -74,24 +80,36 @@ function build(model, el) {
   return ui;
 }
 
-// -- load: decode and check the pattern (throws: the banner shows why, the last good one stays) ---
-function load(dec) {
-  const a = dec.get("pattern");
-  if (a && (a.shape.length !== 4 || a.shape[2] !== a.shape[3])) throw new Error(`pattern shape [${a.shape}] is not [layers, heads, T, T]`);
-  return a;
+// -- load: decode and check the arrays (throws: the banner shows why, the last good ones stay) -----
+function load(model, dec) {
+  const ov = dec.get("overview"), det = dec.get("detail");
+  if (!ov) return null;
+  if (ov.shape.length !== 4 || ov.shape[2] !== ov.shape[3]) throw new Error(`overview shape [${ov.shape}] is not [layers, heads, S, S]`);
+  const T = (model.get("tokens") || []).length;
+  if (det && (det.shape.length !== 3 || det.shape[1] !== T || det.shape[2] !== T)) throw new Error(`detail shape [${det.shape}] is not [heads, ${T}, ${T}]`);
+  return { ov, det, nL: ov.shape[0], nH: ov.shape[1], S: ov.shape[2], T, dLayer: model.get("detail_layer") ?? -1, dHeads: model.get("detail_heads") || [] };
 }
+
+// where one head's numbers are: at full resolution (detail) or pooled (overview)
+function source(D, layer, head) {
+  const k = D.det && D.dLayer === layer ? D.dHeads.indexOf(head) : -1;
+  if (k >= 0) return { arr: D.det, off: k * D.T * D.T, n: D.T, full: true };
+  return { arr: D.ov, off: (layer * D.nH + head) * D.S * D.S, n: D.S, full: false };
+}
+
+// the value drawn at (dst i, src j): exact, or the max over the overview bin holding it
+const binOf = (D, src, i) => (src.full ? i : Math.min(src.n - 1, Math.floor(((i + 1) * src.n - 1) / D.T)));
+const valueAt = (D, src, i, j) => src.arr.at(src.off + binOf(D, src, i) * src.n + binOf(D, src, j));
 
 // the selection, clamped to what the data have (a logit-lens row may select the final residual)
 function current(model, S) {
-  const [nL, nH] = S.arr.shape;
+  const { nL, nH } = S.arr;
   return {
     layer: Math.max(0, Math.min(nL - 1, model.get("layer") | 0)),
     head: Math.max(0, Math.min(nH - 1, model.get("head") | 0)),
     token: model.get("token") ?? -1,
   };
 }
-
-const base = (S, l, hd) => ((l * S.arr.shape[1] + hd) * S.T) * S.T;
 
 // -- draw -------------------------------------------------------------------------------------------
 // per layer: its sliding-window length (0 = full attention)
@@ -159,8 +177,8 @@ function drawLabels(el, ui, S) {
   const key = `${S.tokKey}|${cell}|${T}|${dpr}`;
   if (key === S.labelKey) return;
   S.labelKey = key;
-  const fs = Math.max(9, Math.min(12, cell - 2));
-  const step = cell >= 11 ? 1 : Math.ceil(11 / cell); // label every step-th token when cells are small
+  const fs = Math.max(11, Math.min(12, Math.floor(cell) - 2)); // never below 11 px: thinned instead
+  const step = cell >= 13 ? 1 : Math.ceil(13 / cell); // label every step-th token when cells are small
   const n = Math.min(T, tokens.length);
   const size = (c, w, hgt) => { // backing store at device resolution: crisp text on hi-DPI screens
     c.width = w * dpr; c.height = hgt * dpr; c.style.width = `${w}px`; c.style.height = `${hgt}px`;
@@ -168,10 +186,11 @@ function drawLabels(el, ui, S) {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     return ctx;
   };
-  const ok = cell >= 3; // cells too small for text: hover read-out only
-  const lt = size(ui.left, ok ? LABEL_PX : 1, T * cell);
-  const tp = size(ui.top, T * cell, ok ? LABEL_PX : 1);
-  if (!ok) return;
+  const px = Math.round(T * cell);
+  const lt = size(ui.left, LABEL_PX, px);
+  const tp = size(ui.top, px, LABEL_PX);
+  el.dataset.labelPx = String(fs);
+  el.dataset.labelStep = String(step);
   const font = `${fs}px ${getComputedStyle(el).fontFamily || "sans-serif"}`;
   lt.font = font; lt.fillStyle = "#333"; lt.textAlign = "right"; lt.textBaseline = "middle";
   for (let i = 0; i < n; i += step) lt.fillText(quote(tokens[i], 14), LABEL_PX - 4, (i + 0.5) * cell, LABEL_PX - 6);
@@ -186,12 +205,15 @@ function drawLabels(el, ui, S) {
 }
 
 // the token strip shaded by the attention the selected destination token pays to each source token
-function shadeTokens(S, b, token) {
-  const { T, arr } = S;
+function shadeTokens(S, src, token) {
+  const { T } = S;
+  const key = `${S.seq}|${src.off}|${src.full}|${token}`;
+  if (key === S.shadeKey) return; // 2,048 spans: restyle only when what they show changed
+  S.shadeKey = key;
   S.spans.forEach((s, j) => {
     s.classList.toggle("mv-selected", j === token);
     if (token >= 0 && token < T && j < T) {
-      const v = arr.at(b + token * T + j);
+      const v = valueAt(S.arr, src, token, j);
       const rgb = rgbAt(v);
       s.style.background = rgbCss(rgb); s.style.color = textOn(rgb);
       s.dataset.attn = v.toFixed(3);
@@ -203,11 +225,12 @@ function shadeTokens(S, b, token) {
 }
 
 function draw(model, el, ui, S) {
-  S.arr = ui.banner.guard(() => load(S.dec), S.arr);
+  S.arr = ui.banner.guard(() => load(model, S.dec), S.arr);
   S.tokens = model.get("tokens") || [];
   if (!S.arr) { el.dataset.ntokens = "0"; return; }
-  const [nL, nH, T] = S.arr.shape;
+  const { nL, nH, T } = S.arr;
   S.T = T;
+  S.seq = model.get("seq");
   const { layer, head, token } = current(model, S);
   buildLayers(model, ui, nL);
   ui.layerSel.value = String(layer);
@@ -218,17 +241,24 @@ function draw(model, el, ui, S) {
     (kv < nH ? ` · ${kv} key/value heads (${nH / kv} query heads each)` : "") + (w ? ` · layer ${layer}: sliding window ${w}` : "");
   ui.zoom.dataset.window = String(w);
 
+  const D = S.arr, nS = D.S;
   S.thumbBoxes.forEach(({ box, c }, hd) => {
-    drawHeatmap(c, S.arr, base(S, layer, hd), T, T, 1);
+    drawHeatmap(c, D.ov, (layer * nH + hd) * nS * nS, nS, nS, 1);
     box.classList.toggle("mv-selected", hd === head);
   });
   S.cell = zoomCell(T);
   ui.zoom.dataset.cell = String(S.cell);
-  const ctx = drawHeatmap(ui.zoom, S.arr, base(S, layer, head), T, T, S.cell);
+  const src = source(D, layer, head);
+  S.src = src;
+  ui.zoom.dataset.resolution = src.full ? "full" : "overview";
+  ui.lowres.textContent = src.full ? "" : `L${layer} H${head} shown at the overview's ${nS}×${nS} resolution (each block: its largest weight); ` +
+    "the full pattern comes from the kernel when one is running";
+  ui.lowres.hidden = src.full;
+  const ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n);
   drawWindow(ctx, T, S.cell, w);
-  if (token >= 0 && token < T) outline(ctx, 0, token * S.cell, T * S.cell, S.cell, "#f59e0b", Math.max(1, Math.min(2, S.cell >> 2)));
+  if (token >= 0 && token < T) outline(ctx, 0, token * S.cell, T * S.cell, Math.max(1, S.cell), "#f59e0b", Math.max(1, Math.min(2, S.cell >> 2)));
   drawLabels(el, ui, S);
-  shadeTokens(S, base(S, layer, head), token);
+  shadeTokens(S, src, token);
 
   ui.info.reset(`${layer}|${head}|${model.get("seq")}|${T}`);
   stamp(el, { prompt: model.get("prompt") || "", seq: model.get("seq") ?? 0, layer, head, token, ntokens: T, draws: ++S.draws });
@@ -242,7 +272,7 @@ function bindEvents(model, ui, S) {
     const c = hit(e);
     if (!c) return;
     const { layer, head } = current(model, S);
-    const v = S.arr.at(base(S, layer, head) + c.row * S.T + c.col);
+    const v = valueAt(S.arr, S.src, c.row, c.col);
     ui.info.show(`L${layer} H${head} · dst ${c.row} ${quote(S.tokens[c.row] ?? "")} ← src ${c.col} ${quote(S.tokens[c.col] ?? "")} · ${v.toFixed(3)}`,
       { dst: c.row, src: c.col, value: v.toFixed(3) });
   });

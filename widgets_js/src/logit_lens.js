@@ -184,12 +184,19 @@ function draw(model, el, ui, S) {
   if (token >= 0 && token < T) outline(ctx, token * S.cw, 0, S.cw, R * S.ch, "#f59e0b", 2);
   ui.strips.select(token, layer);
   ui.info.reset(`${model.get("seq")}|${R}|${T}`);
-  stamp(el, { colorBy: mode, layer, token, ntokens: T, nrows: R, draws: ++S.draws });
+  let pending = 0;
+  for (let i = 0; i < R * T; i++) if (A.idx.at(i * A.k) < 0) pending++;
+  stamp(el, { colorBy: mode, layer, token, ntokens: T, nrows: R, pending, draws: ++S.draws });
 }
 
 // the hover read-out of cell (r, c): its top-k, entropy and the target's probability and rank
 function describe(model, ui, S, r, c) {
   const { A, strings, tokens, rows } = S, { T, k } = A, i = r * T + c;
+  if (A.idx.at(i * k) < 0) { // a stage of the streamed lens: this cell comes later
+    ui.info.show(`${rows[r] ?? `row ${r}`} · token ${c} ${quote(tokens[c] ?? "")}\nnot computed yet (streaming)`,
+      { row: r, col: c, top: "", prob: null, targetProb: null, targetRank: null, pending: 1 });
+    return;
+  }
   const top = [];
   for (let j = 0; j < k; j++) top.push(`${quote(strings[A.idx.at(i * k + j)] ?? "", 16)} ${A.probs.at(i * k + j).toFixed(3)}`);
   const lines = [`${rows[r] ?? `row ${r}`} · token ${c} ${quote(tokens[c] ?? "")}`, `top: ${top.join("  ")}`];

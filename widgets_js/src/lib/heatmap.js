@@ -45,7 +45,7 @@ export function toImageData(arr, offset, rows, cols, { cmap = "blues", vmin = 0,
  * Returns the canvas 2D context so callers can draw overlays.
  */
 export function drawHeatmap(canvas, arr, offset, rows, cols, cell, opts = {}) {
-  const w = cols * cell, h = rows * cell;
+  const w = Math.max(1, Math.round(cols * cell)), h = Math.max(1, Math.round(rows * cell)); // cells may be fractional
   if (canvas.width !== w) canvas.width = w;
   if (canvas.height !== h) canvas.height = h;
   const ctx = canvas.getContext("2d");

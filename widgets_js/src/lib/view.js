@@ -35,8 +35,13 @@ export function header(model, el, { title = "", prompt = true, extra = [] } = {}
   const titleEl = h("span", { class: "mv-title" });
   const promptEl = prompt ? h("span", { class: "mv-prompt" }) : null;
   const infoEl = h("span", { class: "mv-dim mv-model-info" });
+  // note: what the data leave out (e.g. a static export trimmed to its size budget), visible under the header
+  const noteEl = h("div", { class: "mv-note", role: "note" });
   el.appendChild(h("div", { class: "mv-header" }, [titleEl, ...extra, promptEl, infoEl]));
+  el.appendChild(noteEl);
   const update = () => {
+    noteEl.textContent = model.get("note") || "";
+    noteEl.hidden = !noteEl.textContent;
     titleEl.textContent = model.get("title") || title;
     const info = model.get("model_info") || "";
     infoEl.textContent = info;
@@ -46,7 +51,7 @@ export function header(model, el, { title = "", prompt = true, extra = [] } = {}
     promptEl.textContent = p ? `prompt: ${p}` : "no data yet";
   };
   update();
-  return watch(model, prompt ? ["title", "prompt", "model_info"] : ["title", "model_info"], update);
+  return watch(model, prompt ? ["title", "prompt", "model_info", "note"] : ["title", "model_info", "note"], update);
 }
 
 /**
