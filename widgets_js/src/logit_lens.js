@@ -185,7 +185,7 @@ function draw(model, el, ui, S) {
   ui.strips.select(token, layer);
   ui.info.reset(`${model.get("seq")}|${R}|${T}`);
   let pending = 0;
-  for (let i = 0; i < R * T; i++) if (A.idx.at(i * A.k) < 0) pending++;
+  for (let i = 0; i < R * T; i++) if (S.A.idx.at(i * S.A.k) < 0) pending++;
   stamp(el, { colorBy: mode, layer, token, ntokens: T, nrows: R, pending, draws: ++S.draws });
 }
 
