@@ -27,7 +27,7 @@ def test_grid_view_shows_engine_values_and_a_clicked_cell_agrees(lab, site, by):
     ref = P.activation_patching(lab.model, CLEAN, CORRUPTED, site, by=by, answers=ANSWERS)
     est = P.attribution_patching(lab.model, CLEAN, CORRUPTED, site, by=by, answers=ANSWERS)
     assert view.status == "done" and view.done == view.total == ref.values.size
-    np.testing.assert_allclose(view.data["values"], ref.matrix()[0], atol=1e-6)
+    np.testing.assert_allclose(view.data["values"], ref.matrix()[0], atol=1e-6, rtol=2e-6)  # float32: batch sizes vary with load
     np.testing.assert_allclose(view.data["estimate"], est.matrix()[0], atol=1e-6)
     assert view.clean_metric == pytest.approx(ref.clean_metric) and view.row_labels == ref.matrix()[1]
     # click the cell with the largest effect: its patched run's metric is that cell's value

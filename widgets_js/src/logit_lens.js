@@ -50,7 +50,7 @@ const MODES = [
   ["entropy", "entropy (nats)"],
 ];
 const HINT = "hover a cell: the top tokens at that layer and position; click to select (layer, token)";
-const MAX_W = 56, MIN_W = 30, CELL_H = 18, TARGET_W = 900;  // long prompts scroll sideways: the text stays
+const MAX_W = 56, MIN_W = 30, CELL_H = 18, TARGET_W = 900, MAX_CANVAS_W = 16000;  // long prompts scroll sideways: the text stays
 
 // -- build ------------------------------------------------------------------------------------------
 function build(model, el) {
@@ -174,6 +174,8 @@ function draw(model, el, ui, S) {
   const { R, T } = S.A;
   const { mode, sc } = drawControls(model, ui, S.A);
   S.cw = Math.max(MIN_W, Math.min(MAX_W, Math.floor(TARGET_W / Math.max(1, T))));
+  // long prompts: the canvas stays within what browsers draw (cells narrower, text in the hover read-out)
+  if (T * S.cw > MAX_CANVAS_W) S.cw = Math.max(2, Math.floor(MAX_CANVAS_W / T));
   S.ch = CELL_H;
   ui.strips.update(
     Array.from({ length: T }, (_, c) => ({ text: S.tokens[c] ?? "", title: `#${c} ${quote(S.tokens[c] ?? "", 60)}` })),
