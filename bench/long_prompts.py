@@ -3,13 +3,14 @@ positions; random seeded weights, float32, torch threads 1), both sides in one p
 
 P1: a live edit (the Lab's real path: worker thread, streamed payloads, applied on an asyncio loop)
 until attention + the lens' first stage (final prediction, selected column) + SAE features are
-shown, over a bare forward pass of the same prompt; then until the whole lens is shown.
+shown, over a bare forward pass of the same prompt; then until the whole lens is shown. The full
+lens computation over its floor, the (layers + 1) unembeddings of the same rows.
 P2: bytes the attention view sends for the whole model (first message: every head's thumbnail + the
 selected layer or head at full resolution) and per layer picked, against CircuitsVis'
 ``attention_heads`` HTML for the same data (one call per layer: measured on one head and scaled by
 heads x layers above 512 tokens, where one call's string would be gigabytes).
 
-    python bench/long_prompts.py [--tokens 128 512 1024 2048] [--no-live] [--cv-max 512]
+    python bench/long_prompts.py [--tokens 128 512 1024 2048] [--no-live] [--no-lens] [--no-bytes] [--cv-max 512]
 """
 
 from __future__ import annotations
@@ -108,6 +109,30 @@ def p1(model, tokenizer, lengths, repeat):
         print(f"| {T} | {bare:.2f} | {first:.2f} | {first / bare:.2f}x | {full:.2f} | {full / bare:.2f}x |", flush=True)
 
 
+def lens_floor(model, tokenizer, lengths, repeat):
+    """The full logit lens (top-5, entropy, next-token probability and rank of every cell) over its
+    floor: the (layers + 1) unembeddings ``adapter.logits_of(resid)`` of the same rows, one row at a time."""
+    from mechviz.analysis import logit_lens as LL
+    from mechviz.models import wrap
+
+    adapter = wrap(model, tokenizer)
+    print("\n(P1) the full logit lens over its floor, the (layers+1) unembedding matmuls (logits_of per row)")
+    print("| tokens | floor s | lens s | ratio (target <= 1.3) |")
+    print("|---|---|---|---|")
+    for n in lengths:
+        run = adapter.run(prompt_of(tokenizer, n), capture=LL.needs(adapter.n_layers))
+        rows = LL.needs(adapter.n_layers)
+
+        def floor():
+            for r in rows:
+                adapter.logits_of(run[r])
+        floor_s = best(floor, repeat)
+        lens_s = best(lambda: LL.logit_lens(adapter, run, k=5, target="next"), repeat)
+        floor_s = min(floor_s, best(floor, repeat))   # interleaved: load drifts on a shared machine
+        print(f"| {len(run.tokens)} | {floor_s:.2f} | {lens_s:.2f} | {lens_s / floor_s:.2f}x |", flush=True)
+        del run
+
+
 def p2(lengths, cv_max: int):
     import circuitsvis as cv
 
@@ -144,14 +169,18 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--no-live", action="store_true", help="skip P1 (minutes at 2,048 tokens)")
     ap.add_argument("--no-bytes", action="store_true", help="skip P2")
+    ap.add_argument("--no-lens", action="store_true", help="skip the lens-over-floor table")
     ap.add_argument("--cv-max", type=int, default=512, help="above this, CircuitsVis is measured on one head")
     a = ap.parse_args()
     torch.set_num_threads(1)
     if not a.no_bytes:
         p2(a.tokens, a.cv_max)
-    if not a.no_live:
+    if not (a.no_live and a.no_lens):
         model, tokenizer = model_and_tokenizer()
-        p1(model, tokenizer, a.tokens, a.repeat)
+        if not a.no_lens:
+            lens_floor(model, tokenizer, a.tokens, a.repeat)
+        if not a.no_live:
+            p1(model, tokenizer, a.tokens, a.repeat)
 
 
 if __name__ == "__main__":

@@ -159,10 +159,15 @@ def test_logit_lens_last_row_is_the_models_logits(arch):
     run = adapter.run(IDS, capture=needs(adapter.n_layers))
     last = run[f"resid_post.{adapter.n_layers - 1}"]
     torch.testing.assert_close(adapter.logits_of(last), run.logits, atol=1e-5, rtol=0)
+    # the lens writes each row's logits into a reused buffer (logits_into): equal to logits_of, soft-cap included
+    out = torch.full((len(IDS), adapter.d_vocab), float("nan"))
+    torch.testing.assert_close(adapter.logits_into(last, out), adapter.logits_of(last), atol=1e-6, rtol=0)
     lens = logit_lens(adapter, run, k=3)
     assert (lens.top_ids[-1, :, 0] == run.logits.argmax(-1).numpy()).all()
     probs = torch.softmax(run.logits, -1).topk(3).values.numpy()
     np.testing.assert_allclose(lens.top_probs[-1], probs, atol=1e-5)
+    mid = torch.softmax(adapter.logits_of(run["resid_pre.1"]), -1).topk(3)   # a row through logits_into
+    np.testing.assert_allclose(lens.top_probs[1], mid.values.numpy(), atol=1e-5)
     cap = adapter.softcap
     if name in ("gemma2", "gemma3_text"):   # the soft-cap is on and bites: without it the row would differ
         assert cap and float(run.logits.abs().max()) < cap

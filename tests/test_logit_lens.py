@@ -154,3 +154,44 @@ def test_needs_and_errors(tokenizer):
     np.testing.assert_array_equal(by_text.target_rank, by_id.target_rank)
     with pytest.raises(ValueError, match="is 2 tokens"):
         logit_lens(hf, run, target=tokenizer.decode([40, 41]))
+
+
+@pytest.mark.parametrize("V", [20011, 300])   # blocked top-k with a tail block / a small vocabulary (plain topk)
+def test_stats_equal_the_plain_formulas(V):
+    """logit_stats.Stats (chunked, no softmax tensor) against log_softmax / topk / -sum p log p / a count."""
+    from mechviz.analysis.logit_stats import Stats
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 70, 5                                        # 70 rows: three sub-chunks of 32
+    x = torch.randn(n, V, generator=g) * 3
+    x[0, 17] += 40.0                                    # a peaked row: entropy ~ 0
+    x[1] = 0.25                                         # all tied: entropy log V, rank 0 for every target
+    x[2, V - 3] = 30.0                                  # the maximum in the tail (V is not a multiple of 128)
+    x[3] *= 1e3                                         # large logits
+    x[4, :] = torch.arange(V, dtype=torch.float32) / V  # distinct, sorted: the top-k are the last k
+    target = torch.randint(0, V, (n,), generator=g).numpy()
+    target[5] = -1                                      # no target at one position
+    target[0] = 17
+    pos = np.arange(n)[::-1].copy()                     # row i of x is position pos[i]: written in reverse order
+    by_position = np.empty_like(target)
+    by_position[pos] = target
+    st = Stats(2, n, k, by_position)
+    st.fill(1, pos, x)
+    logp = torch.log_softmax(x.double(), -1)
+    p = logp.exp()
+    want_v, want_i = torch.topk(x, k, -1)
+    got_i = st.top_ids[1, pos]
+    untied = torch.tensor([i != 1 for i in range(n)])
+    np.testing.assert_array_equal(got_i[untied.numpy()], want_i[untied].numpy())
+    np.testing.assert_allclose(st.top_probs[1, pos], p.gather(-1, want_i).numpy(), atol=1e-6, rtol=1e-5)
+    ent = -(p * logp).sum(-1).numpy()
+    np.testing.assert_allclose(st.entropy[1, pos], ent, atol=2e-5, rtol=1e-5)
+    assert st.entropy[1, pos[0]] == pytest.approx(0.0, abs=1e-6) and st.entropy[1, pos[1]] == pytest.approx(np.log(V), abs=1e-4)
+    has = target >= 0
+    t = torch.from_numpy(np.where(has, target, 0))[:, None]
+    want_rank = (x > x.gather(-1, t)).sum(-1).numpy()
+    np.testing.assert_array_equal(st.target_rank[1, pos][has], want_rank[has])
+    assert st.target_rank[1, pos[5]] == -1 and np.isnan(st.target_prob[1, pos[5]])
+    assert st.target_rank[1, pos[0]] == 0 and st.target_rank[1, pos[1]] == 0
+    np.testing.assert_allclose(st.target_prob[1, pos][has], p.gather(-1, t)[:, 0].numpy()[has], atol=1e-6, rtol=1e-5)
+    assert (st.top_ids[0] == -1).all() and np.isnan(st.entropy[0]).all()   # row 0 never filled

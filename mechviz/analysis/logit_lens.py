@@ -27,6 +27,7 @@ import torch
 
 from ..models.base import Run
 from .checks import positive_int
+from .logit_stats import Stats
 
 
 def needs(n_layers: int, incl_mid: bool = False) -> list[str]:
@@ -132,7 +133,7 @@ def logit_lens(adapter, run: Run, k: int = 5, target=None, decode: bool = True,
     >>> lens.top_probs.shape                                                  # doctest: +SKIP
     (L + 1, T, 5)
     """
-    *_, lens = logit_lens_stream(adapter, run, k=k, target=target, decode=decode, incl_mid=incl_mid)
+    *_, lens = logit_lens_stream(adapter, run, k=k, target=target, decode=decode, incl_mid=incl_mid, first=())
     return lens
 
 
@@ -141,7 +142,7 @@ def logit_lens_stream(adapter, run: Run, k: int = 5, target=None, decode: bool =
     """:func:`logit_lens` in stages, each a more complete :class:`LogitLens` (a snapshot: safe to
     hand to another thread while the next is computed). The first stage holds the final row (the
     model's own prediction) at every position and every row at the positions ``first`` (negative:
-    from the end; default the last); each later stage adds ``rows_per_stage`` rows; the last is the
+    from the end; default the last; ``()``: no such stage); each later stage adds ``rows_per_stage`` rows; the last is the
     whole grid, equal to :func:`logit_lens`'s. Cells not computed yet: ``ready`` False, ``top_ids``
     and ``target_rank`` -1, ``top_probs``/``entropy``/``target_prob`` NaN, ``top_strs`` "".
 
@@ -157,54 +158,71 @@ def logit_lens_stream(adapter, run: Run, k: int = 5, target=None, decode: bool =
     tgt = _targets(target, run, adapter)
     T, R = len(run.tokens), len(rows)
     k = min(positive_int(k, "k"), adapter.d_vocab)
-    cols = sorted({_position(p, T) for p in first})
-    top_ids = np.full((R, T, k), -1, dtype=np.int64)
-    top_probs = np.full((R, T, k), np.nan, dtype=np.float32)
-    entropy = np.full((R, T), np.nan, dtype=np.float32)
-    t_prob = np.full((R, T), np.nan, dtype=np.float32) if tgt is not None else None
-    t_rank = np.full((R, T), -1, dtype=np.int64) if tgt is not None else None
+    cols = np.array(sorted({_position(p, T) for p in first}), dtype=np.int64)
+    st = Stats(R, T, k, tgt)
     ready = np.zeros((R, T), dtype=bool)
     names: dict[int, str] = {}
+    everywhere = np.arange(T)
+    size, V = _chunk(adapter.d_vocab, T), adapter.d_vocab
+    own = rows[-1] == f"resid_post.{adapter.n_layers - 1}" and tuple(run.logits.shape) == (T, V)
+    buf = torch.empty(0, V)  # one logits buffer, reused by every row: never [R, T, vocab]
 
-    def fill(r: int, pos) -> None:  # one row at the positions `pos`: [len(pos), vocab] logits, never [R, T, vocab]
-        logits = adapter.logits_of(run[rows[r]][pos]).float().cpu()
-        logp = torch.log_softmax(logits, dim=-1)
-        p = logp.exp()
-        vals, ids = torch.topk(p, k, dim=-1)
-        top_ids[r, pos], top_probs[r, pos] = ids.numpy(), vals.numpy()
-        entropy[r, pos] = (-(p * logp).nan_to_num().sum(-1)).numpy()
-        if tgt is not None:
-            tp_ = tgt[pos]
-            has = torch.from_numpy(tp_ >= 0)
-            idx = torch.from_numpy(np.where(tp_ >= 0, tp_, 0))[:, None]
-            rank = (logits > logits.gather(-1, idx)).sum(-1)
-            t_prob[r, pos] = torch.where(has, p.gather(-1, idx)[:, 0], torch.nan).numpy()
-            t_rank[r, pos] = torch.where(has, rank, -1).numpy()
+    def logits(x: torch.Tensor) -> torch.Tensor:  # x [n <= size, d] -> [n, vocab], in the buffer
+        nonlocal buf
+        if len(buf) < len(x):
+            buf = torch.empty(len(x), V)
+        return adapter.logits_into(x, buf[:len(x)])
+
+    def fill(r: int, pos: np.ndarray) -> None:
+        if r == R - 1 and own:  # the final row is the model's own output: no unembedding to redo
+            st.fill(r, pos, run.logits if len(pos) == T else run.logits[torch.from_numpy(pos)])
+        else:
+            for s in range(0, len(pos), size):
+                at = pos[s:s + size]
+                st.fill(r, at, logits(run[rows[r]][torch.from_numpy(at)]))
         ready[r, pos] = True
+
+    def fill_columns(pos: np.ndarray) -> None:  # every other row at a few positions: one unembedding for all
+        per = max(1, size // max(1, len(pos)))
+        for r0 in range(0, R - 1, per):
+            group = range(r0, min(R - 1, r0 + per))
+            block = logits(torch.cat([run[rows[r]][torch.from_numpy(pos)] for r in group]))
+            for i, r in enumerate(group):
+                st.fill(r, pos, block[i * len(pos):(i + 1) * len(pos)])
+                ready[r, pos] = True
 
     def snapshot() -> LogitLens:
         top_strs = None
         if decode:
-            new = [int(i) for i in np.unique(top_ids) if i >= 0 and int(i) not in names]
+            new = [int(i) for i in np.unique(st.top_ids) if i >= 0 and int(i) not in names]
             if new:
                 names.update(zip(new, adapter.to_str_tokens(torch.tensor(new))))
             lookup = np.vectorize(lambda i: names.get(int(i), ""), otypes=[object])
-            top_strs = lookup(top_ids).astype(str) if top_ids.size else np.zeros(top_ids.shape, dtype=str)
+            top_strs = lookup(st.top_ids).astype(str) if st.top_ids.size else np.zeros(st.top_ids.shape, dtype=str)
         copy = (lambda a: None if a is None else a.copy())
-        return LogitLens(rows=rows, token_strs=list(run.token_strs), top_ids=top_ids.copy(),
-                         top_probs=top_probs.copy(), entropy=entropy.copy(), top_strs=top_strs, target=tgt,
-                         target_prob=copy(t_prob), target_rank=copy(t_rank), ready=ready.copy())
+        return LogitLens(rows=rows, token_strs=list(run.token_strs), top_ids=st.top_ids.copy(),
+                         top_probs=st.top_probs.copy(), entropy=st.entropy.copy(), top_strs=top_strs, target=tgt,
+                         target_prob=copy(st.target_prob), target_rank=copy(st.target_rank), ready=ready.copy())
 
-    fill(R - 1, slice(None))
-    for r in range(R - 1):
-        fill(r, cols)
-    yield snapshot()
-    rest = list(range(R - 1))
     step = positive_int(rows_per_stage, "rows_per_stage")
+    fill(R - 1, everywhere)
+    if len(cols):
+        fill_columns(cols)
+        yield snapshot()
+    rest = list(range(R - 1))
     for i in range(0, len(rest), step):
         for r in rest[i:i + step]:
-            fill(r, slice(None))
+            fill(r, np.flatnonzero(~ready[r]))   # the first stage's columns are not computed twice
         yield snapshot()
+
+
+_BUFFER_BYTES = 256 * 2**20  # the logits buffer: [chunk, vocab] float32
+
+
+def _chunk(vocab: int, T: int) -> int:
+    """Positions per unembedding: the whole prompt when its logits fit the buffer budget, else
+    slices of at least 64 positions (the matmul stays efficient)."""
+    return max(64, min(T, _BUFFER_BYTES // (4 * vocab)))
 
 
 def _position(p: int, T: int) -> int:

@@ -218,6 +218,12 @@ class ModelAdapter:
         with torch.inference_mode():
             return self.unembed(self.final_norm(resid)).float()
 
+    def logits_into(self, resid: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits_of` ``resid`` ``[n, d]`` written into ``out`` (float32 ``[n, vocab]``, on the
+        CPU): the logit lens reuses one buffer for every row. Backends with a plain linear head
+        write it with no temporary; this default copies."""
+        return out.copy_(self.logits_of(resid))
+
     # -- batched patched passes (the activation-patching engine) --------------------------------
     def patch_base(self, ids: torch.Tensor):
         """One pass over ``ids`` ``[T]`` at batch size 1, keeping what :meth:`forward_from` needs to

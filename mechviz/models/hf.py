@@ -388,6 +388,21 @@ class HFAdapter(ModelAdapter):
     def unembed_linear(self, x):
         return self.model.get_output_embeddings()(x)
 
+    def logits_into(self, resid, out):
+        head = self.model.get_output_embeddings()
+        W = getattr(head, "weight", None)
+        if type(head) is not torch.nn.Linear or W.dtype != torch.float32 or W.device != out.device:
+            return super().logits_into(resid, out)
+        with torch.inference_mode():
+            h = self.final_norm(resid)
+            if head.bias is None:   # what F.linear computes for a 2-D input, into `out`
+                torch.mm(h, W.t(), out=out)
+            else:
+                torch.addmm(head.bias, h, W.t(), out=out)
+            if self.softcap:
+                out.div_(self.softcap).tanh_().mul_(self.softcap)
+        return out
+
     def _dtype(self):
         return next(self.model.parameters()).dtype
 
