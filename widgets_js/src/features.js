@@ -49,6 +49,7 @@ const DRAWN = ["features", "acts", "vmax", "effect_idx", "effect_val", "next_idx
 const CSS = `
 .mechviz-features canvas.mv-heat{display:block;cursor:pointer;background:#fff}
 .mechviz-features .mv-detail{min-width:260px}
+.mechviz-features .mv-detail .mv-tokens{max-height:12em;overflow-y:auto}
 .mechviz-features .mv-effects{display:flex;gap:16px}
 .mechviz-features .mv-steer{display:flex;gap:6px;align-items:center;flex-wrap:wrap;margin:8px 0 4px}
 .mechviz-features .mv-steer input{width:6em}
@@ -59,6 +60,7 @@ const CSS = `
 
 const HINT = "hover the heatmap: feature × token activation; click a cell to select that feature and token";
 const DEFAULT_VALUE = "10";
+const CHUNK = 256;     // token chips built per task in the detail strip
 const MIN_CELL = 14;   // px: room for the 11 px column labels (vertical)
 
 // -- build ------------------------------------------------------------------------------------------
@@ -192,8 +194,29 @@ function fillList(ol, idx, vals, strings, row, k, attr) {
   }
 }
 
+// the selected feature's activation over the prompt, one chip per token; long prompts in chunks of
+// CHUNK chips, one per task (the page stays responsive), abandoned when the detail is redrawn
+function fillStrip(strip, S, r, vm) {
+  const { D, tokens } = S, gen = ++S.stripGen;
+  let c = 0;
+  const step = () => {
+    if (gen !== S.stripGen) return;
+    const frag = document.createDocumentFragment(), end = Math.min(D.T, c + CHUNK);
+    for (; c < end; c++) {
+      const a = act(D, r, c), rgb = rgbAt(a, "oranges", 0, vm);
+      frag.appendChild(h("span", { class: "mv-token", text: String(tokens[c] ?? ""), title: `#${c} ${a.toFixed(3)}`,
+        data: { index: c, act: a.toFixed(3) }, style: { background: rgbCss(rgb), color: textOn(rgb) } }));
+    }
+    strip.appendChild(frag);
+    if (c < D.T) setTimeout(step, 0);
+    else strip.dataset.complete = "true";
+  };
+  step();
+}
+
 function drawDetail(model, ui, S, feature) {
-  const { detail } = ui, { D, tokens, strings } = S;
+  const { detail } = ui, { D, strings } = S;
+  S.stripGen++;   // a strip still being built is abandoned
   clear(detail);
   detail.dataset.feature = String(feature);
   const r = featureRow(D, feature);
@@ -204,14 +227,9 @@ function drawDetail(model, ui, S, feature) {
   }
   const vm = vmaxOf(model);
   let mx = 0;
+  for (let c = 0; c < D.T; c++) mx = Math.max(mx, act(D, r, c));
   const strip = h("div", { class: "mv-tokens" });
-  for (let c = 0; c < D.T; c++) {
-    const a = act(D, r, c);
-    if (a > mx) mx = a;
-    const rgb = rgbAt(a, "oranges", 0, vm);
-    strip.appendChild(h("span", { class: "mv-token", text: String(tokens[c] ?? ""), title: `#${c} ${a.toFixed(3)}`,
-      data: { index: c, act: a.toFixed(3) }, style: { background: rgbCss(rgb), color: textOn(rgb) } }));
-  }
+  fillStrip(strip, S, r, vm);
   const k = D.eidx && D.eidx.shape.length === 3 ? D.eidx.shape[2] : 0;
   const prom = h("ol", { class: "mv-promoted" }), supp = h("ol", { class: "mv-suppressed" });
   if (k) {
@@ -326,7 +344,7 @@ function bindEvents(model, ui, S) {
 /** @param {{model: Model, el: HTMLElement}} props */
 function render({ model, el: root }) {
   const steered = model.get("steered") ?? null;
-  const S = { dec: traitDecoder(model), D: null, cell: 16, tokens: [], strings: [], draws: 0, token: -1, shownToken: -1,
+  const S = { dec: traitDecoder(model), D: null, cell: 16, tokens: [], strings: [], draws: 0, token: -1, shownToken: -1, stripGen: 0,
     steered, error: model.get("error") || "", feature: model.get("feature") ?? -1, pending: 0 };
   const ui = build(model, root, S);
   ui.steer.vIn.value = DEFAULT_VALUE;
