@@ -188,6 +188,23 @@ def test_logit_lens_2048_tokens_responsive_readable(page, artifacts):
     assert worst < MAX_TASK_MS, worst
     assert page.mv_errors == []
 
+    # data (with a selected token) arriving while the view is hidden: once shown, the canvas covers the
+    # viewport (not all 2,048 columns) and the selected column is in view
+    mount_bare(page, LogitLensView())
+    page.evaluate("document.body.style.display = 'none'")
+    v.token = 1500
+    push_bare(page, v, list(v.get_state().keys()))
+    page.wait_for_selector(f"{LENS}[data-ntokens='{T}']", state="attached")
+    assert canvas_box(page, grid)["w"] <= 1280
+    page.evaluate("document.body.style.display = ''")
+    frames(page)
+    left, width = page.evaluate(f"() => {{ const s = document.querySelector('{LENS} .mv-vscroll'); return [s.scrollLeft, s.clientWidth]; }}")
+    assert left <= 1500 * cw and 1501 * cw <= left + width, (left, width)
+    box = canvas_box(page, grid)
+    assert box["cssW"] == width and box["c0"] <= 1500 < box["c1"], (box, width)
+    assert page.locator(f"{LENS} .mv-collabel.mv-selected").get_attribute("data-index") == "1500"
+    assert page.mv_errors == []
+
 
 def features_2048():
     rng = np.random.default_rng(2)

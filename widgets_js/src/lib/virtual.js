@@ -20,6 +20,7 @@ export const VIRTUAL_CSS = `
 `;
 
 const OVERSCAN = 2;   // labels a little past the viewport's edges: no blank edge while a frame is pending
+const UNLAID_W = 1024; // px drawn while the grid is not laid out yet (detached, hidden): resized once it is
 
 /**
  * `canvas` in a virtual grid. `paint(ctx, view)` draws the visible columns `[view.c0, view.c1)`: ctx is
@@ -32,7 +33,8 @@ const OVERSCAN = 2;   // labels a little past the viewport's edges: no blank edg
  *   labels run bottom to top (long labels in narrow columns);
  * - `repaint()`: paint now (after the data or a selection changed);
  * - `select(col, row)`: mark one column and one row label (-1: none);
- * - `reveal(col)`: scroll column `col` into view (centred) when it is not in view;
+ * - `reveal(col)`: scroll column `col` into view (centred) when it is not in view (a grid not laid out
+ *   yet, detached or hidden, does so once it is);
  * - `cellAt(event)`: the cell {row, col} under a mouse event, or null;
  * - `view()`: the visible range {c0, c1, x0, width}; `stop()`: stop watching the size.
  */
@@ -46,7 +48,7 @@ export function virtualGrid(canvas, { paint, onCol = null, onRow = null }) {
   const corner = wrap.firstChild.firstChild;
   let vertical = null, colHeight = 0;
   const G = { T: 0, R: 0, cw: 1, ch: 1, col: () => ({ text: "" }), key: null, rowKey: null, labels: "",
-    sel: [-1, -1], view: { c0: 0, c1: 0, x0: 0, width: 1 } };
+    sel: [-1, -1], reveal: -1, view: { c0: 0, c1: 0, x0: 0, width: 1 } };
 
   const colLabel = (i) => {
     const spec = G.col(i) || {};
@@ -68,12 +70,19 @@ export function virtualGrid(canvas, { paint, onCol = null, onRow = null }) {
     colhead.appendChild(frag);
   };
   const measure = () => {
-    const full = G.T * G.cw, width = Math.max(1, Math.min(full, scroller.clientWidth || full));
+    const full = G.T * G.cw, width = Math.max(1, Math.min(full, scroller.clientWidth || UNLAID_W));
     const x0 = Math.max(0, Math.min(scroller.scrollLeft, full - width));
     return { c0: Math.floor(x0 / G.cw), c1: Math.min(G.T, Math.ceil((x0 + width) / G.cw)), x0, width };
   };
+  const reveal = (col) => {
+    const width = scroller.clientWidth, x = col * G.cw, left = scroller.scrollLeft;
+    G.reveal = width ? -1 : col;     // not laid out yet: once it is
+    if (!width || (x >= left && x + G.cw <= left + width)) return;
+    scroller.scrollLeft = Math.max(0, x - (width - G.cw) / 2);
+  };
   const repaint = () => {
     if (!G.T || !G.R) return;
+    if (G.reveal >= 0 && G.reveal < G.T && scroller.clientWidth) reveal(G.reveal);
     const v = G.view = measure();
     const w = Math.round(v.width), hgt = Math.max(1, Math.round(G.R * G.ch));
     if (canvas.width !== w) canvas.width = w;
@@ -126,10 +135,7 @@ export function virtualGrid(canvas, { paint, onCol = null, onRow = null }) {
       for (const s of rowhead.children) s.classList.toggle("mv-selected", Number(s.dataset.index) === row);
     },
     reveal(col) {
-      if (col < 0 || col >= G.T) return;
-      const width = scroller.clientWidth, x = col * G.cw, left = scroller.scrollLeft;
-      if (x >= left && x + G.cw <= left + width) return;
-      scroller.scrollLeft = Math.max(0, x - (width - G.cw) / 2);
+      if (col >= 0 && col < G.T) reveal(col);
     },
     cellAt(e) {
       const r = canvas.getBoundingClientRect();
