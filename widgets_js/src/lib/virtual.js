@@ -71,7 +71,7 @@ export function virtualGrid(canvas, { paint, onCol = null, onRow = null }) {
   };
   const measure = () => {
     const full = G.T * G.cw, width = Math.max(1, Math.min(full, scroller.clientWidth || UNLAID_W));
-    const x0 = Math.max(0, Math.min(scroller.scrollLeft, full - width));
+    const x0 = Math.round(Math.max(0, Math.min(scroller.scrollLeft, full - width)));  // whole px: crisp cells
     return { c0: Math.floor(x0 / G.cw), c1: Math.min(G.T, Math.ceil((x0 + width) / G.cw)), x0, width };
   };
   const reveal = (col) => {
