@@ -5,10 +5,11 @@
 
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
-import { outline, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
+import { outline } from "./lib/heatmap.js";
+import { virtualGrid, VIRTUAL_CSS } from "./lib/virtual.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS, TOKENS_CSS, DETAIL_CSS } from "./lib/base_css.js";
-import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend, labelStrips } from "./lib/view.js";
+import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
 
 /**
  * The traits of mechviz/widgets/features.py:FeatureView (the Python <-> JS contract).
@@ -48,6 +49,7 @@ const DRAWN = ["features", "acts", "vmax", "effect_idx", "effect_val", "next_idx
 const CSS = `
 .mechviz-features canvas.mv-heat{display:block;cursor:pointer;background:#fff}
 .mechviz-features .mv-detail{min-width:260px}
+.mechviz-features .mv-detail .mv-tokens{max-height:12em;overflow-y:auto}
 .mechviz-features .mv-effects{display:flex;gap:16px}
 .mechviz-features .mv-steer{display:flex;gap:6px;align-items:center;flex-wrap:wrap;margin:8px 0 4px}
 .mechviz-features .mv-steer input{width:6em}
@@ -58,6 +60,8 @@ const CSS = `
 
 const HINT = "hover the heatmap: feature × token activation; click a cell to select that feature and token";
 const DEFAULT_VALUE = "10";
+const CHUNK = 256;     // token chips built per task in the detail strip
+const MIN_CELL = 14;   // px: room for the 11 px column labels (vertical)
 
 // -- build ------------------------------------------------------------------------------------------
 function buildSteer() {
@@ -76,16 +80,17 @@ function buildSteer() {
   return s;
 }
 
-function build(model, el) {
+function build(model, el, S) {
   const sae = h("span", { class: "mv-dim mv-sae" });
-  const { banner, stop } = scaffold(model, el, "features", CSS, { parts: [GRID_CSS, TOKENS_CSS, DETAIL_CSS], title: "SAE features", extra: [sae] });
+  const { banner, stop } = scaffold(model, el, "features", CSS,
+    { parts: [GRID_CSS, VIRTUAL_CSS, TOKENS_CSS, DETAIL_CSS], title: "SAE features", extra: [sae] });
   const heat = h("canvas", { class: "mv-heat", width: 1, height: 1 });
   const nextBase = h("ol", { class: "mv-next-base" }), nextSteered = h("ol", { class: "mv-next-steered" });
   const ui = {
-    banner, stop, sae, heat, nextBase, nextSteered,
+    banner, sae, heat, nextBase, nextSteered,
     legend: legend("oranges", "activation 0"),
-    strips: labelStrips(heat, {
-      vertical: true,
+    vgrid: virtualGrid(heat, {
+      paint: (ctx, view) => paintHeat(model, S, ctx, view),
       onCol: (c) => toggleSelection(model, "token", c),
       onRow: (r, spec) => toggleSelection(model, "feature", spec.data.feature),
     }),
@@ -96,13 +101,14 @@ function build(model, el) {
   };
   el.append(
     h("div", { class: "mv-controls" }, ui.legend.nodes),
-    h("div", { class: "mv-main" }, [h("div", {}, [ui.strips.wrap, ui.info.el]), ui.detail]),
+    h("div", { class: "mv-main" }, [h("div", { class: "mv-heatcol" }, [ui.vgrid.wrap, ui.info.el]), ui.detail]),
     ui.steer.row,
     h("div", { class: "mv-next" }, [
       h("div", { class: "mv-next-col" }, [h("h4", { text: "next token, without steering" }), nextBase]),
       ui.steeredCol,
     ]),
   );
+  ui.stop = cleanup(stop, ui.vgrid.stop);
   return ui;
 }
 
@@ -188,8 +194,29 @@ function fillList(ol, idx, vals, strings, row, k, attr) {
   }
 }
 
+// the selected feature's activation over the prompt, one chip per token; long prompts in chunks of
+// CHUNK chips, one per task (the page stays responsive), abandoned when the detail is redrawn
+function fillStrip(strip, S, r, vm) {
+  const { D, tokens } = S, gen = ++S.stripGen;
+  let c = 0;
+  const step = () => {
+    if (gen !== S.stripGen) return;
+    const frag = document.createDocumentFragment(), end = Math.min(D.T, c + CHUNK);
+    for (; c < end; c++) {
+      const a = act(D, r, c), rgb = rgbAt(a, "oranges", 0, vm);
+      frag.appendChild(h("span", { class: "mv-token", text: String(tokens[c] ?? ""), title: `#${c} ${a.toFixed(3)}`,
+        data: { index: c, act: a.toFixed(3) }, style: { background: rgbCss(rgb), color: textOn(rgb) } }));
+    }
+    strip.appendChild(frag);
+    if (c < D.T) setTimeout(step, 0);
+    else strip.dataset.complete = "true";
+  };
+  step();
+}
+
 function drawDetail(model, ui, S, feature) {
-  const { detail } = ui, { D, tokens, strings } = S;
+  const { detail } = ui, { D, strings } = S;
+  S.stripGen++;   // a strip still being built is abandoned
   clear(detail);
   detail.dataset.feature = String(feature);
   const r = featureRow(D, feature);
@@ -200,14 +227,9 @@ function drawDetail(model, ui, S, feature) {
   }
   const vm = vmaxOf(model);
   let mx = 0;
+  for (let c = 0; c < D.T; c++) mx = Math.max(mx, act(D, r, c));
   const strip = h("div", { class: "mv-tokens" });
-  for (let c = 0; c < D.T; c++) {
-    const a = act(D, r, c);
-    if (a > mx) mx = a;
-    const rgb = rgbAt(a, "oranges", 0, vm);
-    strip.appendChild(h("span", { class: "mv-token", text: String(tokens[c] ?? ""), title: `#${c} ${a.toFixed(3)}`,
-      data: { index: c, act: a.toFixed(3) }, style: { background: rgbCss(rgb), color: textOn(rgb) } }));
-  }
+  fillStrip(strip, S, r, vm);
   const k = D.eidx && D.eidx.shape.length === 3 ? D.eidx.shape[2] : 0;
   const prom = h("ol", { class: "mv-promoted" }), supp = h("ol", { class: "mv-suppressed" });
   if (k) {
@@ -225,21 +247,20 @@ function drawDetail(model, ui, S, feature) {
   );
 }
 
-function drawHeat(model, ui, S, feature, token) {
-  const { D, cell } = S, { T, F } = D;
-  const ctx = sizeCanvas(ui.heat, T * cell, F * cell);
-  ui.heat.dataset.cell = String(cell);
-  const vm = vmaxOf(model);
+// the visible columns [c0, c1) of the heatmap (ctx in content coordinates: column c at x = c * cell)
+function paintHeat(model, S, ctx, { c0, c1 }) {
+  const { D, cell } = S;
+  if (!D) return;
+  const { T, F } = D, vm = vmaxOf(model);
   for (let r = 0; r < F; r++) {
-    for (let c = 0; c < T; c++) {
+    for (let c = c0; c < c1; c++) {
       ctx.fillStyle = rgbCss(rgbAt(act(D, r, c), "oranges", 0, vm));
       ctx.fillRect(c * cell, r * cell, cell, cell);
     }
   }
-  const sr = featureRow(D, feature);
+  const sr = featureRow(D, S.feature), token = S.token;
   if (sr >= 0) outline(ctx, 0, sr * cell, T * cell, cell, "#2563eb", 2);
-  if (token >= 0 && token < T) outline(ctx, token * cell, 0, cell, F * cell, "#2563eb", 2);
-  ui.strips.select(token, sr);
+  if (token >= 0 && token < T && token >= c0 && token < c1) outline(ctx, token * cell, 0, cell, F * cell, "#2563eb", 2);
 }
 
 // next token: row 0 without steering, row 1 with (shown only while the data are steered)
@@ -264,11 +285,20 @@ function draw(model, root, ui, S) {
   const { T, F } = S.D;
   ui.legend.set("oranges", "activation 0", vmaxOf(model).toFixed(2));
   const feature = model.get("feature") ?? -1, token = model.get("token") ?? -1;
-  S.cell = Math.max(10, Math.min(24, Math.floor(560 / Math.max(1, T))));
-  ui.strips.update(
-    Array.from({ length: T }, (_, c) => ({ text: S.tokens[c] ?? "", title: `#${c} ${quote(S.tokens[c] ?? "", 60)}` })),
-    Array.from({ length: F }, (_, r) => ({ text: `#${S.D.feats.at(r)}`, data: { feature: S.D.feats.at(r) } })), S.cell, S.cell);
-  drawHeat(model, ui, S, feature, token);
+  // long prompts scroll sideways (only the visible columns are drawn): columns stay wide enough for 11 px labels
+  S.cell = Math.max(MIN_CELL, Math.min(24, Math.floor(560 / Math.max(1, T))));
+  const tokens = S.tokens;
+  if (tokens !== S.tokSeen) { S.tokSeen = tokens; S.tokKey = (S.tokKey | 0) + 1; }
+  ui.vgrid.update({
+    T, R: F, cw: S.cell, ch: S.cell, key: S.tokKey, vertical: true,
+    col: (c) => ({ text: tokens[c] ?? "", title: `#${c} ${quote(tokens[c] ?? "", 60)}` }),
+    rows: Array.from({ length: F }, (_, r) => ({ text: `#${S.D.feats.at(r)}`, data: { feature: S.D.feats.at(r) } })),
+  });
+  stamp(ui.heat, { cell: S.cell });
+  S.token = token;  // (S.feature: set by drawSteer)
+  ui.vgrid.select(token, featureRow(S.D, feature));
+  if (token !== S.shownToken) { S.shownToken = token; ui.vgrid.reveal(token); }  // a selection from Python: into view
+  ui.vgrid.repaint();
   drawDetail(model, ui, S, feature);
   drawNext(ui, S, steering);
   ui.info.reset(`${model.get("seq")}|${T}|${F}`);
@@ -296,7 +326,7 @@ function bindSteer(model, ui, S) {
 }
 
 function bindEvents(model, ui, S) {
-  const hit = (e) => S.D && cellAtWH(ui.heat, e, S.cell, S.cell, S.D.F, S.D.T);
+  const hit = (e) => S.D && ui.vgrid.cellAt(e);
   ui.heat.addEventListener("mousemove", (e) => {
     const c = hit(e);
     if (!c) return;
@@ -313,10 +343,10 @@ function bindEvents(model, ui, S) {
 
 /** @param {{model: Model, el: HTMLElement}} props */
 function render({ model, el: root }) {
-  const ui = build(model, root);
   const steered = model.get("steered") ?? null;
-  const S = { dec: traitDecoder(model), D: null, cell: 16, tokens: [], strings: [], draws: 0,
+  const S = { dec: traitDecoder(model), D: null, cell: 16, tokens: [], strings: [], draws: 0, token: -1, shownToken: -1, stripGen: 0,
     steered, error: model.get("error") || "", feature: model.get("feature") ?? -1, pending: 0 };
+  const ui = build(model, root, S);
   ui.steer.vIn.value = DEFAULT_VALUE;
   showSteered(model, ui, steered);
   bindEvents(model, ui, S);

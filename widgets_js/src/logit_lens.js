@@ -6,10 +6,11 @@
 
 import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
-import { outline, hatch, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
+import { outline, hatch } from "./lib/heatmap.js";
+import { virtualGrid, VIRTUAL_CSS } from "./lib/virtual.js";
 import { h, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS } from "./lib/base_css.js";
-import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend, labelStrips } from "./lib/view.js";
+import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
 
 /**
  * The traits of mechviz/widgets/logit_lens.py:LogitLensView (the Python <-> JS contract).
@@ -50,29 +51,30 @@ const MODES = [
   ["entropy", "entropy (nats)"],
 ];
 const HINT = "hover a cell: the top tokens at that layer and position; click to select (layer, token)";
-const MAX_W = 56, MIN_W = 30, CELL_H = 18, TARGET_W = 900, MAX_CANVAS_W = 16000;  // long prompts scroll sideways: the text stays
+const MAX_W = 56, MIN_W = 30, CELL_H = 18, TARGET_W = 900;  // long prompts scroll sideways: the text stays
 
 // -- build ------------------------------------------------------------------------------------------
-function build(model, el) {
-  const { banner, stop } = scaffold(model, el, "logit-lens", CSS, { parts: [GRID_CSS], title: "Logit lens" });
+function build(model, el, S) {
+  const { banner, stop } = scaffold(model, el, "logit-lens", CSS, { parts: [GRID_CSS, VIRTUAL_CSS], title: "Logit lens" });
   const grid = h("canvas", { class: "mv-grid", width: 1, height: 1 });
   const ui = {
     banner,
-    stop,
     grid,
     colorSel: h("select", { class: "mv-color-by", "aria-label": "colour by" },
       MODES.map(([v, label]) => h("option", { value: v, text: label }))),
     legend: legend("blues"),
     shapeEl: h("span", { class: "mv-dim" }),
-    strips: labelStrips(grid, {
+    vgrid: virtualGrid(grid, {
+      paint: (ctx, view) => paintGrid(el, ui, S, ctx, view),
       onCol: (c) => toggleSelection(model, "token", c),
       onRow: (r) => setSelection(model, { layer: r }),
     }),
     info: readout(HINT),
   };
+  ui.stop = cleanup(stop, ui.vgrid.stop);
   el.append(
     h("div", { class: "mv-controls" }, [h("label", { text: "colour by " }, [ui.colorSel]), ...ui.legend.nodes, ui.shapeEl]),
-    ui.strips.wrap,
+    ui.vgrid.wrap,
     ui.info.el,
   );
   return ui;
@@ -133,17 +135,17 @@ function drawControls(model, ui, A) {
   return { mode, sc };
 }
 
-function drawGrid(el, ui, S, sc) {
-  const { A, cw, ch, strings } = S, { R, T, k } = A;
-  const ctx = sizeCanvas(ui.grid, T * cw, R * ch);
-  stamp(ui.grid, { cell: cw, cellW: cw, cellH: ch });
-  ctx.clearRect(0, 0, ui.grid.width, ui.grid.height);
+// the visible columns [c0, c1) of the grid (ctx in content coordinates: column c at x = c * cw)
+function paintGrid(el, ui, S, ctx, { c0, c1 }) {
+  const { A, cw, ch, strings, sc } = S;
+  if (!A || !sc) return;
+  const { R, T, k } = A, x0 = c0 * cw, x1 = c1 * cw;
   const text = cw >= 26;
-  ctx.font = `10px ${getComputedStyle(el).fontFamily || "sans-serif"}`;
+  ctx.font = `10px ${S.font}`;
   ctx.textAlign = "center";
   ctx.textBaseline = "middle";
   for (let r = 0; r < R; r++) {
-    for (let c = 0; c < T; c++) {
+    for (let c = c0; c < c1; c++) {
       const i = r * T + c, x = c * cw, y = r * ch;
       const rgb = rgbAt(sc.value(i), sc.cmap, 0, 1);
       ctx.fillStyle = rgbCss(rgb);
@@ -158,33 +160,40 @@ function drawGrid(el, ui, S, sc) {
   ctx.strokeStyle = "rgba(255,255,255,0.6)"; // grid lines
   ctx.lineWidth = 1;
   ctx.beginPath();
-  for (let c = 1; c < T; c++) { ctx.moveTo(c * cw + 0.5, 0); ctx.lineTo(c * cw + 0.5, R * ch); }
-  for (let r = 1; r < R; r++) { ctx.moveTo(0, r * ch + 0.5); ctx.lineTo(T * cw, r * ch + 0.5); }
+  for (let c = Math.max(1, c0); c < c1; c++) { ctx.moveTo(c * cw + 0.5, 0); ctx.lineTo(c * cw + 0.5, R * ch); }
+  for (let r = 1; r < R; r++) { ctx.moveTo(x0, r * ch + 0.5); ctx.lineTo(x1, r * ch + 0.5); }
   ctx.stroke();
-  return ctx;
+  const { layer, token } = S;  // the selection: row, column
+  if (layer >= 0 && layer < R) outline(ctx, 0, layer * ch, T * cw, ch, "#f59e0b", 2);
+  if (token >= 0 && token < T && token >= c0 && token < c1) outline(ctx, token * cw, 0, cw, R * ch, "#f59e0b", 2);
 }
 
 function draw(model, el, ui, S) {
   S.A = ui.banner.guard(() => load(S.dec), S.A);
-  S.tokens = model.get("tokens") || [];
+  const tokens = model.get("tokens") || [];
   S.rows = model.get("rows") || [];
   S.strings = model.get("strings") || [];
   stamp(el, { prompt: model.get("prompt") || "", seq: model.get("seq") ?? 0 });
   if (!S.A) { el.dataset.ntokens = "0"; return; }
   const { R, T } = S.A;
   const { mode, sc } = drawControls(model, ui, S.A);
+  S.sc = sc;
+  S.font = getComputedStyle(el).fontFamily || "sans-serif";
+  // long prompts scroll sideways (only the visible columns are drawn): cells keep their top-1 text
   S.cw = Math.max(MIN_W, Math.min(MAX_W, Math.floor(TARGET_W / Math.max(1, T))));
-  // long prompts: the canvas stays within what browsers draw (cells narrower, text in the hover read-out)
-  if (T * S.cw > MAX_CANVAS_W) S.cw = Math.max(2, Math.floor(MAX_CANVAS_W / T));
   S.ch = CELL_H;
-  ui.strips.update(
-    Array.from({ length: T }, (_, c) => ({ text: S.tokens[c] ?? "", title: `#${c} ${quote(S.tokens[c] ?? "", 60)}` })),
-    Array.from({ length: R }, (_, r) => ({ text: S.rows[r] ?? `row ${r}` })), S.cw, S.ch);
-  const ctx = drawGrid(el, ui, S, sc);
-  const layer = model.get("layer") ?? 0, token = model.get("token") ?? -1;  // the selection: row, column
-  if (layer >= 0 && layer < R) outline(ctx, 0, layer * S.ch, T * S.cw, S.ch, "#f59e0b", 2);
-  if (token >= 0 && token < T) outline(ctx, token * S.cw, 0, S.cw, R * S.ch, "#f59e0b", 2);
-  ui.strips.select(token, layer);
+  if (tokens !== S.tokens) { S.tokens = tokens; S.tokKey = (S.tokKey | 0) + 1; }
+  ui.vgrid.update({
+    T, R, cw: S.cw, ch: S.ch, key: S.tokKey, vertical: S.cw < 40,
+    col: (c) => ({ text: tokens[c] ?? "", title: `#${c} ${quote(tokens[c] ?? "", 60)}` }),
+    rows: Array.from({ length: R }, (_, r) => ({ text: S.rows[r] ?? `row ${r}` })),
+  });
+  stamp(ui.grid, { cell: S.cw, cellW: S.cw, cellH: S.ch });
+  const layer = model.get("layer") ?? 0, token = model.get("token") ?? -1;
+  Object.assign(S, { layer, token });
+  ui.vgrid.select(token, layer);
+  if (token !== S.shownToken) { S.shownToken = token; ui.vgrid.reveal(token); }  // a selection from Python: into view
+  ui.vgrid.repaint();
   ui.info.reset(`${model.get("seq")}|${R}|${T}`);
   let pending = 0;
   for (let i = 0; i < R * T; i++) if (S.A.idx.at(i * S.A.k) < 0) pending++;
@@ -216,7 +225,7 @@ function describe(model, ui, S, r, c) {
 
 // -- events -----------------------------------------------------------------------------------------
 function bindEvents(model, ui, S) {
-  const hit = (e) => S.A && cellAtWH(ui.grid, e, S.cw, S.ch, S.A.R, S.A.T);
+  const hit = (e) => S.A && ui.vgrid.cellAt(e);
   ui.colorSel.addEventListener("change", () => setSelection(model, { color_by: ui.colorSel.value }));
   ui.grid.addEventListener("mousemove", (e) => {
     const c = hit(e);
@@ -230,8 +239,9 @@ function bindEvents(model, ui, S) {
 
 /** @param {{model: Model, el: HTMLElement}} props */
 function render({ model, el }) {
-  const ui = build(model, el);
-  const S = { dec: traitDecoder(model), A: null, cw: MAX_W, ch: CELL_H, tokens: [], rows: [], strings: [], draws: 0 };
+  const S = { dec: traitDecoder(model), A: null, sc: null, cw: MAX_W, ch: CELL_H, tokens: [], rows: [], strings: [],
+    draws: 0, layer: 0, token: -1, shownToken: -1, font: "sans-serif" };
+  const ui = build(model, el, S);
   bindEvents(model, ui, S);
   return cleanup(ui.stop, redrawOn(model, DRAWN, () => draw(model, el, ui, S)));
 }
