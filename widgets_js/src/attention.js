@@ -42,8 +42,10 @@ const CSS = `
 .mechviz-attention .mv-thumbbox .mv-kv{color:var(--jp-ui-font-color2,#666);font-size:9px}
 .mechviz-attention canvas.mv-zoom{cursor:crosshair;display:block;background:#fff;image-rendering:pixelated}
 .mechviz-attention canvas.mv-labels{display:block}
-.mechviz-attention .mv-info{white-space:pre}
+.mechviz-attention .mv-info{white-space:pre;will-change:transform}
 `;
+// .mv-info on its own compositing layer: a hover read-out then repaints only itself, not the tiles of
+// the token strip under it (2,048 shaded spans), which cost every other frame at long prompts
 
 const ZOOM_PX = 440;   // target size of the zoomed head
 const ZOOM_MAX = 1024; // the zoomed head's canvas never exceeds this (long prompts: fractional cells)
