@@ -74,9 +74,10 @@ def test_attention_zoom_keeps_a_single_weight_at_2048_tokens(page):
     from mechviz.widgets.attention import AttentionView
 
     spikes = [(1235, 777), (400, 200), (1601, 1000), (6, 2041)]  # odd/odd, even/even, odd/even, even/odd
-    pattern = np.zeros((1, 1, T, T), np.float32)
+    pattern = np.zeros((1, 2, T, T), np.float32)     # 2 heads x 4 MB: the whole layer is sent
     for i, j in spikes:
         pattern[0, 0, i, j] = 1.0
+    pattern[0, 1, 3, 1] = 1.0
     v = AttentionView()
     v.show(pattern, [f" w{i}" for i in range(T)], prompt="spikes")
     page.set_viewport_size({"width": 1400, "height": 1500})
@@ -92,10 +93,18 @@ def test_attention_zoom_keeps_a_single_weight_at_2048_tokens(page):
             assert _zoom_pixel(page, j // 2 + dx, i // 2 + dy)[:3] == [255, 255, 255], ((i, j), (dx, dy))
     assert zoom.get_attribute("data-pooled") == "2"
     # pooled once per head: a redraw (another selected token) reuses it
-    pools = zoom.get_attribute("data-pools")
+    assert zoom.get_attribute("data-pools") == "1"
     page.evaluate("() => { model.set('token', 5); }")
     page.wait_for_selector(f"{root}[data-token='5']")
-    assert zoom.get_attribute("data-pools") == pools == "1"
+    assert zoom.get_attribute("data-pools") == "1"
+    page.evaluate("() => { model.set('head', 1); }")                    # another head: pooled once more
+    page.wait_for_selector(f"{root}[data-head='1']")
+    assert zoom.get_attribute("data-pools") == "2"
+    assert _zoom_pixel(page, 0, 1)[0] < 60 and _zoom_pixel(page, 388, 617)[:3] == [255, 255, 255]
+    page.evaluate("() => { model.set('head', 0); }")                    # and back: the kept one
+    page.wait_for_selector(f"{root}[data-head='0']")
+    assert zoom.get_attribute("data-pools") == "2"
+    assert _zoom_pixel(page, 388, 617)[0] < 60
     assert page.mv_errors == []
 
 

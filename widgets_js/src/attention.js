@@ -315,6 +315,7 @@ function draw(model, el, ui, S) {
     "the full pattern comes from the kernel when one is running";
   ui.lowres.hidden = src.full;
   const P = Math.round(T * S.cell);
+  for (const [k, e] of S.pool) if (e.arr !== D.det && e.arr !== D.ov) S.pool.delete(k); // data replaced: let it go
   let ctx;
   if (P < src.n) { // fewer pixels than cells: each pixel the max of the cells it covers
     ctx = drawHeatmap(ui.zoom, pooledHead(S, src, layer, head, P), 0, P, P, 1);
