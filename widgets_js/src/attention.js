@@ -3,7 +3,7 @@
 // alone, so it also works in a saved notebook or a static HTML export with no kernel.
 
 import { traitDecoder } from "./lib/decode.js";
-import { drawHeatmap, outline, cellAtWH } from "./lib/heatmap.js";
+import { drawHeatmap, outline } from "./lib/heatmap.js";
 import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS, TOKENS_CSS } from "./lib/base_css.js";
@@ -42,8 +42,10 @@ const CSS = `
 .mechviz-attention .mv-thumbbox .mv-kv{color:var(--jp-ui-font-color2,#666);font-size:9px}
 .mechviz-attention canvas.mv-zoom{cursor:crosshair;display:block;background:#fff;image-rendering:pixelated}
 .mechviz-attention canvas.mv-labels{display:block}
-.mechviz-attention .mv-info{white-space:pre}
+.mechviz-attention .mv-info{white-space:pre;will-change:transform}
 `;
+// .mv-info on its own compositing layer: a hover read-out then repaints only itself, not the tiles of
+// the token strip under it (2,048 shaded spans), which cost every other frame at long prompts
 
 const ZOOM_PX = 440;   // target size of the zoomed head
 const ZOOM_MAX = 1024; // the zoomed head's canvas never exceeds this (long prompts: fractional cells)
@@ -51,6 +53,7 @@ const LABEL_PX = 84;   // room for token labels
 const HINT = "hover the pattern: row = destination token, column = source token; click a token to select it";
 
 const zoomCell = (T) => (T * 4 > ZOOM_MAX ? ZOOM_MAX / T : Math.max(4, Math.min(32, Math.floor(ZOOM_PX / Math.max(1, T)))));
+const POOL_KEEP = 16;  // max-pooled heads kept (about 1 MB each at 1,024 px): a layer's worth and a few more
 
 // -- build: the DOM, once ---------------------------------------------------------------------------
 function build(model, el) {
@@ -100,6 +103,63 @@ function source(D, layer, head) {
 // the value drawn at (dst i, src j): exact, or the max over the overview bin holding it
 const binOf = (D, src, i) => (src.full ? i : Math.min(src.n - 1, Math.floor(((i + 1) * src.n - 1) / D.T)));
 const valueAt = (D, src, i, j) => src.arr.at(src.off + binOf(D, src, i) * src.n + binOf(D, src, j));
+
+// bin p of P over n cells covers [floor(p*n/P), floor((p+1)*n/P)) (as transport.py:maxpool bins the overview)
+const binStart = (p, n, P) => Math.floor((p * n) / P);
+
+/**
+ * One n x n head (flat at `off` in the decoded `arr`) max-pooled to P x P (P < n): each pixel the
+ * largest of the cells it covers, so a single sharp weight stays visible when a long prompt's head is
+ * drawn on fewer pixels than it has tokens (nearest sampling would drop it). Same dtype and scale.
+ */
+function maxPoolHead(arr, off, n, P) {
+  const raw = arr.raw, out = new raw.constructor(P * P);
+  if (!(raw instanceof Uint8Array)) out.fill(-Infinity);
+  const cs = new Int32Array(P + 1);
+  for (let p = 0; p <= P; p++) cs[p] = binStart(p, n, P);
+  for (let pr = 0; pr < P; pr++) {
+    const o = pr * P;
+    for (let i = cs[pr]; i < cs[pr + 1]; i++) {
+      const row = off + i * n;
+      for (let pc = 0; pc < P; pc++) {
+        let m = out[o + pc];
+        for (let j = row + cs[pc], e = row + cs[pc + 1]; j < e; j++) if (raw[j] > m) m = raw[j];
+        out[o + pc] = m;
+      }
+    }
+  }
+  const scale = arr.scale;
+  return { shape: [P, P], dtype: arr.dtype, size: P * P, raw: out, scale,
+    at: arr.dtype === "uint8" ? (i) => out[i] * scale : (i) => out[i] };
+}
+
+// the zoomed head as drawn on P x P pixels: pooled once per (data, layer, head, P) and kept (not per draw)
+function pooledHead(S, src, layer, head, P) {
+  const key = `${src.full}|${layer}|${head}|${P}`;
+  const hit = S.pool.get(key);
+  if (hit && hit.arr === src.arr && hit.off === src.off) {
+    S.pool.delete(key); S.pool.set(key, hit); // most recently used last
+    return hit.img;
+  }
+  const img = maxPoolHead(src.arr, src.off, src.n, P);
+  S.pool.set(key, { arr: src.arr, off: src.off, img });
+  S.pools++;
+  while (S.pool.size > POOL_KEEP) S.pool.delete(S.pool.keys().next().value);
+  return img;
+}
+
+// the cells (dst i, src j) under canvas pixel (x, y) of the zoomed head: one cell, or the block of
+// cells a pixel covers when the head is drawn on fewer pixels than tokens
+function cellsAt(S, x, y) {
+  const { T, cell } = S;
+  if (cell >= 1) {
+    const i = Math.floor(y / cell), j = Math.floor(x / cell);
+    return i < 0 || j < 0 || i >= T || j >= T ? null : { i0: i, i1: i + 1, j0: j, j1: j + 1 };
+  }
+  const P = Math.round(T * cell), py = Math.floor(y), px = Math.floor(x);
+  if (py < 0 || px < 0 || py >= P || px >= P) return null;
+  return { i0: binStart(py, T, P), i1: binStart(py + 1, T, P), j0: binStart(px, T, P), j1: binStart(px + 1, T, P) };
+}
 
 // the selection, clamped to what the data have (a logit-lens row may select the final residual)
 function current(model, S) {
@@ -254,28 +314,67 @@ function draw(model, el, ui, S) {
   ui.lowres.textContent = src.full ? "" : `L${layer} H${head} shown at the overview's ${nS}×${nS} resolution (each block: its largest weight); ` +
     "the full pattern comes from the kernel when one is running";
   ui.lowres.hidden = src.full;
-  const ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n);
+  const P = Math.round(T * S.cell);
+  for (const [k, e] of S.pool) if (e.arr !== D.det && e.arr !== D.ov) S.pool.delete(k); // data replaced: let it go
+  let ctx;
+  if (P < src.n) { // fewer pixels than cells: each pixel the max of the cells it covers
+    ctx = drawHeatmap(ui.zoom, pooledHead(S, src, layer, head, P), 0, P, P, 1);
+    ui.zoom.dataset.pooled = String(src.n / P);
+    ui.zoom.dataset.pools = String(S.pools); // heads pooled so far (a redraw reuses its pooled head)
+  } else {
+    ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n);
+    delete ui.zoom.dataset.pooled;
+  }
   drawWindow(ctx, T, S.cell, w);
   if (token >= 0 && token < T) outline(ctx, 0, token * S.cell, T * S.cell, Math.max(1, S.cell), "#f59e0b", Math.max(1, Math.min(2, S.cell >> 2)));
   drawLabels(el, ui, S);
   shadeTokens(S, src, token);
 
-  ui.info.reset(`${layer}|${head}|${model.get("seq")}|${T}`);
+  const infoKey = `${layer}|${head}|${model.get("seq")}|${T}`;
+  if (infoKey !== S.infoKey) { S.infoKey = infoKey; S.hoverKey = null; }
+  ui.info.reset(infoKey);
   stamp(el, { prompt: model.get("prompt") || "", seq: model.get("seq") ?? 0, layer, head, token, ntokens: T, draws: ++S.draws });
 }
 
 // -- events -----------------------------------------------------------------------------------------
 function bindEvents(model, ui, S) {
-  const hit = (e) => S.arr && cellAtWH(ui.zoom, e, S.cell, S.cell, S.T, S.T);
+  // canvas pixel under the mouse (the canvas may be drawn at another CSS size)
+  const pixel = (e) => {
+    const r = ui.zoom.getBoundingClientRect();
+    return [(e.clientX - r.left) * (ui.zoom.width / (r.width || ui.zoom.width)),
+      (e.clientY - r.top) * (ui.zoom.height / (r.height || ui.zoom.height))];
+  };
+  // the cell under the mouse, from the data in the page: when a pixel covers several cells, the one
+  // with the largest weight (the one the pixel shows)
+  const hit = (e) => {
+    if (!S.arr || !S.src) return null;
+    const b = cellsAt(S, ...pixel(e));
+    if (!b) return null;
+    let best = null;
+    for (let i = b.i0; i < b.i1; i++) {
+      for (let j = b.j0; j < b.j1; j++) {
+        const v = valueAt(S.arr, S.src, i, j);
+        if (best === null || v > best.v) best = { row: i, col: j, v };
+      }
+    }
+    return best && { ...best, block: b };
+  };
   ui.layerSel.addEventListener("change", () => setSelection(model, { layer: Number(ui.layerSel.value) }));
   ui.zoom.addEventListener("mousemove", (e) => {
     const c = hit(e);
     if (!c) return;
+    const key = `${c.row}|${c.col}|${S.src.off}|${S.src.full}`;
+    if (key === S.hoverKey) return; // same cell: leave the read-out (and layout) alone
+    S.hoverKey = key;
     const { layer, head } = current(model, S);
-    const v = valueAt(S.arr, S.src, c.row, c.col);
-    ui.info.show(`L${layer} H${head} · dst ${c.row} ${quote(S.tokens[c.row] ?? "")} ← src ${c.col} ${quote(S.tokens[c.col] ?? "")} · ${v.toFixed(3)}`,
-      { dst: c.row, src: c.col, value: v.toFixed(3) });
+    const { i0, i1, j0, j1 } = c.block;
+    const many = i1 - i0 > 1 || j1 - j0 > 1;
+    const where = many ? ` (largest in dst ${i0}–${i1 - 1} × src ${j0}–${j1 - 1}, one pixel)` : "";
+    const res = S.src.full ? "" : " (overview block max)";
+    ui.info.show(`L${layer} H${head} · dst ${c.row} ${quote(S.tokens[c.row] ?? "")} ← src ${c.col} ${quote(S.tokens[c.col] ?? "")} · ${c.v.toFixed(3)}${res}${where}`,
+      { dst: c.row, src: c.col, value: c.v.toFixed(3) });
   });
+  ui.zoom.addEventListener("mouseleave", () => { S.hoverKey = null; });
   ui.zoom.addEventListener("click", (e) => {
     const c = hit(e);
     if (c) setSelection(model, { token: c.row });
@@ -286,7 +385,7 @@ function bindEvents(model, ui, S) {
 function render({ model, el }) {
   const ui = build(model, el);
   const S = { dec: traitDecoder(model), arr: null, T: 0, cell: 8, tokens: [], tokKey: null, labelKey: null,
-    thumbBoxes: [], thumbKey: null, spans: [], draws: 0 };
+    thumbBoxes: [], thumbKey: null, spans: [], draws: 0, pool: new Map(), pools: 0, hoverKey: null };
   bindEvents(model, ui, S);
   return cleanup(ui.stop, redrawOn(model, DRAWN, () => draw(model, el, ui, S)));
 }
