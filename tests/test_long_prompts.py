@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 import numpy as np
+import torch
 from ipywidgets.widgets.widget import _remove_buffers
 
 from mechviz import AttentionView, Lab
@@ -84,6 +85,16 @@ def test_the_pass_keeps_the_attention_once():
     cached = lab.last.run.cache["attn_pattern.1"]
     assert np.shares_memory(cached.numpy(), view.data["pattern"])
     np.testing.assert_array_equal(cached.numpy(), view.data["pattern"][1])
+    # captured straight into one stack: Run.stack is that stack (no second copy), equal to HF's own weights
+    run = lab.model.run("The cat sat on the mat.", capture=["attn_pattern"])
+    stack = run.stack("attn_pattern")
+    assert stack.data_ptr() == run["attn_pattern.0"].data_ptr() and stack.shape[0] == lab.model.n_layers
+    with torch.no_grad():
+        ref = model(lab.model.to_tokens("The cat sat on the mat.")[None], output_attentions=True).attentions
+    torch.testing.assert_close(stack, torch.cat(ref), atol=1e-6, rtol=0)
+    run.cache["attn_pattern.0"] = run.cache["attn_pattern.0"].clone()    # no longer its slice: stacked anew
+    assert run.stack("attn_pattern").data_ptr() != stack.data_ptr()
+    torch.testing.assert_close(run.stack("attn_pattern"), stack)
 
 
 def test_the_lens_streams_its_final_row_and_selected_column_first(tokenizer):
