@@ -185,11 +185,14 @@ class Lab:
                 p = Pass(state.prompt, run, base, state.steering)
             streams = {view: feed.payloads(p) for view, feed in feeds}
             shown = {view: view.prepare(**next(it)) for view, it in streams.items()}
-        if ticket is None:
+        if ticket is None:  # from Python: each stream to its end, only its last stage prepared
             for view, it in streams.items():
-                for payload in it:
-                    with self.lock:
-                        shown[view] = view.prepare(**payload)
+                with self.lock:
+                    final = None
+                    for final in it:
+                        pass
+                    if final is not None:
+                        shown[view] = view.prepare(**final)
             return p, shown
         stage = shown
         while stage:  # each stage is shown as it comes; the result itself then only marks the end

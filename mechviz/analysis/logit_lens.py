@@ -133,7 +133,8 @@ def logit_lens(adapter, run: Run, k: int = 5, target=None, decode: bool = True,
     >>> lens.top_probs.shape                                                  # doctest: +SKIP
     (L + 1, T, 5)
     """
-    *_, lens = logit_lens_stream(adapter, run, k=k, target=target, decode=decode, incl_mid=incl_mid, first=())
+    *_, lens = logit_lens_stream(adapter, run, k=k, target=target, decode=decode, incl_mid=incl_mid, first=(),
+                                 rows_per_stage=2 * adapter.n_layers + 1)   # one stage: no snapshots to discard
     return lens
 
 
