@@ -160,7 +160,8 @@ class ModelAdapter:
                                   "which is not text: remove it (it often comes from a broken copy of an emoji)")
             if self.tokenizer is None:
                 raise PromptError("this model has no tokenizer: pass token ids instead of text")
-            ids_list = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            # verbose=False: the tokenizer's own max length is not the model's (checked below, with a message)
+            ids_list = list(self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"])
             bos = self.bos_id()
             if self.prepend_bos and bos is not None:
                 ids_list = [bos] + ids_list

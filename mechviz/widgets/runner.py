@@ -21,7 +21,8 @@ class LatestOnlyRunner:
     ``request(arg)`` may be called from any thread: JupyterLab 4 with ipykernel 7 delivers widget
     messages on a kernel *subshell* thread, so trait observers do not run on the event loop's
     thread, and the request is handed to the loop with ``call_soon_threadsafe``. It waits
-    ``delay`` seconds for more edits, then starts the computation unless one is running, in which
+    ``delay`` seconds for more edits (the browser already debounces typing: this only gathers messages
+    that arrive together), then starts the computation unless one is running, in which
     case only the newest request waits for it. A running computation learns through
     ``is_stale()`` that a newer request arrived (the model adapter polls it between layers and
     aborts); ``is_stale`` is a :class:`Ticket`, whose ``publish(partial)`` shows a partial result
@@ -31,7 +32,7 @@ class LatestOnlyRunner:
 
     def __init__(self, compute: Callable[[Any, Callable[[], bool]], Any], apply: Callable[[Any, Any], None],
                  on_error: Callable[[Any, BaseException], None], on_start: Callable[[Any], None] | None = None,
-                 on_partial: Callable[[Any, Any], None] | None = None, delay: float = 0.05,
+                 on_partial: Callable[[Any, Any], None] | None = None, delay: float = 0.01,
                  loop: asyncio.AbstractEventLoop | None = None):
         self.compute, self.apply, self.on_error, self.on_start = compute, apply, on_error, on_start
         self.on_partial = on_partial

@@ -20,7 +20,7 @@ export const ROOT_CSS = `
 export const VIEW_CSS = `
 .mechviz .mv-header{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap}
 .mechviz .mv-title{font-weight:600;font-size:13px}
-.mechviz .mv-prompt{color:var(--jp-ui-font-color2,#555);white-space:pre-wrap;word-break:break-word}
+.mechviz .mv-prompt{color:var(--jp-ui-font-color2,#555);white-space:pre-wrap;word-break:break-word;display:-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:2;line-clamp:2;overflow:hidden;max-height:3.2em}
 .mechviz .mv-controls{display:flex;gap:8px;align-items:center;margin:6px 0;flex-wrap:wrap}
 .mechviz canvas.mv-legend{width:96px;height:10px;image-rendering:pixelated;outline:1px solid #cbd5e1;vertical-align:middle}
 `;

@@ -49,6 +49,7 @@ export function header(model, el, { title = "", prompt = true, extra = [] } = {}
     if (!promptEl) return;
     const p = model.get("prompt") || "";
     promptEl.textContent = p ? `prompt: ${p}` : "no data yet";
+    promptEl.title = p;  // the line shows two lines of a long prompt; the whole text on hover
   };
   update();
   return watch(model, prompt ? ["title", "prompt", "model_info", "note"] : ["title", "model_info", "note"], update);
