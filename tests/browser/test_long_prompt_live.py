@@ -187,7 +187,6 @@ def lab_page(jupyter_lab, page):
     assert offline["aborted"] == [], f"JupyterLab tried the network: {offline['aborted']}"
 
 
-RESULTS: dict = {}   # measured by the first test, judged also by the second
 
 
 def _tasks_since(page, t_obs: float) -> tuple[list, dict]:
@@ -267,7 +266,6 @@ def test_2048_token_prompts_live_in_jupyterlab(lab_page, prompts, artifacts):
         att_tasks += a
         other_tasks += o
     rss3 = _rss_mb(page)
-    RESULTS["attention_tasks"] = att_tasks
     # one pass of this model at 2,048 tokens holds its attention patterns alone: 2 x 4 x 2,048^2 float32
     pass_mb = 2 * 4 * N * N * 4 / 2**20
     print(f"kernel RSS MB (raw / allocator trimmed): {rss0[0]:.0f} / {rss0[1]:.0f} before, {rss1[0]:.0f} / "
@@ -280,17 +278,8 @@ def test_2048_token_prompts_live_in_jupyterlab(lab_page, prompts, artifacts):
     # included) by less than 1.5x.
     assert rss3[1] - rss1[1] < pass_mb / 2, (rss1, rss3, pass_mb)
     assert rss3[0] < 1.5 * rss1[0], (rss1, rss3)
-    # the lens and features drawing, the scroll and hover, JupyterLab itself: no task over 200 ms
+    # the attention view drawing new data (its 2,048 x 2,048 head max-pooled to the 1,024 px canvas), the
+    # lens and features drawing, the scroll and hover, JupyterLab itself: no task over 200 ms
+    assert max([d for _, d in att_tasks], default=0) < MAX_TASK_MS, att_tasks
     assert max([d for _, d in other_tasks], default=0) < MAX_TASK_MS, other_tasks
     assert page.mv_errors == []
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "known: the attention view draws a 2,048 x 2,048 head in one task (toImageData over 4M cells, "
-    "putImageData, a 2,048-span token strip): ~140 ms of JS plus layout and paint, 209-294 ms in "
-    "JupyterLab on two shared cores. The fix is in widgets_js/src/attention.js; drop this marker then."))
-def test_2048_token_attention_draw_under_200ms_in_jupyterlab():
-    if "attention_tasks" not in RESULTS:
-        pytest.skip("needs test_2048_token_prompts_live_in_jupyterlab's measurements (run the module)")
-    tasks = RESULTS["attention_tasks"]
-    assert max([d for _, d in tasks], default=0) < MAX_TASK_MS, tasks
