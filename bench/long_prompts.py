@@ -92,7 +92,7 @@ def p1(model, tokenizer, lengths, repeat):
         lab = Lab(model, tokenizer, prompt="warm up", threads=1, sae=sae_for(768), allow_model_mismatch=True)
         views = [lab.attention(), lab.logit_lens(), lab.features()]
         for n in lengths:
-            base = prompt_of(tokenizer, n - 1)   # each edit appends one token: n tokens, within the context
+            base = prompt_of(tokenizer, n - 2)   # each edit appends " i" (two tokens): n tokens, within the context
             edits = [base + f" {i}" for i in range(repeat)]
             T = len(lab.model.to_tokens(edits[0]))
             bare = best(lambda: lab.model.run(edits[0]), repeat)
