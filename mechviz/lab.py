@@ -309,7 +309,17 @@ class Lab:
         if isinstance(view, FeatureView):
             view.observe(self._on_steer_request, names="steer_request")
         if refresh:
-            self._show_now([view])
+            others = {v: v.error for v in self._bindings if v is not view}
+            box = (self.prompt_box.status, self.prompt_box.error)
+            try:
+                self._show_now([view])
+            except Exception:  # a view that cannot be filled is not added: it would fail every later pass
+                self.remove(view)
+                for v, error in others.items():  # the error is about the new view, not the ones shown
+                    v.error = error
+                with self.prompt_box.hold_sync():
+                    self.prompt_box.status, self.prompt_box.error = box
+                raise
         return view
 
     def _register(self, view: View, **binding) -> None:
