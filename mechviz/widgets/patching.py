@@ -58,6 +58,13 @@ class PatchGridView(View):
     lens_strs = t.List(t.List(t.Unicode()), default_value=[]).tag(sync=True)
     lens_probs = Array("float16")
     cancel_requests = t.Int(0).tag(sync=True)
+
+    @t.validate("cell")
+    def _valid_cell(self, proposal):
+        cell = proposal["value"]
+        if len(cell) != 2 or any(isinstance(i, bool) for i in cell):
+            raise t.TraitError(f"a cell is [row, col] (two whole numbers; [-1, -1] for none), got {list(cell)!r}")
+        return cell
     title = t.Unicode("Activation patching").tag(sync=True)
 
     result: P.PatchGrid | None = None
