@@ -226,8 +226,9 @@ class Lab:
                 self._wanted = replace(state, steering=self.steering)
         with self.prompt_box.hold_sync():
             self.prompt_box.status, self.prompt_box.error = "error", message
-        for view in list(self._bindings):
-            view.error = message
+        for b in list(self._bindings.values()):  # the views that follow the prompt (a patching grid does not)
+            if b.feed is not None:
+                b.view.error = message
 
     def _recompute(self, state: _State) -> None:
         """Compute ``state`` now (from Python); without views only the prompt is checked."""
