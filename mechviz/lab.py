@@ -180,7 +180,12 @@ class Lab:
                     and all(site in last.run.cache for site in needs):
                 p = last
             else:
-                run = self.model.run(state.prompt, capture=needs, abort=ticket, edits=edits)
+                try:
+                    run = self.model.run(state.prompt, capture=needs, abort=ticket, edits=edits)
+                except FloatingPointError:
+                    if edits:  # not the steering's fault when the model overflows without it: say so
+                        self.model.run(state.prompt, capture=needs, abort=ticket)
+                    raise
                 base = self.model.run(state.prompt, abort=ticket) if edits else None
                 p = Pass(state.prompt, run, base, state.steering)
             streams = {view: feed.payloads(p) for view, feed in feeds}
