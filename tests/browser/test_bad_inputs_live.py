@@ -7,8 +7,6 @@ off recomputes the prompt the user sees in the box."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from test_dashboard_live import BOX, FEAT, LENS, PROMPT, _all_show, dash  # noqa: F401  (dash: the fixture)
