@@ -180,7 +180,12 @@ class Lab:
                     and all(site in last.run.cache for site in needs):
                 p = last
             else:
-                run = self.model.run(state.prompt, capture=needs, abort=ticket, edits=edits)
+                try:
+                    run = self.model.run(state.prompt, capture=needs, abort=ticket, edits=edits)
+                except FloatingPointError:
+                    if edits:  # not the steering's fault when the model overflows without it: say so
+                        self.model.run(state.prompt, capture=needs, abort=ticket)
+                    raise
                 base = self.model.run(state.prompt, abort=ticket) if edits else None
                 p = Pass(state.prompt, run, base, state.steering)
             streams = {view: feed.payloads(p) for view, feed in feeds}
@@ -226,8 +231,9 @@ class Lab:
                 self._wanted = replace(state, steering=self.steering)
         with self.prompt_box.hold_sync():
             self.prompt_box.status, self.prompt_box.error = "error", message
-        for view in list(self._bindings):
-            view.error = message
+        for b in list(self._bindings.values()):  # the views that follow the prompt (a patching grid does not)
+            if b.feed is not None:
+                b.view.error = message
 
     def _recompute(self, state: _State) -> None:
         """Compute ``state`` now (from Python); without views only the prompt is checked."""
@@ -309,7 +315,17 @@ class Lab:
         if isinstance(view, FeatureView):
             view.observe(self._on_steer_request, names="steer_request")
         if refresh:
-            self._show_now([view])
+            others = {v: v.error for v in self._bindings if v is not view}
+            box = (self.prompt_box.status, self.prompt_box.error)
+            try:
+                self._show_now([view])
+            except Exception:  # a view that cannot be filled is not added: it would fail every later pass
+                self.remove(view)
+                for v, error in others.items():  # the error is about the new view, not the ones shown
+                    v.error = error
+                with self.prompt_box.hold_sync():
+                    self.prompt_box.status, self.prompt_box.error = box
+                raise
         return view
 
     def _register(self, view: View, **binding) -> None:

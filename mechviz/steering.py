@@ -14,6 +14,10 @@ adapter applies at the SAE's site (:func:`mechviz.analysis.steering_edit`).
 Traceback (most recent call last):
 ...
 ValueError: the feature to steer must be a whole-number id, got 3.7
+>>> Steering.checked(3, 1e308, "clamp", sae)       # finite, but inf in float32: refused, not cast
+Traceback (most recent call last):
+...
+ValueError: the steering value 1e+308 is too large: the model's numbers hold at most 3.4e+38 (float32); use a value of the size of the feature's activations
 >>> Steering.from_request({"feature": None, "id": 4}, sae) is None        # the browser's "off"
 True
 """
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MODES = ("clamp", "scale")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ class Steering:
             raise ValueError(f"the steering value must be a number, got {value!r}") from None
         if not math.isfinite(value):
             raise ValueError(f"the steering value must be finite, got {value!r}")
+        if abs(value) > _FLOAT32_MAX:  # it would become inf in the model's numbers (with a RuntimeWarning)
+            raise ValueError(f"the steering value {value:g} is too large: the model's numbers hold at most "
+                             f"{_FLOAT32_MAX:.3g} (float32); use a value of the size of the feature's activations")
         return cls(int(feature), value, mode)
 
     @classmethod

@@ -331,3 +331,60 @@ def test_a_model_on_the_meta_device_is_refused_with_a_message():
         model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
     with pytest.raises(UnsupportedModelError, match="meta device"):
         wrap(model)
+
+
+@pytest.mark.parametrize("target,phrase", [(10**6, "target id 1000000 is outside the vocabulary"),
+                                           (-5, "target id -5 is outside the vocabulary"),
+                                           (2.5, "never rounded"), (True, "never rounded")])
+def test_a_lens_target_is_checked_when_the_view_is_made_and_a_failed_view_is_not_kept(lab, target, phrase):
+    """A target id outside the vocabulary was an IndexError on the first pass, and the half-made view stayed
+    bound to the Lab: every later edit failed with it. Now the target is refused up front, and a view that
+    cannot be filled is unbound again (the views already shown keep their data and show no error)."""
+    view = lab.attention()
+    with pytest.raises(ValueError, match=phrase):
+        lab.logit_lens(target=target)
+    assert lab.views == [view] and view.error == "" and lab.prompt_box.error == ""
+    lab.prompt = "The mat"
+    assert view.prompt == "The mat"
+
+
+def test_a_view_whose_first_fill_fails_is_unbound(lab):
+    from mechviz import LogitLensView
+    from mechviz.widgets.base import Feed
+
+    class Broken(LogitLensView):
+        def feed(self, lab, **_):
+            def stream(p):
+                raise RuntimeError("this view cannot be computed")
+                yield
+            return Feed(lambda: [], stream=stream)
+
+    view = lab.attention()
+    with pytest.raises(RuntimeError, match="cannot be computed"):
+        lab.add(Broken())
+    assert lab.views == [view] and view.error == ""
+    lab.prompt = "The mat"
+    assert view.prompt == "The mat"
+
+
+@pytest.mark.parametrize("answers,phrase", [((1.5, 2), "got 1.5"), ((True, 2), "got True"),
+                                            ((1, 10**6), "outside the vocabulary")])
+def test_answer_ids_are_never_rounded(lab, answers, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        lab.patching("The cat sat", "The dog sat", answers=answers)
+
+
+@pytest.mark.parametrize("name,value", [("head", True), ("layer", 2.0), ("token", False), ("feature", 1.0)])
+def test_selection_indices_are_never_rounded(lab, name, value):
+    """traitlets' Int took True as 1 and 2.0 as 2 for a view's layer, head, token or feature: refused now,
+    and the selection stays where it was."""
+    view = lab.attention() if name in ("head", "layer", "token") else lab.logit_lens()
+    target = view if view.has_trait(name) else lab.selection
+    before = getattr(lab.selection, name)
+    with pytest.raises(Exception, match=f"{name} must be a whole number"):
+        setattr(target, name, value)
+    with pytest.raises(Exception, match=f"{name} must be a whole number"):
+        setattr(lab.selection, name, value)
+    assert getattr(lab.selection, name) == before and getattr(target, name) == before
+    setattr(target, name, np.int64(1))
+    assert getattr(lab.selection, name) == 1 and type(getattr(target, name)) is int

@@ -157,3 +157,39 @@ def test_kernel_loop_stays_responsive_during_a_patching_job():
     ref = P.activation_patching(lab.model, "Moses" + REPEAT * 6, "Aaron" + REPEAT * 6, "q", by="head_position",
                                 answers=ANSWERS)
     np.testing.assert_allclose(grid.data["values"], ref.matrix()[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("cell,phrase", [([1], r"a cell is \[row, col\]"), ([True, 0], r"a cell is \[row, col\]"),
+                                         ([0.5, 1], "expected an int")])
+def test_a_malformed_cell_is_refused_and_the_click_kept(lab, cell, phrase):
+    """``grid.cell = [1]`` raised "not enough values to unpack" from inside the observer, after the trait
+    had taken the bad value."""
+    grid = lab.patching("The cat", "The dog", exact=False, answers=(5, 6))
+    grid.cell = [0, 1]
+    with pytest.raises(Exception, match=phrase):
+        grid.cell = cell
+    assert grid.cell == [0, 1] and grid.detail_cell == [0, 1]
+
+
+def test_a_cell_outside_the_grid_is_refused_when_set():
+    """It was taken, and only the detail worker said (in the error banner) that it is outside the grid."""
+    lab = mechviz.Lab.default(prompt="The cat", threads=1, sae=False)
+    grid = lab.patching("The cat", "The dog", exact=False, answers=(5, 6))
+    grid.cell = [0, 1]
+    with pytest.raises(Exception, match=r"cell \[99, 0\] is outside this \d+ x \d+ grid"):
+        grid.cell = [99, 0]
+    assert grid.cell == [0, 1] and grid.error == ""
+    grid.cell = [-1, -1]
+
+
+def test_a_bad_prompt_is_not_reported_by_a_patching_grid():
+    """A patching grid does not follow the prompt: a bad edit put its error in the grid's banner, where no
+    good edit cleared it again."""
+    lab = mechviz.Lab.default(prompt="The cat", threads=1, sae=False)
+    attn = lab.attention()
+    grid = lab.patching("The cat", "The dog", exact=False, answers=(5, 6))
+    with pytest.raises(ValueError, match="empty"):
+        lab.prompt = ""
+    assert "empty" in attn.error and grid.error == ""
+    lab.prompt = "The mat"
+    assert attn.error == grid.error == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -141,6 +143,31 @@ def test_prompt_errors(tokenizer):
     run = adapter.run("The cat sat")
     assert run.token_strs[0] == "<|endoftext|>" and "".join(run.token_strs[1:]) == "The cat sat"
     assert run.prompt == "The cat sat" and run.logits.shape == (len(run.tokens), adapter.d_vocab)
+
+
+@pytest.mark.parametrize("text,code,at", [("cat\x00dog", "U+0000 NUL", 3), ("\x1b[31mred", "U+001B ESC", 0),
+                                           ("a\x7f", "U+007F DEL", 1), ("so\x85 on", "U+0085 NEL", 2),
+                                           ("x\x9b", "U+009B", 1)])
+def test_control_characters_are_refused_with_their_position(tokenizer, text, code, at):
+    """C0/C1 control characters other than tab, newline and carriage return are not text: refused, naming
+    the character and where it is (they were tokenised as stray bytes)."""
+    adapter = HFAdapter(build_hf("gpt2"), tokenizer=tokenizer)
+    with pytest.raises(PromptError, match=re.escape(f"control character ({code}) at character {at}, ") + ".*: remove it"):
+        adapter.run(text)
+    assert adapter.run("tab\tnew\nline\r").prompt == "tab\tnew\nline\r"
+
+
+@pytest.mark.parametrize("ids,phrase", [([1.5, 2], "whole numbers, got 1.5 at position 0"),
+                                        ([3, True], "whole numbers, got True at position 1"),
+                                        (torch.tensor([1.9, 2.0]), "must be integers, got a torch.float32 tensor"),
+                                        (torch.tensor([True, False]), "must be integers, got a torch.bool tensor"),
+                                        ([1, 300], r"token ids must lie in \[0, 300\)")])
+def test_token_ids_are_never_rounded(tokenizer, ids, phrase):
+    """Token ids that are not integers were rounded down (1.9 ran as 1, True as 1): now refused."""
+    adapter = HFAdapter(build_hf("gpt2"), tokenizer=tokenizer)
+    with pytest.raises(PromptError, match=phrase):
+        adapter.run(ids)
+    assert adapter.to_tokens([1, 2]).tolist() == adapter.to_tokens(torch.tensor([1, 2])).tolist() == [1, 2]
 
 
 def test_abort_stops_between_layers():

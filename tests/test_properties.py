@@ -38,7 +38,7 @@ def test_any_prompt_gives_a_result_or_a_clear_error(lab, text):
     try:
         lab.prompt = text
     except PromptError as exc:
-        assert any(w in str(exc) for w in ("empty", "surrogate", "at most", "no tokens")), str(exc)
+        assert any(w in str(exc) for w in ("empty", "surrogate", "control character", "at most", "no tokens")), str(exc)
         now = _state(lab)
         assert now[0] == before[0] and np.array_equal(now[1], before[1]) and np.array_equal(now[2], before[2])
         assert lab.views[0].error == str(exc)

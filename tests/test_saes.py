@@ -192,3 +192,18 @@ def test_repr_and_to():
     assert repr(sae) == "SAE(topk, k=7, d_in=48, d_sae=96, site='resid_post.1', model='gpt2')"
     half = sae.to(dtype=torch.float64)
     assert half.W_enc.dtype == torch.float64 and sae.W_enc.dtype == torch.float32
+
+
+def test_a_pickle_renamed_safetensors_is_refused_saying_what_it_is(tmp_path):
+    """safetensors' own error ("header too large") did not say the file is a pickle; nothing is unpickled."""
+    ref = make_sae_lens("standard")
+    ref.save_model(tmp_path / "sae")
+    torch.save({k: v.detach() for k, v in ref.state_dict().items()}, tmp_path / "sae" / "sae_weights.safetensors")
+    for path in (tmp_path / "sae", tmp_path / "sae" / "sae_weights.safetensors"):
+        with pytest.raises(SAEError, match=r"is a zip archive \(torch.save's format\), not safetensors.*never unpickles"):
+            load_sae(path)
+    import pickle
+
+    (tmp_path / "sae" / "sae_weights.safetensors").write_bytes(pickle.dumps({"W_enc": [1.0]}, protocol=4))
+    with pytest.raises(SAEError, match="is a pickle, not safetensors"):
+        load_sae(tmp_path / "sae")

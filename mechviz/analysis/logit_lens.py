@@ -94,23 +94,44 @@ class LogitLens:
         return f"LogitLens(rows={R}, tokens={T}, k={k}, target={'yes' if self.target is not None else 'none'})"
 
 
-def _targets(target, run: Run, adapter) -> np.ndarray | None:
-    T = len(run.tokens)
-    if target is None:
-        return None
+def check_target(target, adapter) -> None:
+    """Check a lens ``target`` before any pass (a view's arguments are refused when it is made, not on its
+    first prompt): its type, that text is one token, that ids lie in the vocabulary."""
+    if target is None or (isinstance(target, str) and target == "next"):
+        return
+    _target_ids(target, adapter)
+
+
+def _target_ids(target, adapter) -> np.ndarray:
+    """The ids a target other than None and "next" names (one, or one per position), checked."""
     if isinstance(target, str):
-        if target == "next":
-            ids = np.full(T, -1, dtype=np.int64)
-            ids[:-1] = run.tokens[1:].numpy()
-            return ids
         if adapter.tokenizer is None:
             raise ValueError("this model has no tokenizer: give the target as a token id")
         found = list(adapter.tokenizer(target, add_special_tokens=False)["input_ids"])
         if len(found) != 1:
             raise ValueError(f"target {target!r} is {len(found)} tokens ({found}); choose a single token, "
                              "e.g. with a leading space, or pass its id")
-        return np.full(T, found[0], dtype=np.int64)
-    ids = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target, dtype=np.int64).reshape(-1)
+        return np.array(found, dtype=np.int64)
+    given = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target)
+    if given.dtype == bool or not np.issubdtype(given.dtype, np.integer) or given.size == 0:
+        raise ValueError(f"target must be a token id, ids, one token's text or 'next'; got {target!r} "
+                         "(ids are never rounded)")
+    ids = given.astype(np.int64).reshape(-1)
+    bad = (ids < 0) | (ids >= adapter.d_vocab)
+    if bad.any():
+        raise ValueError(f"target id {int(ids[bad][0])} is outside the vocabulary (0..{adapter.d_vocab - 1})")
+    return ids
+
+
+def _targets(target, run: Run, adapter) -> np.ndarray | None:
+    T = len(run.tokens)
+    if target is None:
+        return None
+    if isinstance(target, str) and target == "next":
+        ids = np.full(T, -1, dtype=np.int64)
+        ids[:-1] = run.tokens[1:].numpy()
+        return ids
+    ids = _target_ids(target, adapter)
     if ids.size == 1:
         return np.full(T, int(ids[0]), dtype=np.int64)
     if ids.size != T:

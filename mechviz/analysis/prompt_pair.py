@@ -110,6 +110,8 @@ class PromptPair:
 
     def _token_id(self, answer) -> int:
         if not isinstance(answer, str):
+            if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
+                raise ValueError(f"an answer must be a token id (a whole number) or one token's text, got {answer!r}")
             i = int(answer)
             if not 0 <= i < self.adapter.d_vocab:
                 raise ValueError(f"answer id {i} is outside the vocabulary (0..{self.adapter.d_vocab - 1})")

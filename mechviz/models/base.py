@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .sites import SITES, Site, SiteError, parse_sites
@@ -15,7 +16,8 @@ class UnsupportedModelError(TypeError):
 
 
 class PromptError(ValueError):
-    """A prompt the model cannot run: empty, or longer than its context."""
+    """A prompt the model cannot run: empty, longer than its context, holding characters that are not
+    text (lone surrogates, control characters), or token ids that are not whole numbers in the vocabulary."""
 
 
 class Aborted(Exception):
@@ -61,6 +63,34 @@ class Run:
     def __repr__(self) -> str:
         return (f"Run(prompt={self.prompt!r}, n_tokens={len(self.token_strs)}, "
                 f"captured={sorted(self.cache, key=lambda s: (int(s.split('.')[1]), s))})")
+
+
+# Characters a prompt may not hold: C0 controls but tab, newline and carriage return; DEL; and the C1
+# controls U+0080..U+009F. U+0085 (NEL) is refused too: in a Python string it nearly always is a
+# Windows-1252 ellipsis decoded as Latin-1, not an intended line break (write "\n" for one).
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+_CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BS", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL",
+                  0x85: "NEL"}
+
+
+def _is_control(c: str) -> bool:
+    o = ord(c)
+    return (o < 0x20 and c not in _ALLOWED_CONTROLS) or 0x7F <= o <= 0x9F
+
+
+def _control_message(prompt: str, i: int) -> str:
+    """Why a prompt with a control character at ``i`` is refused, and what to do.
+
+    >>> print(_control_message("cat\\x1b[0m", 3))
+    the prompt holds a control character (U+001B ESC) at character 3, which is not visible text: remove it (tabs and newlines are fine)
+    """
+    o = ord(prompt[i])
+    name = f" {_CONTROL_NAMES[o]}" if o in _CONTROL_NAMES else ""
+    hint = " (tabs and newlines are fine)"
+    if 0x80 <= o <= 0x9F:
+        hint = " (it often comes from Windows-1252 text decoded as Latin-1: decode it as cp1252)"
+    return (f"the prompt holds a control character (U+{o:04X}{name}) at character {i}, which is not visible "
+            f"text: remove it{hint}")
 
 
 def _finite(x: torch.Tensor) -> bool:
@@ -150,6 +180,9 @@ class ModelAdapter:
         """Token ids ``[T]`` for a prompt (BOS prepended when the model has one, as TransformerLens
         does); ids passed in are used as they are."""
         if isinstance(prompt, torch.Tensor):
+            if prompt.dtype == torch.bool or prompt.is_floating_point() or prompt.is_complex():
+                raise PromptError(f"token ids must be integers, got a {prompt.dtype} tensor: pass a tensor of "
+                                  "dtype torch.long (ids are never rounded)")
             ids = prompt.reshape(-1).long()
         elif isinstance(prompt, str):
             if not prompt.strip():
@@ -158,6 +191,9 @@ class ModelAdapter:
             if bad is not None:
                 raise PromptError(f"the prompt holds a lone surrogate (U+{ord(prompt[bad]):04X}) at character {bad}, "
                                   "which is not text: remove it (it often comes from a broken copy of an emoji)")
+            bad = next((i for i, c in enumerate(prompt) if _is_control(c)), None)
+            if bad is not None:
+                raise PromptError(_control_message(prompt, bad))
             if self.tokenizer is None:
                 raise PromptError("this model has no tokenizer: pass token ids instead of text")
             # verbose=False: the tokenizer's own max length is not the model's (checked below, with a message)
@@ -167,7 +203,12 @@ class ModelAdapter:
                 ids_list = [bos] + ids_list
             ids = torch.tensor(ids_list, dtype=torch.long)
         else:
-            ids = torch.tensor(list(prompt), dtype=torch.long)
+            ids = list(prompt)
+            bad = next((i for i, t in enumerate(ids) if isinstance(t, bool) or not isinstance(t, (int, np.integer))), None)
+            if bad is not None:
+                raise PromptError(f"token ids must be whole numbers, got {ids[bad]!r} at position {bad}: pass ints "
+                                  "(ids are never rounded), or pass the prompt as text")
+            ids = torch.tensor([int(t) for t in ids], dtype=torch.long)
         if ids.numel() == 0:
             raise PromptError("the prompt has no tokens")
         if self.max_len is not None and ids.numel() > self.max_len:

@@ -102,7 +102,16 @@ def _read_folder(path: Path) -> tuple[dict, dict]:
 
     with open(cfg_path) as f:
         cfg = json.load(f)
-    return load_file(str(w_path), device="cpu"), cfg
+    try:
+        return load_file(str(w_path), device="cpu"), cfg
+    except Exception as exc:  # safetensors' own message ("header too large") does not say what the file is
+        with open(w_path, "rb") as f:
+            head = f.read(4)
+        what = ("a zip archive (torch.save's format)" if head.startswith(b"PK") else
+                "a pickle" if head[:1] == b"\x80" else "not a safetensors file")
+        raise SAEError(f"{w_path.name} is {what}, not safetensors ({exc}): mechviz never unpickles SAE "
+                       "weights (pickle files can run code); re-save it with safetensors, e.g. sae_lens' "
+                       "save_model or safetensors.torch.save_file") from None
 
 
 def _read_sae_lens_object(obj) -> tuple[dict, dict]:

@@ -9,6 +9,7 @@ from ..analysis.attention import attention_patterns
 from ..models.describe import attention_windows
 from ._esm import bundle
 from .base import Feed, Shown, View
+from .selection import Index
 from .runner import offload
 from .transport import Array, Packed, maxpool
 
@@ -56,9 +57,9 @@ class AttentionView(View):
     detail_layer = t.Int(-1).tag(sync=True)
     detail_heads = t.List(t.Int(), default_value=[]).tag(sync=True)
     tokens = t.List(t.Unicode(), default_value=[]).tag(sync=True)
-    layer = t.Int(0).tag(sync=True)
-    head = t.Int(0).tag(sync=True)
-    token = t.Int(-1).tag(sync=True)
+    layer = Index(0).tag(sync=True)
+    head = Index(0).tag(sync=True)
+    token = Index(-1).tag(sync=True)
     windows = t.List(t.Int(), default_value=[]).tag(sync=True)
     kv_heads = t.Int(0).tag(sync=True)
     title = t.Unicode("Attention").tag(sync=True)

@@ -9,6 +9,7 @@ from ..analysis.features import FeatureSummary, feature_summary
 from ..analysis.checks import positive_int
 from ._esm import bundle
 from .base import Feed, Shown, View
+from .selection import Index
 from .transport import Array, Packed, string_table
 
 
@@ -43,8 +44,8 @@ class FeatureView(View):
     steer_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     steered = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     steering = t.Unicode("").tag(sync=True)
-    feature = t.Int(-1).tag(sync=True)
-    token = t.Int(-1).tag(sync=True)
+    feature = Index(-1).tag(sync=True)
+    token = Index(-1).tag(sync=True)
     title = t.Unicode("SAE features").tag(sync=True)
 
     result: FeatureSummary | None = None

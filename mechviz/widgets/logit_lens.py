@@ -10,6 +10,7 @@ from ..analysis.checks import positive_int
 from ..analysis.logit_lens import LogitLens
 from ._esm import bundle
 from .base import Feed, Shown, View
+from .selection import Index
 from .transport import Array, Packed, string_table
 
 COLOR_MODES = ("top_prob", "target_prob", "target_rank", "entropy")
@@ -40,14 +41,15 @@ class LogitLensView(View):
     target_rank = Array("int32")
     target_label = t.Unicode("").tag(sync=True)
     color_by = t.Enum(COLOR_MODES, default_value="top_prob").tag(sync=True)
-    layer = t.Int(0).tag(sync=True)
-    token = t.Int(-1).tag(sync=True)
+    layer = Index(0).tag(sync=True)
+    token = Index(-1).tag(sync=True)
     title = t.Unicode("Logit lens").tag(sync=True)
 
     result: LogitLens | None = None
 
     def feed(self, lab, k: int = 5, target="next") -> Feed:
         k = positive_int(k, "k")
+        lens_fns.check_target(target, lab.model)
         label = "next token" if isinstance(target, str) and target == "next" else str(target)
         sites = lens_fns.needs(lab.model.n_layers)
 

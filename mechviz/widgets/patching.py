@@ -58,6 +58,17 @@ class PatchGridView(View):
     lens_strs = t.List(t.List(t.Unicode()), default_value=[]).tag(sync=True)
     lens_probs = Array("float16")
     cancel_requests = t.Int(0).tag(sync=True)
+
+    @t.validate("cell")
+    def _valid_cell(self, proposal):
+        cell = proposal["value"]
+        if len(cell) != 2 or any(isinstance(i, bool) for i in cell):
+            raise t.TraitError(f"a cell is [row, col] (two whole numbers; [-1, -1] for none), got {list(cell)!r}")
+        shape = None if self.values is None else self.values.shape
+        if shape is not None and list(cell) != [-1, -1] and not (0 <= cell[0] < shape[0] and 0 <= cell[1] < shape[1]):
+            raise t.TraitError(f"cell {list(cell)} is outside this {shape[0]} x {shape[1]} grid: rows 0..{shape[0] - 1}, "
+                               f"columns 0..{shape[1] - 1} ([-1, -1] for none)")
+        return cell
     title = t.Unicode("Activation patching").tag(sync=True)
 
     result: P.PatchGrid | None = None

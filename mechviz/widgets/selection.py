@@ -13,20 +13,40 @@ Two halves keep it one truth:
 from __future__ import annotations
 
 import ipywidgets
+import numpy as np
 import traitlets as t
 
 #: the selection traits a view may carry; each is linked to the Lab's Selection when present
 SELECTION_TRAITS = ("layer", "head", "token", "feature")
 
 
+class Index(t.Int):
+    """An int trait that refuses bools and floats (traitlets' Int takes ``True`` as 1 and ``2.0`` as 2):
+    a selection is a whole-number index, never rounded.
+
+    >>> class V(t.HasTraits):
+    ...     head = Index(0)
+    >>> V(head=True)
+    Traceback (most recent call last):
+    ...
+    traitlets.traitlets.TraitError: head must be a whole number (an int), got True: pass an int, e.g. head=1
+    """
+
+    def validate(self, obj, value):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise t.TraitError(f"{self.name} must be a whole number (an int), got {value!r}: pass an int, "
+                               f"e.g. {self.name}=1")
+        return super().validate(obj, int(value))
+
+
 class Selection(ipywidgets.Widget):
     """The selected layer, head, token (-1: none) and SAE feature (-1: none)."""
 
     # a plain @jupyter-widgets/base WidgetModel: no view of its own, understood by every front end
-    layer = t.Int(0).tag(sync=True)
-    head = t.Int(0).tag(sync=True)
-    token = t.Int(-1).tag(sync=True)
-    feature = t.Int(-1).tag(sync=True)
+    layer = Index(0).tag(sync=True)
+    head = Index(0).tag(sync=True)
+    token = Index(-1).tag(sync=True)
+    feature = Index(-1).tag(sync=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
