@@ -9,8 +9,8 @@ from . import zoo
 from .lab import Lab, pin_threads
 from .models import Run, SITES, wrap
 from .steering import Steering
-from .widgets import AttentionView, FeatureView, LogitLensView, PatchGridView, PromptBox
+from .widgets import AttentionView, FeatureView, HeadGridView, LogitLensView, PatchGridView, PromptBox
 
 __version__ = "0.1.0"
 __all__ = ["Lab", "Run", "SITES", "wrap", "pin_threads", "Steering", "AttentionView", "LogitLensView", "FeatureView",
-           "PatchGridView", "PromptBox", "__version__"]
+           "HeadGridView", "PatchGridView", "PromptBox", "__version__"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 
@@ -18,3 +20,24 @@ def positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     return int(value)
+
+
+def token_id(adapter, token, what: str = "answer") -> int:
+    """One vocabulary id from an id or a text that is exactly one token (its leading space included)."""
+    if not isinstance(token, str):
+        try:
+            if isinstance(token, bool):  # True is not token 1
+                raise TypeError
+            i = operator.index(token)
+        except TypeError:
+            raise ValueError(f"an {what} must be a token id (a whole number) or one token's text, "
+                             f"got {token!r}") from None
+        if not 0 <= i < adapter.d_vocab:
+            raise ValueError(f"{what} id {i} is outside the vocabulary (0..{adapter.d_vocab - 1})")
+        return i
+    tok = adapter.tokenizer
+    ids = list(tok(token, add_special_tokens=False)["input_ids"]) if tok is not None else []
+    if len(ids) != 1:
+        raise ValueError(f"{what} {token!r} is {len(ids)} tokens; an {what} must be exactly one token "
+                         "(mind the leading space), or pass token ids")
+    return ids[0]

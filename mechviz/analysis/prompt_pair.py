@@ -20,6 +20,7 @@ import torch
 
 from ..models import ModelAdapter, Run, wrap
 from . import logit_lens as lens
+from .checks import token_id
 from .patch_grid import LogitDiff, PatchGrid, logit_diff
 
 ROLES = ("clean", "corrupted")
@@ -109,19 +110,7 @@ class PromptPair:
         return logit_diff(*(self._token_id(x) for x in answers))
 
     def _token_id(self, answer) -> int:
-        if not isinstance(answer, str):
-            if isinstance(answer, bool) or not isinstance(answer, (int, np.integer)):
-                raise ValueError(f"an answer must be a token id (a whole number) or one token's text, got {answer!r}")
-            i = int(answer)
-            if not 0 <= i < self.adapter.d_vocab:
-                raise ValueError(f"answer id {i} is outside the vocabulary (0..{self.adapter.d_vocab - 1})")
-            return i
-        tok = self.adapter.tokenizer
-        ids = list(tok(answer, add_special_tokens=False)["input_ids"]) if tok is not None else []
-        if len(ids) != 1:
-            raise ValueError(f"answer {answer!r} is {len(ids)} tokens; an answer must be exactly one token "
-                             "(mind the leading space), or pass token ids")
-        return ids[0]
+        return token_id(self.adapter, answer)
 
     def keep(self, start_pos: int) -> list[int] | None:
         """The positions (>= ``start_pos``) of a pass's final residual that the metric reads, or

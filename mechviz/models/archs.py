@@ -44,6 +44,8 @@ class ArchSpec:
     applied after the unembedding, in the logit lens and patching metrics too.
     ``router``: the module whose first output is the router logits ``[tokens, n_experts]`` (site
     ``router``); absent in a block whose MLP is dense.
+    ``pos_embed``: the learned positional embedding (from the root; its input is the positions ``0..T-1``),
+    where the model adds one to the token embedding (GPT-2); rotary models have none.
     ``requires``: ``(config attribute, value)`` pairs this map assumes (e.g. causal attention); a model
     whose config differs is refused.
     """
@@ -60,6 +62,7 @@ class ArchSpec:
     parallel: bool | str = False
     final_softcap: str | None = None
     router: str | None = None
+    pos_embed: str | None = None
     requires: tuple = ()
 
     def block_paths(self) -> list[str]:
@@ -91,7 +94,7 @@ _GEMMA_SANDWICH = replace(
 ARCHS: dict[str, ArchSpec] = {
     "gpt2": ArchSpec(
         blocks="transformer.h", attn="attn", o_proj="attn.c_proj", mlp="mlp", mlp_in="ln_2",
-        qkv=("split", "attn.c_attn"), final_norm="transformer.ln_f",
+        qkv=("split", "attn.c_attn"), final_norm="transformer.ln_f", pos_embed="transformer.wpe",
     ),
     "gpt_neox": ArchSpec(
         blocks="gpt_neox.layers", attn="attention", o_proj="attention.dense", mlp="mlp",

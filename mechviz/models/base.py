@@ -318,6 +318,16 @@ class ModelAdapter:
         projection): ``[N, d]``; None where this backend cannot compute it on its own."""
         return None
 
+    def attn_out_nonlinear(self) -> str | None:
+        """Why a block's attention output is not linear in ``z`` (a norm applied after the output projection),
+        or None when ``attn_out = sum_h z_h W_O[h] + b_O`` (per-head logit attribution is then exact)."""
+        return None
+
+    def pos_embed(self, n: int) -> torch.Tensor | None:
+        """The learned positional embedding of positions ``0..n-1`` added to the residual stream before block 0
+        (GPT-2): float32 ``[n, d]`` on the CPU; None where positions are not an additive embedding (rotary)."""
+        return None
+
     def finish_block(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor | None:
         """The rest of block ``layer`` once its attention output is known, token by token:
         ``resid_post`` ``[N, d]`` from ``resid_pre`` and ``attn_out`` ``[N, d]`` (the MLP reads

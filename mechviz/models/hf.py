@@ -361,6 +361,17 @@ class HFAdapter(ModelAdapter):
         z = z.to(self._device(), self._dtype()).flatten(-2)
         return self._norm(layer, self.spec.attn_out_norm, self._mod(layer, self.spec.o_proj)(z))
 
+    def attn_out_nonlinear(self):
+        norm = self.spec.attn_out_norm
+        return None if norm is None else (f"{self.model.config.model_type} normalises each block's attention output "
+                                          f"({norm}) before adding it to the residual stream")
+
+    def pos_embed(self, n):
+        if self.spec.pos_embed is None:
+            return None
+        with torch.inference_mode():
+            return _get(self.model, self.spec.pos_embed)(torch.arange(n, device=self._device())).float().cpu()
+
     def finish_block(self, layer, resid_pre, attn_out):
         """``mid + mlp_out_norm(mlp(mlp_in(x)))`` with ``mid = resid_pre + attn_out`` and ``x = mid`` (or
         ``resid_pre`` in a parallel block); the MLP sees ``[N, 1, d]`` (MoE blocks want a sequence axis)."""

@@ -171,6 +171,11 @@ class HookNameAdapter(ModelAdapter):
                 out[str(s)] = (pre[0] + attn[0], attn[1])
         return {str(s): out[str(s)] for s in sites}
 
+    def attn_out_nonlinear(self):
+        if getattr(self.model.cfg, "use_normalization_before_and_after", False):
+            return f"{self.name} normalises each block's attention output before adding it to the residual stream"
+        return None
+
     def _plain_blocks(self) -> bool:
         """Whether every block is a pre-norm block with an MLP, as :meth:`finish_block` computes it."""
         return False
@@ -234,6 +239,13 @@ class TLAdapter(HookNameAdapter):
         from transformer_lens.components.transformer_block import POST_NORM_ARCHITECTURES
         return not (cfg.attn_only or getattr(cfg, "use_normalization_before_and_after", False)
                     or cfg.original_architecture in POST_NORM_ARCHITECTURES)
+
+    def pos_embed(self, n):
+        if self.model.cfg.positional_embedding_type != "standard" or not hasattr(self.model, "pos_embed"):
+            return None
+        with torch.inference_mode():
+            ids = torch.zeros(1, n, dtype=torch.long, device=self._device())
+            return self.model.pos_embed(ids)[0].float().cpu()
 
     def attn_out_of_z(self, layer, z):
         attn = self.model.blocks[layer].attn

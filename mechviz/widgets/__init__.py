@@ -3,11 +3,12 @@
 from .attention import AttentionView
 from .base import Feed, Pass, View
 from .features import FeatureView
+from .head_grid import HeadGridView
 from .logit_lens import LogitLensView
 from .patching import PatchGridView, PatchingSession
 from .prompt import PromptBox
 from .runner import LatestOnlyRunner, ModelLock
 from .selection import Selection
 
-__all__ = ["View", "Feed", "Pass", "AttentionView", "LogitLensView", "FeatureView", "PatchGridView",
+__all__ = ["View", "Feed", "Pass", "AttentionView", "LogitLensView", "FeatureView", "HeadGridView", "PatchGridView",
            "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]
