@@ -30,7 +30,8 @@ def token_id(adapter, token, what: str = "answer") -> int:
                 raise TypeError
             i = operator.index(token)
         except TypeError:
-            raise ValueError(f"an {what} must be a token id (a whole number) or one token's text, "
+            article = "an" if what[0] in "aeiou" else "a"
+            raise ValueError(f"{article} {what} must be a token id (a whole number) or one token's text, "
                              f"got {token!r}") from None
         if not 0 <= i < adapter.d_vocab:
             raise ValueError(f"{what} id {i} is outside the vocabulary (0..{adapter.d_vocab - 1})")
@@ -38,6 +39,6 @@ def token_id(adapter, token, what: str = "answer") -> int:
     tok = adapter.tokenizer
     ids = list(tok(token, add_special_tokens=False)["input_ids"]) if tok is not None else []
     if len(ids) != 1:
-        raise ValueError(f"{what} {token!r} is {len(ids)} tokens; an {what} must be exactly one token "
+        raise ValueError(f"{what} {token!r} is {len(ids)} tokens; {'an' if what[0] in 'aeiou' else 'a'} {what} must be exactly one token "
                          "(mind the leading space), or pass token ids")
     return ids[0]
