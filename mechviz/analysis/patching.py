@@ -49,6 +49,7 @@ import torch
 from ..models import Aborted, SiteError, parse_sites, wrap
 from ..models.base import Edit
 from ..models.sites import HEAD_SITES, RESID_SITES, Site, n_site_heads
+from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_z
 from .patch_grid import BYS, LAYOUTS, Cell, Layout, LogitDiff, PatchGrid, layout, logit_diff
 from .prompt_pair import CellDetail, PromptPair, cell_detail, direction_roles, patched_run, prompt_pair  # noqa: F401
 
@@ -91,11 +92,12 @@ def _check_site(adapter, site, by):
     if name in RESID_SITES:
         if by != "position":
             raise ValueError(f"{name} has no head axis: use by='position' (got by={by!r})")
-    elif name in HEAD_SITES:
+    elif name in HEAD_SITES or name in PATCHED_AS:
         if by not in ("head", "head_position"):
             raise ValueError(f"{name} is per head: use by='head' (all positions) or 'head_position' (got by={by!r})")
     else:
-        raise SiteError(f"site {name!r} cannot be patched here; patchable sites: {', '.join(RESID_SITES + HEAD_SITES)}")
+        raise SiteError(f"site {name!r} cannot be patched here; patchable sites: "
+                        f"{', '.join(RESID_SITES + HEAD_SITES + tuple(PATCHED_AS))}")
     return name, [s.layer for s in sites]
 
 
@@ -199,8 +201,23 @@ def patch_capture(model, site: str, by: str = "position") -> list[str]:
     ``by`` (the site itself, plus what patches after a block's attention are finished from)."""
     adapter = wrap(model)
     name, layers = _check_site(adapter, site, by)
-    extra = ("resid_pre", "attn_out") + (("z",) if name == "z" else ()) if name in _AFTER_ATTN else ()
+    name_as = PATCHED_AS.get(name, name)   # attn_pattern is patched as the z it produces (.patch_sources)
+    extra = ("resid_pre", "attn_out") + (("z",) if name_as == "z" else ()) if name_as in _AFTER_ATTN else ()
+    extra += PATTERN_NEEDS if name in PATCHED_AS else ()
     return [f"{n}.{lay}" for lay in layers for n in sorted({name, *extra})]
+
+
+def _pattern_rtol(adapter) -> float:
+    return 1e-3 if adapter._dtype() == torch.float32 else 5e-2
+
+
+def _as_patched(pair, name, layers, src, recv):
+    """``(engine site, source values)``: attn_pattern is patched as the z its source pattern gives with
+    the receiving run's values (:func:`.patch_sources.pattern_z`); other sites as they are."""
+    if name not in PATCHED_AS:
+        return name, src
+    rtol = _pattern_rtol(pair.adapter)
+    return PATCHED_AS[name], {f"z.{lay}": pattern_z(recv, src[f"attn_pattern.{lay}"], lay, rtol) for lay in layers}
 
 
 def _bytes_per_token_row(adapter, T, full_logits):
@@ -271,6 +288,7 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
         grid = _empty_grid(pair, name, by, direction, layers, "activation")
         src, recv = pair.runs[source].cache, pair.runs[receiver].cache
         base = adapter.patch_base(pair.ids[receiver])
+        name, src = _as_patched(pair, name, layers, src, recv)
     budget = max(1, int(batch_budget_mb * 2**20) // _bytes_per_token_row(adapter, pair.T, not pair.subset))
     pace = _Pace(budget, batch_seconds)
     no_op, plan = _plan(grid, name, src, recv)
