@@ -387,8 +387,8 @@ class Lab:
                  answers=None, metric=None, direction: str = "denoise", exact: bool = True,
                  **traits) -> PatchGridView:
         """An activation-patching grid for ``site`` (``resid_pre``, ``resid_mid``, ``resid_post``,
-        ``attn_out``, ``mlp_out`` by ``"position"``; ``z``, ``q``, ``k``, ``v`` by ``"head"`` or
-        ``"head_position"``). The attribution-patching estimate shows at once; exact values then
+        ``attn_out``, ``mlp_out`` by ``"position"``; ``z``, ``q``, ``k``, ``v``, ``attn_pattern`` by ``"head"``
+        or ``"head_position"``; a pattern's position is its destination). The attribution-patching estimate shows at once; exact values then
         stream in from a worker thread (cancellable from the view). Click a cell to see that patched
         run's next tokens and logit lens. ``answers=(correct, wrong)`` sets the default metric, the
         logit difference (see :func:`mechviz.analysis.patching.activation_patching`).

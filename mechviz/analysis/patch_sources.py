@@ -32,6 +32,11 @@ def z_of_pattern(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.einsum("hds,shk->dhk", pattern, v)
 
 
+def pattern_rtol(adapter) -> float:
+    """How far ``z`` may be from ``pattern @ v`` (relative to ``max |z|``) in this model's dtype."""
+    return 1e-3 if adapter._dtype() == torch.float32 else 5e-2
+
+
 def pattern_z(recv: dict, src_pattern: torch.Tensor, layer: int, rtol: float = 1e-3) -> torch.Tensor:
     """The receiving run's ``z`` of ``layer`` with every (destination, head) whose pattern row differs
     from ``src_pattern``'s replaced by ``src_pattern @ v`` (rows that are equal keep the run's own z, so

@@ -49,7 +49,7 @@ import torch
 from ..models import Aborted, SiteError, parse_sites, wrap
 from ..models.base import Edit
 from ..models.sites import HEAD_SITES, RESID_SITES, Site, n_site_heads
-from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_z
+from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_rtol, pattern_z
 from .patch_grid import BYS, LAYOUTS, Cell, Layout, LogitDiff, PatchGrid, layout, logit_diff
 from .prompt_pair import CellDetail, PromptPair, cell_detail, direction_roles, patched_run, prompt_pair  # noqa: F401
 
@@ -207,16 +207,12 @@ def patch_capture(model, site: str, by: str = "position") -> list[str]:
     return [f"{n}.{lay}" for lay in layers for n in sorted({name, *extra})]
 
 
-def _pattern_rtol(adapter) -> float:
-    return 1e-3 if adapter._dtype() == torch.float32 else 5e-2
-
-
 def _as_patched(pair, name, layers, src, recv):
     """``(engine site, source values)``: attn_pattern is patched as the z its source pattern gives with
     the receiving run's values (:func:`.patch_sources.pattern_z`); other sites as they are."""
     if name not in PATCHED_AS:
         return name, src
-    rtol = _pattern_rtol(pair.adapter)
+    rtol = pattern_rtol(pair.adapter)
     return PATCHED_AS[name], {f"z.{lay}": pattern_z(recv, src[f"attn_pattern.{lay}"], lay, rtol) for lay in layers}
 
 
@@ -324,6 +320,18 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
 
 
 # -- attribution patching ---------------------------------------------------------------------
+def _source_delta(pair, name, layer, receiver, source):
+    """``source - receiving`` value of ``name.layer`` from the pair's runs (which may hold a synthetic
+    source, as an ablation's does); for attn_pattern, of the z it gives: z is linear in the pattern, so
+    ``d(pattern) . dm/d(pattern) = d(z) . dm/dz`` exactly."""
+    site = f"{name}.{layer}"
+    recv = pair.ensure([site, *(f"{n}.{layer}" for n in PATTERN_NEEDS if name in PATCHED_AS)]).runs[receiver].cache
+    src = pair.runs[source][site]
+    if name in PATCHED_AS:
+        return pattern_z(recv, src, layer, pattern_rtol(pair.adapter)) - recv[f"z.{layer}"]
+    return src - recv[site]
+
+
 def attribution_patching_all(model, clean=None, corrupted=None, grids: Sequence[tuple[str, str]] = ALL_GRIDS,
                              metric: Callable | None = None, answers: Sequence | None = None,
                              direction: str = "denoise") -> dict[tuple[str, str], PatchGrid]:
@@ -335,7 +343,8 @@ def attribution_patching_all(model, clean=None, corrupted=None, grids: Sequence[
     adapter = model.adapter if isinstance(model, PromptPair) else wrap(model)
     checked = [(_check_site(adapter, s, by), by) for s, by in grids]
     pair = _pair(model, clean, corrupted, metric, answers)
-    sites = parse_sites([f"{name}.{lay}" for (name, layers), _ in checked for lay in layers], adapter.n_layers)
+    sites = parse_sites([f"{PATCHED_AS.get(name, name)}.{lay}" for (name, layers), _ in checked for lay in layers],
+                        adapter.n_layers)
     ids = torch.stack([pair.ids["clean"], pair.ids["corrupted"]])
     acts = adapter.grad_run(ids, sites, lambda final: pair.metric_of(final, 0, "clean").sum())
     r, s = ("clean", "corrupted").index(receiver), ("clean", "corrupted").index(source)
@@ -343,8 +352,10 @@ def attribution_patching_all(model, clean=None, corrupted=None, grids: Sequence[
     for (name, layers), by in checked:
         grid = _empty_grid(pair, name, by, direction, layers, "attribution")
         for li, layer in enumerate(layers):
-            act, grad = acts[f"{name}.{layer}"]
-            attr = ((act[s] - act[r]) * grad[r]).sum(-1)       # [T] or [T, heads]
+            act, grad = acts[f"{PATCHED_AS.get(name, name)}.{layer}"]
+            delta = _source_delta(pair, name, layer, receiver, source) if name in PATCHED_AS or pair.synthetic \
+                else act[s] - act[r]
+            attr = (delta * grad[r]).sum(-1)       # [T] or [T, heads]
             if by == "head":
                 attr = attr.sum(0)
             grid.values[li] = attr.numpy() + pair.metrics[receiver]
