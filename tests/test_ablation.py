@@ -134,3 +134,21 @@ def test_ablation_argument_errors():
         ablation(adapter, PROMPT, "resid_pre", kind="zero")
     with pytest.raises(ValueError, match="per position"):
         ablation(adapter, PROMPT, "resid_pre", kind="mean", reference=[PROMPT[:5]], metric=METRIC)
+
+
+@pytest.mark.parametrize("kind,reference", [("zero", None), ("mean", ["A dog sat", "A cat sat"]),
+                                            ("resample", "The dog sat")])
+def test_lab_patching_shows_an_ablation_grid(kind, reference):
+    """lab.patching(prompt, ablate=kind) draws the engine's ablation grid; a clicked cell agrees."""
+    import mechviz
+    lab = mechviz.Lab.default(prompt="The cat", threads=1, sae=False)
+    view = lab.patching("The cat sat", site="z", by="head", ablate=kind, reference=reference, answers=(" on", " down"))
+    ref = ablation(lab.model, "The cat sat", "z", by="head", kind=kind, reference=reference, answers=(" on", " down"))
+    assert view.status == "done" and view.direction == "noise" and view.title.lower().startswith(kind)
+    np.testing.assert_allclose(view.data["values"], ref.matrix()[0], atol=1e-5)
+    assert view.corrupted_metric == pytest.approx(ref.corrupted_metric, abs=1e-5)
+    assert np.isfinite(view.data["estimate"]).all()
+    mat = view.data["values"]
+    r, c = np.unravel_index(np.nanargmax(np.abs(mat - view.clean_metric)), mat.shape)
+    view.cell = [int(r), int(c)]
+    assert view.detail_metric == pytest.approx(float(mat[r, c]), abs=1e-4)
