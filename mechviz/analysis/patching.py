@@ -265,7 +265,8 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
     leave those, ``metric`` and ``answers`` out). ``metric``: logits ``[batch, T, vocab]`` ->
     ``[batch]``; default :func:`logit_diff` of ``answers=(correct, wrong)`` (text or ids), or of the
     two prompts' top predictions. ``by``: ``"position"`` for residual sites (resid_pre, resid_mid,
-    resid_post, attn_out, mlp_out), ``"head"`` or ``"head_position"`` for z, q, k, v.
+    resid_post, attn_out, mlp_out), ``"head"`` or ``"head_position"`` for z, q, k, v and attn_pattern (by destination position;
+    patched as the z it produces with the receiving run's values, :mod:`.patch_sources`).
     ``on_progress(grid, done, total)`` is called after each batch with the partially filled grid
     (NaN = not computed yet); ``cancel()`` is polled between batches and before each block of a
     pass, and once it returns True the partial grid is returned with ``complete=False``.
@@ -273,7 +274,8 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
     them (a Lab passes its model lock, so that live edits are served while a grid computes);
     ``batch_seconds``: keep each batch to about that much work at the measured speed (so that a
     wait for the lock is short); None: batches are bounded by ``batch_budget_mb`` only.
-    Equals TransformerLens' ``patching.get_act_patch_<site>[_by_pos|_all_pos]``.
+    Equals TransformerLens' ``patching.get_act_patch_<site>[_by_pos|_all_pos]`` (attn_pattern:
+    ``get_act_patch_attn_head_pattern_{all_pos,by_pos}``, whose by_pos is ``[layer, head, dest]``).
     """
     receiver, source = direction_roles(direction)
     hold = lock or nullcontext
