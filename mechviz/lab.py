@@ -383,27 +383,45 @@ class Lab:
         tokens it promotes and suppresses most, and steering controls."""
         return self.add(FeatureView(**traits), n=n, k=k)
 
-    def patching(self, clean: str, corrupted: str, site: str = "resid_pre", by: str = "position", *,
+    def patching(self, clean: str, corrupted: str | None = None, site: str = "resid_pre", by: str = "position", *,
                  answers=None, metric=None, direction: str = "denoise", exact: bool = True,
-                 **traits) -> PatchGridView:
+                 ablate: str | None = None, reference=None, **traits) -> PatchGridView:
         """An activation-patching grid for ``site`` (``resid_pre``, ``resid_mid``, ``resid_post``,
-        ``attn_out``, ``mlp_out`` by ``"position"``; ``z``, ``q``, ``k``, ``v`` by ``"head"`` or
-        ``"head_position"``). The attribution-patching estimate shows at once; exact values then
-        stream in from a worker thread (cancellable from the view). Click a cell to see that patched
-        run's next tokens and logit lens. ``answers=(correct, wrong)`` sets the default metric, the
-        logit difference (see :func:`mechviz.analysis.patching.activation_patching`).
+        ``attn_out``, ``mlp_out`` by ``"position"``; ``z``, ``q``, ``k``, ``v``, ``attn_pattern`` by
+        ``"head"`` or ``"head_position"``; a pattern's position is its destination). The
+        attribution-patching estimate shows at once; exact values then stream in from a worker thread
+        (cancellable from the view). Click a cell to see that patched run's next tokens and logit lens.
+        ``answers=(correct, wrong)`` sets the default metric, the logit difference (see
+        :func:`mechviz.analysis.patching.activation_patching`).
+
+        ``ablate="zero" | "mean" | "resample"``: an ablation grid of ``clean`` instead (no ``corrupted``;
+        ``reference``: the prompts to average over for ``"mean"``, the other prompt for ``"resample"``;
+        see :mod:`mechviz.analysis.ablation`), drawn as a noising grid normalised by the full ablation.
 
         >>> grid = lab.patching("When Mary and John went to the store, John gave a drink to",
         ...                     "When Mary and John went to the store, Mary gave a drink to",
         ...                     answers=(" Mary", " John"))                         # doctest: +SKIP
+        >>> zero = lab.patching("The Eiffel Tower is in", site="z", by="head", ablate="zero",
+        ...                     answers=(" Paris", " Rome"))                        # doctest: +SKIP
         """
+        from .analysis import ablation as A
         from .analysis import patching as P
 
+        if (ablate is None) == (corrupted is None):
+            raise TypeError("give a corrupted prompt to patch from, or ablate='zero' | 'mean' | 'resample' "
+                            "(then no corrupted prompt)")
+        if ablate is None and reference is not None:
+            raise TypeError("reference= is for ablation grids (ablate=...)")
         view = PatchGridView(**traits)
         P.direction_roles(direction)  # arguments first: no prompt pass for a call that cannot run
         with self.lock:
-            pair = P.prompt_pair(self.model, clean, corrupted, metric=metric, answers=answers,
-                                 capture=P.patch_capture(self.model, site, by))
+            if ablate is None:
+                pair = P.prompt_pair(self.model, clean, corrupted, metric=metric, answers=answers,
+                                     capture=P.patch_capture(self.model, site, by))
+            else:
+                pair = A.ablation_pair(self.model, clean, site, by, ablate, reference, metric, answers)
+                direction = "noise"
+                view.title = f"{ablate.capitalize()} ablation"
         session = PatchingSession(view, pair, site, by, direction, self.lock, self._loop)
         session.estimate()
         self._register(view, session=session)

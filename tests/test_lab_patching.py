@@ -21,7 +21,8 @@ def lab():
     return mechviz.Lab.default(prompt="The cat", threads=1, sae=False)
 
 
-@pytest.mark.parametrize("site,by", [("resid_pre", "position"), ("z", "head"), ("v", "head_position")])
+@pytest.mark.parametrize("site,by", [("resid_pre", "position"), ("z", "head"), ("v", "head_position"),
+                                     ("attn_pattern", "head"), ("attn_pattern", "head_position")])
 def test_grid_view_shows_engine_values_and_a_clicked_cell_agrees(lab, site, by):
     view = lab.patching(CLEAN, CORRUPTED, site=site, by=by, answers=ANSWERS)
     ref = P.activation_patching(lab.model, CLEAN, CORRUPTED, site, by=by, answers=ANSWERS)

@@ -180,7 +180,9 @@ def test_errors():
         activation_patching(adapter, CLEAN, CORRUPTED[:-1], "resid_pre", metric=METRIC)
     with pytest.raises(SiteError, match="unknown site 'resid_pr'.*Did you mean 'resid_pre'"):
         activation_patching(adapter, CLEAN, CORRUPTED, "resid_pr", metric=METRIC)
-    with pytest.raises(SiteError, match="cannot be patched"):
+    with pytest.raises(SiteError, match="cannot be patched"):   # read-only (attn_pattern is patched: test_pattern_patching)
+        activation_patching(adapter, CLEAN, CORRUPTED, "router", metric=METRIC)
+    with pytest.raises(ValueError, match="per head"):
         activation_patching(adapter, CLEAN, CORRUPTED, "attn_pattern", metric=METRIC)
     with pytest.raises(ValueError, match="by='head'"):
         activation_patching(adapter, CLEAN, CORRUPTED, "z", metric=METRIC)

@@ -49,6 +49,7 @@ import torch
 from ..models import Aborted, SiteError, parse_sites, wrap
 from ..models.base import Edit
 from ..models.sites import HEAD_SITES, RESID_SITES, Site, n_site_heads
+from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_rtol, pattern_z
 from .patch_grid import BYS, LAYOUTS, Cell, Layout, LogitDiff, PatchGrid, layout, logit_diff
 from .prompt_pair import CellDetail, PromptPair, cell_detail, direction_roles, patched_run, prompt_pair  # noqa: F401
 
@@ -91,11 +92,12 @@ def _check_site(adapter, site, by):
     if name in RESID_SITES:
         if by != "position":
             raise ValueError(f"{name} has no head axis: use by='position' (got by={by!r})")
-    elif name in HEAD_SITES:
+    elif name in HEAD_SITES or name in PATCHED_AS:
         if by not in ("head", "head_position"):
             raise ValueError(f"{name} is per head: use by='head' (all positions) or 'head_position' (got by={by!r})")
     else:
-        raise SiteError(f"site {name!r} cannot be patched here; patchable sites: {', '.join(RESID_SITES + HEAD_SITES)}")
+        raise SiteError(f"site {name!r} cannot be patched here; patchable sites: "
+                        f"{', '.join(RESID_SITES + HEAD_SITES + tuple(PATCHED_AS))}")
     return name, [s.layer for s in sites]
 
 
@@ -199,8 +201,19 @@ def patch_capture(model, site: str, by: str = "position") -> list[str]:
     ``by`` (the site itself, plus what patches after a block's attention are finished from)."""
     adapter = wrap(model)
     name, layers = _check_site(adapter, site, by)
-    extra = ("resid_pre", "attn_out") + (("z",) if name == "z" else ()) if name in _AFTER_ATTN else ()
+    name_as = PATCHED_AS.get(name, name)   # attn_pattern is patched as the z it produces (.patch_sources)
+    extra = ("resid_pre", "attn_out") + (("z",) if name_as == "z" else ()) if name_as in _AFTER_ATTN else ()
+    extra += PATTERN_NEEDS if name in PATCHED_AS else ()
     return [f"{n}.{lay}" for lay in layers for n in sorted({name, *extra})]
+
+
+def _as_patched(pair, name, layers, src, recv):
+    """``(engine site, source values)``: attn_pattern is patched as the z its source pattern gives with
+    the receiving run's values (:func:`.patch_sources.pattern_z`); other sites as they are."""
+    if name not in PATCHED_AS:
+        return name, src
+    rtol = pattern_rtol(pair.adapter)
+    return PATCHED_AS[name], {f"z.{lay}": pattern_z(recv, src[f"attn_pattern.{lay}"], lay, rtol) for lay in layers}
 
 
 def _bytes_per_token_row(adapter, T, full_logits):
@@ -252,7 +265,8 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
     leave those, ``metric`` and ``answers`` out). ``metric``: logits ``[batch, T, vocab]`` ->
     ``[batch]``; default :func:`logit_diff` of ``answers=(correct, wrong)`` (text or ids), or of the
     two prompts' top predictions. ``by``: ``"position"`` for residual sites (resid_pre, resid_mid,
-    resid_post, attn_out, mlp_out), ``"head"`` or ``"head_position"`` for z, q, k, v.
+    resid_post, attn_out, mlp_out), ``"head"`` or ``"head_position"`` for z, q, k, v and attn_pattern (by destination position;
+    patched as the z it produces with the receiving run's values, :mod:`.patch_sources`).
     ``on_progress(grid, done, total)`` is called after each batch with the partially filled grid
     (NaN = not computed yet); ``cancel()`` is polled between batches and before each block of a
     pass, and once it returns True the partial grid is returned with ``complete=False``.
@@ -260,7 +274,8 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
     them (a Lab passes its model lock, so that live edits are served while a grid computes);
     ``batch_seconds``: keep each batch to about that much work at the measured speed (so that a
     wait for the lock is short); None: batches are bounded by ``batch_budget_mb`` only.
-    Equals TransformerLens' ``patching.get_act_patch_<site>[_by_pos|_all_pos]``.
+    Equals TransformerLens' ``patching.get_act_patch_<site>[_by_pos|_all_pos]`` (attn_pattern:
+    ``get_act_patch_attn_head_pattern_{all_pos,by_pos}``, whose by_pos is ``[layer, head, dest]``).
     """
     receiver, source = direction_roles(direction)
     hold = lock or nullcontext
@@ -271,6 +286,7 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
         grid = _empty_grid(pair, name, by, direction, layers, "activation")
         src, recv = pair.runs[source].cache, pair.runs[receiver].cache
         base = adapter.patch_base(pair.ids[receiver])
+        name, src = _as_patched(pair, name, layers, src, recv)
     budget = max(1, int(batch_budget_mb * 2**20) // _bytes_per_token_row(adapter, pair.T, not pair.subset))
     pace = _Pace(budget, batch_seconds)
     no_op, plan = _plan(grid, name, src, recv)
@@ -306,6 +322,18 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
 
 
 # -- attribution patching ---------------------------------------------------------------------
+def _source_delta(pair, name, layer, receiver, source):
+    """``source - receiving`` value of ``name.layer`` from the pair's runs (which may hold a synthetic
+    source, as an ablation's does); for attn_pattern, of the z it gives: z is linear in the pattern, so
+    ``d(pattern) . dm/d(pattern) = d(z) . dm/dz`` exactly."""
+    site = f"{name}.{layer}"
+    recv = pair.ensure([site, *(f"{n}.{layer}" for n in PATTERN_NEEDS if name in PATCHED_AS)]).runs[receiver].cache
+    src = pair.runs[source][site]
+    if name in PATCHED_AS:
+        return pattern_z(recv, src, layer, pattern_rtol(pair.adapter)) - recv[f"z.{layer}"]
+    return src - recv[site]
+
+
 def attribution_patching_all(model, clean=None, corrupted=None, grids: Sequence[tuple[str, str]] = ALL_GRIDS,
                              metric: Callable | None = None, answers: Sequence | None = None,
                              direction: str = "denoise") -> dict[tuple[str, str], PatchGrid]:
@@ -317,7 +345,8 @@ def attribution_patching_all(model, clean=None, corrupted=None, grids: Sequence[
     adapter = model.adapter if isinstance(model, PromptPair) else wrap(model)
     checked = [(_check_site(adapter, s, by), by) for s, by in grids]
     pair = _pair(model, clean, corrupted, metric, answers)
-    sites = parse_sites([f"{name}.{lay}" for (name, layers), _ in checked for lay in layers], adapter.n_layers)
+    sites = parse_sites([f"{PATCHED_AS.get(name, name)}.{lay}" for (name, layers), _ in checked for lay in layers],
+                        adapter.n_layers)
     ids = torch.stack([pair.ids["clean"], pair.ids["corrupted"]])
     acts = adapter.grad_run(ids, sites, lambda final: pair.metric_of(final, 0, "clean").sum())
     r, s = ("clean", "corrupted").index(receiver), ("clean", "corrupted").index(source)
@@ -325,8 +354,10 @@ def attribution_patching_all(model, clean=None, corrupted=None, grids: Sequence[
     for (name, layers), by in checked:
         grid = _empty_grid(pair, name, by, direction, layers, "attribution")
         for li, layer in enumerate(layers):
-            act, grad = acts[f"{name}.{layer}"]
-            attr = ((act[s] - act[r]) * grad[r]).sum(-1)       # [T] or [T, heads]
+            act, grad = acts[f"{PATCHED_AS.get(name, name)}.{layer}"]
+            delta = _source_delta(pair, name, layer, receiver, source) if name in PATCHED_AS or pair.synthetic \
+                else act[s] - act[r]
+            attr = (delta * grad[r]).sum(-1)       # [T] or [T, heads]
             if by == "head":
                 attr = attr.sum(0)
             grid.values[li] = attr.numpy() + pair.metrics[receiver]

@@ -22,6 +22,7 @@ from ..models import ModelAdapter, Run, wrap
 from . import logit_lens as lens
 from .checks import token_id
 from .patch_grid import LogitDiff, PatchGrid, logit_diff
+from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_rtol, pattern_z
 
 ROLES = ("clean", "corrupted")
 
@@ -74,6 +75,9 @@ class PromptPair:
         if not all(np.isfinite(v) for v in self.metrics.values()):
             raise FloatingPointError(f"the metric is not finite on the prompts ({self.metrics}): nothing to patch")
         self.subset = all(hasattr(self.metric, n) for n in ("positions", "token_ids", "from_subset"))
+        #: whether the corrupted run's activations were replaced (an ablation's zeros, mean or resample:
+        #: :mod:`.ablation`), so that they are not what its ids compute; ensure() then cannot add sites
+        self.synthetic = False
 
     @property
     def clean_ids(self) -> torch.Tensor:
@@ -87,6 +91,9 @@ class PromptPair:
         """Make sure both runs hold ``sites`` (canonical ``"<name>.<layer>"`` names); runs both prompts
         again only when some are missing."""
         missing = [s for s in sites if s not in self.runs["clean"].cache]
+        if missing and self.synthetic:
+            raise ValueError(f"this ablation's source holds {sorted(self.runs['corrupted'].cache)}, not {missing}: "
+                             "build the ablation for the site you patch")
         if missing:
             for r in ROLES:
                 extra = self.adapter.run(self.ids[r], capture=missing)
@@ -160,6 +167,10 @@ def patched_run(pair: PromptPair, grid: PatchGrid, row: int, col: int, capture=(
     receiver, source = direction_roles(grid.direction)
     site = f"{grid.site}.{cell.layer}"
     src = pair.ensure([site]).runs[source][site]
+    if grid.site in PATCHED_AS:   # a pattern is patched as the z it gives (.patch_sources): HF weights are read-only
+        recv = pair.ensure([f"{n}.{cell.layer}" for n in PATTERN_NEEDS]).runs[receiver].cache
+        src = pattern_z(recv, src, cell.layer, pattern_rtol(pair.adapter))
+        site = f"{PATCHED_AS[grid.site]}.{cell.layer}"
     pos = slice(None) if cell.pos is None else cell.pos
 
     def patch(x):

@@ -97,6 +97,8 @@ KV_SITES = ("k", "v")
 
 def n_site_heads(adapter, name: str) -> int:
     """How many heads site ``name`` has on this model (0: no head axis)."""
+    if name == "attn_pattern":
+        return adapter.n_heads
     if name not in HEAD_SITES:
         return 0
     return adapter.n_kv_heads if name in KV_SITES else adapter.n_heads
