@@ -404,26 +404,10 @@ class Lab:
         >>> zero = lab.patching("The Eiffel Tower is in", site="z", by="head", ablate="zero",
         ...                     answers=(" Paris", " Rome"))                        # doctest: +SKIP
         """
-        from .analysis import ablation as A
-        from .analysis import patching as P
-
-        if (ablate is None) == (corrupted is None):
-            raise TypeError("give a corrupted prompt to patch from, or ablate='zero' | 'mean' | 'resample' "
-                            "(then no corrupted prompt)")
-        if ablate is None and reference is not None:
-            raise TypeError("reference= is for ablation grids (ablate=...)")
         view = PatchGridView(**traits)
-        P.direction_roles(direction)  # arguments first: no prompt pass for a call that cannot run
-        with self.lock:
-            if ablate is None:
-                pair = P.prompt_pair(self.model, clean, corrupted, metric=metric, answers=answers,
-                                     capture=P.patch_capture(self.model, site, by))
-            else:
-                pair = A.ablation_pair(self.model, clean, site, by, ablate, reference, metric, answers)
-                direction = "noise"
-                view.title = f"{ablate.capitalize()} ablation"
-        session = PatchingSession(view, pair, site, by, direction, self.lock, self._loop)
-        session.estimate()
+        session = PatchingSession.create(view, self.model, self.lock, self._loop, clean, corrupted, site, by,
+                                         answers=answers, metric=metric, direction=direction, ablate=ablate,
+                                         reference=reference)
         self._register(view, session=session)
         if exact:
             session.start()

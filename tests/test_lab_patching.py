@@ -194,3 +194,17 @@ def test_a_bad_prompt_is_not_reported_by_a_patching_grid():
     assert "empty" in attn.error and grid.error == ""
     lab.prompt = "The mat"
     assert attn.error == grid.error == ""
+
+
+def test_a_grid_with_no_gap_says_why_its_cells_are_blank():
+    """Equal clean and corrupted metrics (the same prompt twice; a zero ablation that moves nothing) leave
+    every normalised value 0/0: the view says so instead of showing an unexplained blank grid."""
+    import mechviz
+
+    lab = mechviz.Lab.default()
+    grid = lab.patching("The cat sat on the mat. The cat", "The cat sat on the mat. The cat",
+                        answers=(" sat", " the"), exact=False)
+    assert "no gap to normalise by" in grid.note
+    ok = lab.patching("The cat sat on the mat. The cat", "The dog sat on the mat. The cat",
+                      answers=(" sat", " the"), exact=False)
+    assert ok.note == ""

@@ -147,6 +147,32 @@ class PatchingSession:
                                                                    self._detail_failed, delay=0.0, loop=loop)
         view.observe(self._on_cell, names="cell")
 
+    @classmethod
+    def create(cls, view: PatchGridView, model, lock: ModelLock, loop, clean: str, corrupted: str | None,
+               site: str, by: str, *, answers=None, metric=None, direction: str = "denoise",
+               ablate: str | None = None, reference=None) -> "PatchingSession":
+        """The session behind ``view`` for :meth:`mechviz.Lab.patching`: its prompt pair (a corrupted
+        prompt, or an ablation of ``clean``: see :mod:`mechviz.analysis.ablation`) and the estimate, shown."""
+        from ..analysis import ablation as A
+
+        if (ablate is None) == (corrupted is None):
+            raise TypeError("give a corrupted prompt to patch from, or ablate='zero' | 'mean' | 'resample' "
+                            "(then no corrupted prompt)")
+        if ablate is None and reference is not None:
+            raise TypeError("reference= is for ablation grids (ablate=...)")
+        P.direction_roles(direction)  # arguments first: no prompt pass for a call that cannot run
+        with lock:
+            if ablate is None:
+                pair = P.prompt_pair(model, clean, corrupted, metric=metric, answers=answers,
+                                     capture=P.patch_capture(model, site, by))
+            else:
+                pair = A.ablation_pair(model, clean, site, by, ablate, reference, metric, answers)
+                direction = "noise"
+                view.title = f"{ablate.capitalize()} ablation"
+        session = cls(view, pair, site, by, direction, lock, loop)
+        session.estimate()
+        return session
+
     # -- estimate and exact values ----------------------------------------------------------------
     def estimate(self) -> P.PatchGrid:
         """Show the attribution-patching estimate (one forward and backward pass) at once."""
@@ -154,6 +180,9 @@ class PatchingSession:
             est = P.attribution_patching(self.pair, site=self.site, by=self.by, direction=self.direction)
         blank = dataclasses.replace(est, values=np.full_like(est.values, np.nan), method="activation", complete=False)
         self.view.show_grid(blank, estimate=est, status="estimate")
+        if est.clean_metric == est.corrupted_metric:  # no gap: every normalised value would be 0/0
+            self.view.note = (f"the two runs' metrics are equal ({est.clean_metric:.4g}): there is no gap to "
+                              "normalise by, so the cells are blank; read the raw values from Python (view.result.values)")
         return est
 
     def start(self) -> None:
