@@ -203,8 +203,9 @@ def mount_bare(page, widget):
     page.evaluate(BARE_HARNESS, [widget._esm, state, paths, b64])
 
 
-def push_bare(page, widget, names):
-    """Simulate the kernel: send the current values of ``names`` (binary buffers included) to the page."""
+def stage_bare(page, widget, names=None) -> None:
+    """Decode the current values of ``names`` (default all; binary buffers as DataViews, as the kernel's
+    messages arrive) into ``window.__staged`` without handing them to the view yet."""
     state, paths, b64 = _state_b64(widget, names)
     page.evaluate("""([state, paths, b64]) => {
         for (let k = 0; k < paths.length; k++) {
@@ -213,8 +214,25 @@ def push_bare(page, widget, names):
           for (let i = 0; i < p.length - 1; i++) o = o[p[i]];
           o[p[p.length - 1]] = new DataView(bin.buffer);
         }
-        for (const [k, v] of Object.entries(state)) window.model.set(k, v);
-    }""", [state, paths, b64])
+        window.__staged = state; }""", [state, paths, b64])
+
+
+def push_bare(page, widget, names):
+    """Simulate the kernel: send the current values of ``names`` (binary buffers included) to the page."""
+    stage_bare(page, widget, names)
+    page.evaluate("() => { for (const [k, v] of Object.entries(window.__staged)) window.model.set(k, v); }")
+
+
+def hover_cell(page, root: str, r: int, c: int, canvas: str = "canvas.mv-grid"):
+    """Hover cell (r, c) of a virtual grid as it is scrolled now (its canvas shows the columns from
+    ``data-x0`` on); returns the view's read-out (``.mv-info``) locator."""
+    cv = page.locator(f"{root} {canvas}")
+    cw = int(cv.get_attribute("data-cell-w") or cv.get_attribute("data-cell"))
+    ch = int(cv.get_attribute("data-cell-h") or cv.get_attribute("data-cell"))
+    x0 = float(cv.get_attribute("data-x0"))
+    page.mouse.move(0, 0)
+    cv.hover(position={"x": (c + 0.5) * cw - x0, "y": (r + 0.5) * ch})
+    return page.locator(f"{root} .mv-info")
 
 
 def grid_cell(page, canvas_sel: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvbrowser import _state_b64, mount_bare, push_bare, summary
+from mvbrowser import hover_cell, mount_bare, push_bare, stage_bare, summary
 
 pytestmark = pytest.mark.browser
 
@@ -27,18 +27,10 @@ def arrive(page, view) -> float:
     """Mount ``view`` with no data, then deliver all its traits as the kernel would: the binary buffers
     are turned into DataViews first (the test's own decoding, not the view's work), then the traits
     are set in one task. Returns the page time (ms) at which the data arrived."""
-    state, paths, b64 = _state_b64(view)
     empty = type(view)()
     mount_bare(page, empty)
     page.evaluate(OBSERVE)
-    page.evaluate("""([state, paths, b64]) => {
-        for (let k = 0; k < paths.length; k++) {
-          const bin = Uint8Array.from(atob(b64[k]), (c) => c.charCodeAt(0));
-          let o = state; const p = paths[k];
-          for (let i = 0; i < p.length - 1; i++) o = o[p[i]];
-          o[p[p.length - 1]] = new DataView(bin.buffer);
-        }
-        window.__staged = state; }""", [state, paths, b64])
+    stage_bare(page, view)
     page.wait_for_timeout(200)   # the staging task is over before the data "arrive"
     return page.evaluate("""() => { const t0 = performance.now();
         for (const [k, v] of Object.entries(window.__staged)) window.model.set(k, v); return t0; }""")
@@ -86,14 +78,7 @@ def canvas_box(page, sel: str) -> dict:
 def hover(page, root: str, canvas: str, r: int, c: int, expect: dict) -> dict:
     """Hover cell (r, c) of the grid as it is scrolled now (the canvas shows columns from x0 on) and
     return the read-out once it shows ``expect``."""
-    sel = f"{root} {canvas}"
-    cv = page.locator(sel)
-    cw = int(cv.get_attribute("data-cell-w") or cv.get_attribute("data-cell"))
-    ch = int(cv.get_attribute("data-cell-h") or cv.get_attribute("data-cell"))
-    x0 = float(cv.get_attribute("data-x0"))
-    page.mouse.move(0, 0)
-    cv.hover(position={"x": (c + 0.5) * cw - x0, "y": (r + 0.5) * ch})
-    info = page.locator(f"{root} .mv-info")
+    info = hover_cell(page, root, r, c, canvas)
     exp = {k: str(v) for k, v in expect.items()}
     page.wait_for_function("([el, exp]) => Object.entries(exp).every(([k, v]) => el.dataset[k] === v)",
                            arg=[info.element_handle(), exp], timeout=5000)

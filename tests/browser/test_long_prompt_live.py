@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mvbrowser import route_offline, write_cells
+from mvbrowser import hover_cell, route_offline, write_cells
 
 pytestmark = pytest.mark.browser
 
@@ -157,13 +157,7 @@ def _labels_px(page) -> dict:
 
 
 def _hover_lens_far_right(page, r: int, c: int) -> dict:
-    cv = page.locator(f"{LENS} canvas.mv-grid")
-    cw = int(cv.get_attribute("data-cell-w") or cv.get_attribute("data-cell"))
-    ch = int(cv.get_attribute("data-cell-h") or cv.get_attribute("data-cell"))
-    x0 = float(cv.get_attribute("data-x0"))
-    page.mouse.move(0, 0)
-    cv.hover(position={"x": (c + 0.5) * cw - x0, "y": (r + 0.5) * ch})
-    info = page.locator(f"{LENS} .mv-info")
+    info = hover_cell(page, LENS, r, c)
     page.wait_for_function("([el, r, c]) => el.dataset.row === String(r) && el.dataset.col === String(c)",
                            arg=[info.element_handle(), r, c], timeout=5000)
     return info.evaluate("(e) => ({...e.dataset, text: e.textContent})")
