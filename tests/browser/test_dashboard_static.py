@@ -37,7 +37,10 @@ else:
     grid_view.show_grid(activation_patching(lab.model, {CLEAN!r}, {CORRUPT!r}, "resid_pre"),
                         estimate=attribution_patching(lab.model, {CLEAN!r}, {CORRUPT!r}, "resid_pre"), status="done")
 grid_view""",
+    # direct logit attribution, linked to the attention view (a click opens the head there)
+    'heads_view = lab.add(mechviz.HeadGridView(), answer=" the", wrong=" a")\nheads_view',
 ]
+HEADS = ".mechviz-head-grid"
 
 
 @pytest.fixture(scope="module")
@@ -137,4 +140,27 @@ def test_dashboard_export_renders_offline_and_stays_linked(page, exported, artif
     assert strip == pytest.approx(acts[:, 0], abs=0.01 * max(1.0, float(acts[:, 0].max())))
     page.wait_for_selector(f'{LENS}[data-token="2"]', timeout=5_000)
     page.screenshot(path=str(artifacts / "static_dashboard_linked.png"), full_page=True)
+    assert page.mv_errors == []
+
+
+def test_dla_grid_export_renders_offline_and_opens_a_head_in_the_attention_view(page, exported):
+    """The HeadGridView (direct logit attribution) from saved state: hover values are the analysis
+    numbers, and a click selects that head in the attention view with no kernel (the jslinks)."""
+    from mechviz import zoo
+    from mechviz.analysis import dla as D
+    from mechviz.models import HFAdapter
+
+    adapter = HFAdapter(*zoo.load_default_model())
+    run = adapter.run(DASH_PROMPT, capture=D.needs(adapter.n_layers))
+    d = D.direct_logit_attribution(adapter, run, " the", " a")
+    route_offline(page.context, serve_cdn=False, local_prefixes=LOCAL)
+    page.goto(exported.resolve().as_uri())
+    page.wait_for_selector(f"{HEADS}[data-rows='{adapter.n_layers}']", timeout=30_000)
+    page.wait_for_selector(f"{ATT}[data-prompt={json.dumps(DASH_PROMPT)}]", timeout=30_000)
+    L, H = d.heads.shape
+    for layer, head in [(0, 0), (L - 1, H - 1), tuple(int(i) for i in np.unravel_index(np.abs(d.heads).argmax(), d.heads.shape))]:
+        info = hover_grid(page, HEADS, "canvas.mv-grid", layer, head)
+        assert float(info["value"]) == pytest.approx(float(d.heads[layer, head]), abs=1e-3)
+    click_grid(page, HEADS, "canvas.mv-grid", L - 1, 1)
+    page.wait_for_selector(f'{ATT}[data-layer="{L - 1}"][data-head="1"]', timeout=5_000)
     assert page.mv_errors == []
