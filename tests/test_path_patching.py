@@ -114,6 +114,21 @@ def test_path_patching_equals_hook_reference(model, direction):
     assert np.allclose(grid.by_head(4)[:, :], ref[:, 4].reshape(3, 4), equal_nan=True, atol=1e-5)
 
 
+def test_transformer_lens_adapter_equals_hf(model):
+    """The TransformerLens adapter's grid (hook_q/k/v/z edits; TL keeps H_kv keys in a GQA model) equals the
+    HF adapter's on the same weights."""
+    pytest.importorskip("transformer_lens")
+    from mechviz.models import wrap
+
+    from .conftest import tl_from_hf
+
+    arch, hf_model = model
+    hf = path_patching(HFAdapter(hf_model), CLEAN, CORRUPTED, receivers=RECEIVERS, metric=METRIC)
+    tl = path_patching(wrap(tl_from_hf(hf_model)), CLEAN, CORRUPTED, receivers=RECEIVERS, metric=METRIC)
+    assert np.array_equal(np.isnan(hf.values), np.isnan(tl.values))
+    assert np.nanmax(np.abs(hf.values - tl.values)) < 1e-5
+
+
 def test_last_layer_to_final_is_head_patching():
     """A sender in the last layer has no head after it to freeze: its path to the final residual is plain
     activation patching of its z (the engine's grid, itself equal to TransformerLens'). A layer-0 sender's
