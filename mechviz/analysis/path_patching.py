@@ -278,7 +278,8 @@ def path_patching(model, clean=None, corrupted=None, senders: Sequence[tuple[int
         values[valid] = pair.metrics[receiver]
         return grid
     p0 = min(p0s)
-    last_freeze = L - 1 if any(r.kind == "final" for rs in sets for r in rs) else max(r.layer for rs in sets for r in rs) - 1
+    # heads at or after a receiver's layer cannot reach its input: freeze up to the last layer that can
+    last_freeze = max(r.layer for rs in sets for r in rs) - 1          # "final" has layer n_layers
     base = adapter.patch_base(pair.ids[receiver])
     todo = [i for i in range(len(sender_list)) if valid[i].any()]
     with torch.inference_mode():
