@@ -162,3 +162,20 @@ def test_three_traces_share_one_draw_and_draw(tokenizer):
     view = PatchGridView()
     view.show_grid(trs[1].grid())
     assert view.site == "mlp_out" and view.values.shape == trs[1].values.shape
+
+
+def test_transformer_lens_backend_agrees(tokenizer):
+    """The same trace through the TransformerLens adapter (noise on hook_resid_pre of block 0 = embed + pos_embed)."""
+    pytest.importorskip("transformer_lens")
+    from mechviz.models import wrap
+
+    from .conftest import tl_from_hf
+
+    model = sharp_hf("gpt2")
+    ids = HFAdapter(model, tokenizer).to_tokens(PROMPT)      # TL gets the same ids (and no tokenizer)
+    hf = causal_traces(HFAdapter(model, tokenizer), ids, [1, 2, 3, 4], window=2, samples=2)
+    tlt = causal_traces(wrap(tl_from_hf(model)), ids, [1, 2, 3, 4], window=2, samples=2)
+    for a, b in zip(hf, tlt):
+        assert a.noise_std == pytest.approx(b.noise_std) and a.target == b.target
+        np.testing.assert_allclose(b.values, a.values, atol=1e-5)
+        assert abs(a.low - b.low) < 1e-5 and abs(a.high - b.high) < 1e-5
