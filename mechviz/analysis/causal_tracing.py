@@ -66,7 +66,7 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     """The layers restored for row ``layer`` of an ``"mlp"``/``"attn"`` trace (ROME's ``trace_important_window``).
 
     >>> list(window_layers(0, 10, 12)), list(window_layers(6, 10, 12)), list(window_layers(3, 3, 12))
-    ([0, 1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [2, 3, 4])
+    ([0, 1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [2, 3, 4])
     """
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
