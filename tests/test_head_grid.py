@@ -47,8 +47,30 @@ def test_detector_views(lab):
     np.testing.assert_allclose(ind.data["values"], ref.scores, atol=1e-6)   # not recomputed per edit
     ref_prev = Hd.head_scores(lab.model, "previous_token", lab.prompt, exclude_bos=True)
     np.testing.assert_allclose(prev.data["values"], ref_prev.scores, atol=1e-6)
-    with pytest.raises(TypeError, match="answer= .* or detector="):
+    with pytest.raises(TypeError, match="answer= .* detector= .* or path="):
         lab.add(mechviz.HeadGridView())
     with pytest.raises(ValueError, match="exactly one token"):
         lab.add(mechviz.HeadGridView(), answer=" cat")
     lab.remove(ind), lab.remove(prev)
+
+
+def test_path_patching_shows_senders_to_a_receiver():
+    """lab.add(HeadGridView(), path={...}): every sender head's normalised path-patching effect on the first
+    receiver, equal to the analysis function's, computed once (its prompts are fixed)."""
+    import numpy as np
+
+    import mechviz
+    from mechviz.analysis.path_patching import path_patching
+
+    lab = mechviz.Lab.default(prompt="The cat sat on the mat.")
+    args = dict(clean="The cat sat on the mat. The cat", corrupted="The dog sat on the mat. The dog",
+                receivers=[("k", 2, 0)], answers=(" sat", " the"), direction="denoise")
+    view = lab.add(mechviz.HeadGridView(), path=args)
+    want = path_patching(lab.model, **args)
+    np.testing.assert_allclose(view.values, want.by_head(0, want.normalized()), atol=1e-6, equal_nan=True)
+    assert np.isnan(view.values[2:]).all() and np.isfinite(view.values[:2]).all()   # senders below layer 2 only
+    assert "k" in view.value_label and view.diverging
+    seq = view.seq
+    lab.prompt = "Another prompt entirely."                                             # not recomputed per edit
+    np.testing.assert_allclose(view.values, want.by_head(0, want.normalized()), atol=1e-6, equal_nan=True)
+    assert view.seq >= seq

@@ -51,13 +51,27 @@ class HeadGridView(View):
     head = t.Int(0).tag(sync=True)
     title = t.Unicode("Heads").tag(sync=True)
 
-    def feed(self, lab, answer=None, wrong=None, position: int = -1, detector: str | None = None, **options) -> Feed:
+    def feed(self, lab, answer=None, wrong=None, position: int = -1, detector: str | None = None,
+             path: dict | None = None, **options) -> Feed:
         """DLA with ``answer`` (and ``wrong``, ``position``); a detector with ``detector`` (one of
         :data:`mechviz.analysis.heads.KINDS`; ``options`` go to :func:`~mechviz.analysis.heads.head_scores`).
-        ``"induction"`` runs its own repeated-random-token pass once, here, not on every prompt edit."""
+        ``"induction"`` runs its own repeated-random-token pass once, here, not on every prompt edit.
+        ``path``: the arguments of :func:`~mechviz.analysis.path_patching.path_patching` (``clean``,
+        ``corrupted``, ``receivers``, ``answers``, ...): every sender head's normalised effect on the first
+        receiver (set), computed once, here (its two prompts are fixed, not the Lab's)."""
         adapter = lab.model
-        if (answer is None) == (detector is None):
-            raise TypeError("HeadGridView takes answer= (direct logit attribution) or detector= (head scores)")
+        if sum(x is not None for x in (answer, detector, path)) != 1:
+            raise TypeError("HeadGridView takes answer= (direct logit attribution), detector= (head scores) "
+                            "or path= (path patching)")
+        if path is not None:
+            from ..analysis.path_patching import path_patching
+
+            if options or not isinstance(path, dict):
+                raise TypeError("path= takes a dict of path_patching's arguments (clean, corrupted, receivers, ...)")
+            with lab.lock:
+                grid = path_patching(adapter, **path)
+            return Feed(lambda: [], lambda p: {"result": grid, "prompt": f"{grid.direction}: {path.get('clean')!r} "
+                                               f"vs {path.get('corrupted')!r}"})
         if detector is not None:
             if detector == "induction" and "prompt" not in options:
                 with lab.lock:
@@ -80,8 +94,10 @@ class HeadGridView(View):
             traits = _dla_traits(result)
         elif isinstance(result, head_fns.HeadScores):
             traits = _scores_traits(result)
+        elif type(result).__name__ == "PathPatchGrid":
+            traits = _path_traits(result)
         else:
-            raise TypeError(f"HeadGridView shows a DLA or HeadScores, not {type(result).__name__}")
+            raise TypeError(f"HeadGridView shows a DLA, HeadScores or PathPatchGrid, not {type(result).__name__}")
         shown = np.concatenate([np.ravel(traits["values"].array), np.ravel(traits["extra"].array)])
         if not np.isfinite(shown[~np.isnan(shown)]).all():
             raise FloatingPointError("head scores contain inf: nothing is shown")
@@ -120,3 +136,18 @@ def _scores_traits(s) -> dict:
             "by_position": None, "terms": [], "tokens": list(s.token_strs),
             "value_label": f"{s.kind.replace('_', '-')} score ({s.error_measure})", "diverging": False,
             "vmin": lo, "vmax": 1.0, "note": ""}
+
+
+def _path_traits(g) -> dict:
+    """The first receiver (set) of a :class:`~mechviz.analysis.path_patching.PathPatchGrid`: each sender's
+    share of the clean-corrupted gap (NaN: not a sender of it)."""
+    L = g.n_layers
+    vals = g.by_head(0, g.normalized())
+    finite = vals[np.isfinite(vals)]
+    m = float(np.abs(finite).max()) if finite.size else 1.0
+    return {"values": Packed(vals, "float32"), "extra": Packed(np.zeros((L, 0)), "float32"), "extra_labels": [],
+            "by_position": None, "tokens": [],
+            "terms": [["clean metric", float(g.clean_metric)], ["corrupted metric", float(g.corrupted_metric)]],
+            "value_label": f"path patching ({g.direction}): sender -> {g.labels[0]}, share of the gap",
+            "diverging": True, "vmin": -(m or 1.0), "vmax": m or 1.0,
+            "note": "" if len(g.receivers) == 1 else f"showing the first of {len(g.receivers)} receivers"}
