@@ -70,8 +70,8 @@ class HeadGridView(View):
                 raise TypeError("path= takes a dict of path_patching's arguments (clean, corrupted, receivers, ...)")
             with lab.lock:
                 grid = path_patching(adapter, **path)
-            return Feed(lambda: [], lambda p: {"result": grid, "prompt": f"{grid.direction}: {path.get('clean')!r} "
-                                               f"vs {path.get('corrupted')!r}"})
+            said = [repr(x) if isinstance(x, str) else f"{len(x)} token ids" for x in (path.get("clean"), path.get("corrupted"))]
+            return Feed(lambda: [], lambda p: {"result": grid, "prompt": f"{grid.direction}: {said[0]} vs {said[1]}"})
         if detector is not None:
             if detector == "induction" and "prompt" not in options:
                 with lab.lock:
