@@ -223,7 +223,7 @@ def push_bare(page, widget, names):
     page.evaluate("() => { for (const [k, v] of Object.entries(window.__staged)) window.model.set(k, v); }")
 
 
-def hover_cell(page, root: str, r: int, c: int, canvas: str = "canvas.mv-grid"):
+def hover_grid_cell(page, root: str, r: int, c: int, canvas: str = "canvas.mv-grid"):
     """Hover cell (r, c) of a virtual grid as it is scrolled now (its canvas shows the columns from
     ``data-x0`` on); returns the view's read-out (``.mv-info``) locator."""
     cv = page.locator(f"{root} {canvas}")

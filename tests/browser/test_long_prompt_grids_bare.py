@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvbrowser import hover_cell, mount_bare, push_bare, stage_bare, summary
+from mvbrowser import hover_grid_cell, mount_bare, push_bare, stage_bare, summary
 
 pytestmark = pytest.mark.browser
 
@@ -78,7 +78,7 @@ def canvas_box(page, sel: str) -> dict:
 def hover(page, root: str, canvas: str, r: int, c: int, expect: dict) -> dict:
     """Hover cell (r, c) of the grid as it is scrolled now (the canvas shows columns from x0 on) and
     return the read-out once it shows ``expect``."""
-    info = hover_cell(page, root, r, c, canvas)
+    info = hover_grid_cell(page, root, r, c, canvas)
     exp = {k: str(v) for k, v in expect.items()}
     page.wait_for_function("([el, exp]) => Object.entries(exp).every(([k, v]) => el.dataset[k] === v)",
                            arg=[info.element_handle(), exp], timeout=5000)

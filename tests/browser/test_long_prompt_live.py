@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from mvbrowser import hover_cell, route_offline, write_cells
+from mvbrowser import hover_grid_cell, route_offline, write_cells
 
 pytestmark = pytest.mark.browser
 
@@ -157,7 +157,7 @@ def _labels_px(page) -> dict:
 
 
 def _hover_lens_far_right(page, r: int, c: int) -> dict:
-    info = hover_cell(page, LENS, r, c)
+    info = hover_grid_cell(page, LENS, r, c)
     page.wait_for_function("([el, r, c]) => el.dataset.row === String(r) && el.dataset.col === String(c)",
                            arg=[info.element_handle(), r, c], timeout=5000)
     return info.evaluate("(e) => ({...e.dataset, text: e.textContent})")

@@ -218,16 +218,36 @@ function drawWindow(ctx, T, cell, w) {
   ctx.restore();
 }
 
+// the token strip: long prompts are built TOKEN_CHUNK spans per task (2,048 spans at once held the page
+// for ~60 ms more in the task that draws new data); each span is shaded as it is built
+const TOKEN_CHUNK = 256;
 function buildTokens(model, ui, S) {
   const key = JSON.stringify(S.tokens);
   if (key === S.tokKey) return;
   S.tokKey = key;
   clear(ui.tokensEl);
-  S.spans = S.tokens.map((tok, i) => h("span", {
-    class: /[\r\n]/.test(tok) ? "mv-token mv-nl mv-click" : "mv-token mv-click", data: { index: i },
-    title: `#${i} ${quote(tok, 60)}`, text: String(tok), on: { click: () => toggleSelection(model, "token", i) },
-  }));
-  ui.tokensEl.append(...S.spans);
+  delete ui.tokensEl.dataset.complete;
+  S.spans = [];
+  const toks = S.tokens, gen = (S.tokGen = (S.tokGen || 0) + 1);
+  let i = 0;
+  const step = () => {
+    if (gen !== S.tokGen) return; // newer tokens: this strip is abandoned
+    const frag = document.createDocumentFragment(), end = Math.min(toks.length, i + TOKEN_CHUNK);
+    for (; i < end; i++) {
+      const j = i, tok = toks[j];
+      const s = h("span", {
+        class: /[\r\n]/.test(tok) ? "mv-token mv-nl mv-click" : "mv-token mv-click", data: { index: j },
+        title: `#${j} ${quote(tok, 60)}`, text: String(tok), on: { click: () => toggleSelection(model, "token", j) },
+      });
+      S.spans.push(s);
+      if (S.shade) shadeOne(S, s, j);
+      frag.appendChild(s);
+    }
+    ui.tokensEl.appendChild(frag);
+    if (i < toks.length) setTimeout(step, 0);
+    else ui.tokensEl.dataset.complete = "true";
+  };
+  step();
 }
 
 // token labels on canvases beside the zoomed head: DOM labels would be thousands of nodes for long prompts
@@ -270,18 +290,22 @@ function shadeTokens(S, src, token) {
   const key = `${S.seq}|${src.off}|${src.full}|${token}`;
   if (key === S.shadeKey) return; // 2,048 spans: restyle only when what they show changed
   S.shadeKey = key;
-  S.spans.forEach((s, j) => {
-    s.classList.toggle("mv-selected", j === token);
-    if (token >= 0 && token < T && j < T) {
-      const v = valueAt(S.arr, src, token, j);
-      const rgb = rgbAt(v);
-      s.style.background = rgbCss(rgb); s.style.color = textOn(rgb);
-      s.dataset.attn = v.toFixed(3);
-    } else {
-      s.style.background = ""; s.style.color = "";
-      delete s.dataset.attn;
-    }
-  });
+  S.shade = { src, token, T };     // spans still to be built are shaded with it too
+  S.spans.forEach((s, j) => shadeOne(S, s, j));
+}
+
+function shadeOne(S, s, j) {
+  const { src, token, T } = S.shade;
+  s.classList.toggle("mv-selected", j === token);
+  if (token >= 0 && token < T && j < T) {
+    const v = valueAt(S.arr, src, token, j);
+    const rgb = rgbAt(v);
+    s.style.background = rgbCss(rgb); s.style.color = textOn(rgb);
+    s.dataset.attn = v.toFixed(3);
+  } else {
+    s.style.background = ""; s.style.color = "";
+    delete s.dataset.attn;
+  }
 }
 
 function draw(model, el, ui, S) {
