@@ -24,7 +24,7 @@ from .widgets.features import FeatureView
 from .widgets.logit_lens import LogitLensView
 from .widgets.patching import PatchGridView, PatchingSession
 from .widgets.prompt import PromptBox
-from .widgets.runner import LatestOnlyRunner, ModelLock, running_loop
+from .widgets.runner import LatestOnlyRunner, ModelLock, live, running_loop
 from .widgets.selection import SELECTION_TRAITS, Link, Selection
 
 DEFAULT_PROMPT = "The cat sat on the mat. The cat sat on the"
@@ -267,7 +267,7 @@ class Lab:
 
     def _live(self, state: _State) -> None:
         self._wanted = replace(state, reuse=False)
-        if self._loop is None:  # no kernel loop (a script): compute now, errors stay in the views
+        if not live(self._loop):  # no kernel loop (a script): compute now, errors stay in the views
             try:
                 self._recompute(state)
             except Exception:
@@ -291,7 +291,7 @@ class Lab:
             def refuse():  # "" first: a second refusal with the same text must still reach the browser
                 view.error = ""
                 view.error = message
-            if self._loop is None:
+            if not live(self._loop):
                 refuse()
             else:  # traits are set on the loop's thread
                 self._loop.call_soon_threadsafe(refuse)

@@ -389,3 +389,24 @@ def test_selection_indices_are_never_rounded(lab, name, value):
     assert getattr(lab.selection, name) == before and getattr(target, name) == before
     setattr(target, name, np.int64(1))
     assert getattr(lab.selection, name) == 1 and type(getattr(target, name)) is int
+
+
+def test_a_lab_whose_loop_has_closed_computes_synchronously():
+    """A Lab built inside an asyncio loop that has since ended (an ``asyncio.run`` in a script, a test
+    harness) computes edits, steering refusals and patch-cell clicks now, in the caller, instead of
+    raising 'Event loop is closed'."""
+    import asyncio
+
+    import mechviz
+
+    async def build():
+        lab = mechviz.Lab.default(prompt="The cat sat on the mat.")
+        return lab, lab.attention(), lab.patching("The cat sat on the mat. The cat", "The dog sat on the mat. The dog",
+                                                  exact=False)
+
+    lab, view, grid = asyncio.run(build())
+    assert lab._loop.is_closed()
+    lab.prompt_box.value = "A live edit after the loop closed"          # the browser's path
+    assert view.prompt == "A live edit after the loop closed" and lab.prompt_box.status == "idle"
+    grid.cell = [1, 2]                                                  # a click: answered now
+    assert grid.detail_cell == [1, 2]

@@ -14,7 +14,7 @@ import traitlets as t
 from ..analysis import patching as P
 from ._esm import bundle
 from .base import View
-from .runner import LatestOnlyRunner, ModelLock
+from .runner import LatestOnlyRunner, ModelLock, live
 from .transport import Array
 
 
@@ -188,7 +188,7 @@ class PatchingSession:
     def start(self) -> None:
         """Compute the exact grid (in a thread when there is a loop, else now)."""
         self.view.status = "running"
-        if self.loop is None:
+        if not live(self.loop):
             self._work()
         else:
             self.thread = threading.Thread(target=self._work, name="mechviz-patching", daemon=True)
@@ -214,7 +214,7 @@ class PatchingSession:
             self._on_loop(self.view.fail, f"{type(exc).__name__}: {exc}")
 
     def _on_loop(self, fn, *args) -> None:
-        if self.loop is None:
+        if not live(self.loop):
             fn(*args)
         else:
             self.loop.call_soon_threadsafe(fn, *args)
@@ -224,7 +224,7 @@ class PatchingSession:
         r, c = change["new"]
         if r < 0 or c < 0:
             return
-        if self._details is None:
+        if self._details is None or not live(self.loop):
             try:
                 self._show_detail((r, c), self._detail((r, c), lambda: False))
             except Exception as exc:

@@ -137,6 +137,12 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def live(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Work can be handed to ``loop``: there is one and it has not been closed (a Lab built inside an
+    ``asyncio.run`` that has since ended computes synchronously, as in a script)."""
+    return loop is not None and not loop.is_closed()
+
+
 def _kernel_loop() -> asyncio.AbstractEventLoop:
     loop = running_loop()
     if loop is None:
@@ -216,7 +222,7 @@ def offload(loop: asyncio.AbstractEventLoop | None, work: Callable[[], Any], don
     holds in Python, e.g. the attention of a newly picked layer). Without a loop (a script, a test)
     both run now, in this thread. ``work`` raising is logged; ``done`` is then not called."""
     global _FETCH
-    if loop is None or loop.is_closed():
+    if not live(loop):
         done(work())
         return
     if _FETCH is None:
