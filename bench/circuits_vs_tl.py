@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from patching_vs_tl import build_models  # noqa: E402
+from patching_vs_tl import add_shape_args, build_models  # noqa: E402
 
 from mechviz.analysis import dla as D  # noqa: E402
 from mechviz.analysis.heads import head_scores  # noqa: E402
@@ -131,11 +131,7 @@ def tl_path_patching(tl, receiving, source, metric, senders, receiver):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=12)
-    ap.add_argument("--d-model", type=int, default=768)
-    ap.add_argument("--heads", type=int, default=12)
-    ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--tokens", type=int, default=20)
+    add_shape_args(ap)
     ap.add_argument("--quick", action="store_true", help="4 layers, d_model 256, 8 heads, vocab 5000, 12 tokens")
     ap.add_argument("--receiver-layer", type=int, default=None, help="the mid-layer receiving head's layer (L // 2)")
     ap.add_argument("--tl-sample", type=int, default=0,

@@ -90,13 +90,18 @@ def tl_grid(tl, name, clean, corrupted, metric, sample, rng):
     return values.numpy(), cells, seconds
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_args(ap) -> None:
+    """The model shape (default GPT-2 small) and the prompts' token length, shared by the TL benchmarks."""
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--d-model", type=int, default=768)
     ap.add_argument("--heads", type=int, default=12)
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--tokens", type=int, default=20)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_shape_args(ap)
     ap.add_argument("--grids", default="resid_pre,head_all_pos,head_by_pos", help=f"any of {','.join(GRIDS)}")
     ap.add_argument("--tl-sample", type=int, default=0,
                     help="time TransformerLens on at most this many random cells per grid and extrapolate "

@@ -81,7 +81,7 @@ def ablation_pair(model, prompt, site: str, by: str = "position", kind: str = "z
                 total[k] += run[k]
         values = {k: v / len(reference) for k, v in total.items()}
     pair.runs["corrupted"].cache.update(values)
-    pair.synthetic, pair.ablation = True, kind
+    pair.ablation = kind
     pair.metrics["corrupted"] = _fully_ablated_metric(pair, name, layers)
     return pair
 
@@ -89,8 +89,7 @@ def ablation_pair(model, prompt, site: str, by: str = "position", kind: str = "z
 def _fully_ablated_metric(pair: PromptPair, name: str, layers) -> float:
     """The metric of the prompt with ``name`` ablated at every layer in ``layers`` and every position."""
     adapter, T = pair.adapter, pair.T
-    src, recv = pair.runs["corrupted"].cache, pair.runs["clean"].cache
-    eng, src = _as_patched(pair, name, layers, src, recv)
+    eng, src = _as_patched(pair, name, layers, pair.runs["corrupted"].cache, "clean")
     edits = []
     for lay in layers:
         val = src[f"{eng}.{lay}"]
@@ -116,5 +115,5 @@ def ablation(model, prompt=None, site: str = "resid_pre", by: str = "position", 
     pair = model if isinstance(model, PromptPair) else ablation_pair(model, prompt, site, by, kind, reference,
                                                                       metric, answers)
     grid = activation_patching(pair, site=site, by=by, direction="noise", **engine)
-    grid.method = f"{getattr(pair, 'ablation', kind)} ablation"
+    grid.method = f"{pair.ablation or kind} ablation"
     return grid

@@ -156,6 +156,22 @@ def layout(by: str) -> Layout:
 
 
 # -- the result -------------------------------------------------------------------------------
+def normalized(values: np.ndarray, clean_metric: float, corrupted_metric: float, direction: str) -> np.ndarray:
+    """The share of the clean-corrupted metric gap a patch moves: denoising
+    ``(v - corrupted) / (clean - corrupted)`` (1 = fully restored), noising
+    ``(clean - v) / (clean - corrupted)`` (1 = fully destroyed); 0 = no effect either way.
+
+    >>> normalized(np.array([1.0, 3.0]), 3.0, 1.0, "denoise").tolist()
+    [0.0, 1.0]
+    """
+    gap = clean_metric - corrupted_metric
+    if gap == 0:
+        raise ZeroDivisionError("clean and corrupted metrics are equal: nothing to normalise by")
+    if direction == "denoise":
+        return (values - corrupted_metric) / gap
+    return (clean_metric - values) / gap
+
+
 @dataclass
 class PatchGrid:
     """One patching grid. ``values`` holds the patched metric (NaN where not computed yet), shaped
@@ -192,15 +208,8 @@ class PatchGrid:
         return self.corrupted_metric if self.direction == "denoise" else self.clean_metric
 
     def normalized(self) -> np.ndarray:
-        """The share of the clean-corrupted metric gap the patch moves: denoising
-        ``(v - corrupted) / (clean - corrupted)`` (1 = fully restored), noising
-        ``(clean - v) / (clean - corrupted)`` (1 = fully destroyed); 0 = no effect either way."""
-        gap = self.clean_metric - self.corrupted_metric
-        if gap == 0:
-            raise ZeroDivisionError("clean and corrupted metrics are equal: nothing to normalise by")
-        if self.direction == "denoise":
-            return (self.values - self.corrupted_metric) / gap
-        return (self.clean_metric - self.values) / gap
+        """:func:`normalized` of the grid's values."""
+        return normalized(self.values, self.clean_metric, self.corrupted_metric, self.direction)
 
     def matrix(self, values: np.ndarray | None = None) -> tuple[np.ndarray, list[str], list[str]]:
         """``(2-D array, row labels, column labels)`` as drawn; ``values`` defaults to the grid's."""

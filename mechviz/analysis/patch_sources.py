@@ -37,6 +37,13 @@ def pattern_rtol(adapter) -> float:
     return 1e-3 if adapter._dtype() == torch.float32 else 5e-2
 
 
+def pair_pattern_z(pair, receiver: str, src_pattern: torch.Tensor, layer: int) -> torch.Tensor:
+    """:func:`pattern_z` on the ``receiver`` run of a :class:`~.prompt_pair.PromptPair` (its pattern, values
+    and ``z`` of ``layer`` captured first if missing), at the tolerance of the model's dtype."""
+    recv = pair.ensure([f"{n}.{layer}" for n in ("attn_pattern", *PATTERN_NEEDS)]).runs[receiver].cache
+    return pattern_z(recv, src_pattern, layer, pattern_rtol(pair.adapter))
+
+
 def pattern_z(recv: dict, src_pattern: torch.Tensor, layer: int, rtol: float = 1e-3) -> torch.Tensor:
     """The receiving run's ``z`` of ``layer`` with every (destination, head) whose pattern row differs
     from ``src_pattern``'s replaced by ``src_pattern @ v`` (rows that are equal keep the run's own z, so

@@ -49,7 +49,7 @@ import torch
 from ..models import Aborted, SiteError, parse_sites, wrap
 from ..models.base import Edit
 from ..models.sites import HEAD_SITES, RESID_SITES, Site, n_site_heads
-from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_rtol, pattern_z
+from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pair_pattern_z
 from .patch_grid import BYS, LAYOUTS, Cell, Layout, LogitDiff, PatchGrid, layout, logit_diff
 from .prompt_pair import CellDetail, PromptPair, cell_detail, direction_roles, patched_run, prompt_pair  # noqa: F401
 
@@ -207,13 +207,13 @@ def patch_capture(model, site: str, by: str = "position") -> list[str]:
     return [f"{n}.{lay}" for lay in layers for n in sorted({name, *extra})]
 
 
-def _as_patched(pair, name, layers, src, recv):
+def _as_patched(pair, name, layers, src, receiver):
     """``(engine site, source values)``: attn_pattern is patched as the z its source pattern gives with
-    the receiving run's values (:func:`.patch_sources.pattern_z`); other sites as they are."""
+    the ``receiver`` run's values (:func:`.patch_sources.pair_pattern_z`); other sites as they are."""
     if name not in PATCHED_AS:
         return name, src
-    rtol = pattern_rtol(pair.adapter)
-    return PATCHED_AS[name], {f"z.{lay}": pattern_z(recv, src[f"attn_pattern.{lay}"], lay, rtol) for lay in layers}
+    return PATCHED_AS[name], {f"z.{lay}": pair_pattern_z(pair, receiver, src[f"attn_pattern.{lay}"], lay)
+                              for lay in layers}
 
 
 def _bytes_per_token_row(adapter, T, full_logits):
@@ -286,7 +286,7 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
         grid = _empty_grid(pair, name, by, direction, layers, "activation")
         src, recv = pair.runs[source].cache, pair.runs[receiver].cache
         base = adapter.patch_base(pair.ids[receiver])
-        name, src = _as_patched(pair, name, layers, src, recv)
+        name, src = _as_patched(pair, name, layers, src, receiver)
     budget = max(1, int(batch_budget_mb * 2**20) // _bytes_per_token_row(adapter, pair.T, not pair.subset))
     pace = _Pace(budget, batch_seconds)
     no_op, plan = _plan(grid, name, src, recv)
@@ -327,10 +327,10 @@ def _source_delta(pair, name, layer, receiver, source):
     source, as an ablation's does); for attn_pattern, of the z it gives: z is linear in the pattern, so
     ``d(pattern) . dm/d(pattern) = d(z) . dm/dz`` exactly."""
     site = f"{name}.{layer}"
-    recv = pair.ensure([site, *(f"{n}.{layer}" for n in PATTERN_NEEDS if name in PATCHED_AS)]).runs[receiver].cache
+    recv = pair.ensure([site]).runs[receiver].cache
     src = pair.runs[source][site]
     if name in PATCHED_AS:
-        return pattern_z(recv, src, layer, pattern_rtol(pair.adapter)) - recv[f"z.{layer}"]
+        return pair_pattern_z(pair, receiver, src, layer) - pair.runs[receiver][f"z.{layer}"]
     return src - recv[site]
 
 

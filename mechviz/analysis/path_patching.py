@@ -46,6 +46,7 @@ from ..models import SiteError, wrap
 from ..models.base import Edit
 from ..models.sites import Site
 from .prompt_pair import PromptPair, direction_roles
+from .patch_grid import normalized
 
 __all__ = ["path_patching", "PathPatchGrid", "Receiver"]
 
@@ -91,14 +92,8 @@ class PathPatchGrid:
         return self.corrupted_metric if self.direction == "denoise" else self.clean_metric
 
     def normalized(self) -> np.ndarray:
-        """As :meth:`~.patch_grid.PatchGrid.normalized`: denoising ``(v - corrupted) / (clean - corrupted)``
-        (1 = restores the clean metric), noising ``(clean - v) / (clean - corrupted)`` (1 = destroys it)."""
-        gap = self.clean_metric - self.corrupted_metric
-        if gap == 0:
-            raise ZeroDivisionError("clean and corrupted metrics are equal: nothing to normalise by")
-        if self.direction == "denoise":
-            return (self.values - self.corrupted_metric) / gap
-        return (self.clean_metric - self.values) / gap
+        """As :meth:`~.patch_grid.PatchGrid.normalized` (:func:`.patch_grid.normalized`)."""
+        return normalized(self.values, self.clean_metric, self.corrupted_metric, self.direction)
 
     def by_head(self, receiver: int = 0, values: np.ndarray | None = None) -> np.ndarray:
         """Column ``receiver`` as a ``[layer, head]`` grid of senders (NaN where not a sender)."""

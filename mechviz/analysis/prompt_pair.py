@@ -22,7 +22,7 @@ from ..models import ModelAdapter, Run, wrap
 from . import logit_lens as lens
 from .checks import token_id
 from .patch_grid import LogitDiff, PatchGrid, logit_diff
-from .patch_sources import PATCHED_AS, PATTERN_NEEDS, pattern_rtol, pattern_z
+from .patch_sources import PATCHED_AS, pair_pattern_z
 
 ROLES = ("clean", "corrupted")
 
@@ -75,9 +75,14 @@ class PromptPair:
         if not all(np.isfinite(v) for v in self.metrics.values()):
             raise FloatingPointError(f"the metric is not finite on the prompts ({self.metrics}): nothing to patch")
         self.subset = all(hasattr(self.metric, n) for n in ("positions", "token_ids", "from_subset"))
-        #: whether the corrupted run's activations were replaced (an ablation's zeros, mean or resample:
-        #: :mod:`.ablation`), so that they are not what its ids compute; ensure() then cannot add sites
-        self.synthetic = False
+        #: the ablation this pair is the source of ("zero", "mean", "resample": :mod:`.ablation`), or None
+        self.ablation: str | None = None
+
+    @property
+    def synthetic(self) -> bool:
+        """The corrupted run's activations were replaced (a zero or mean ablation), so they are not what its
+        ids compute: :meth:`ensure` cannot add sites to it."""
+        return self.ablation in ("zero", "mean")
 
     @property
     def clean_ids(self) -> torch.Tensor:
@@ -114,10 +119,7 @@ class PromptPair:
             return logit_diff(*top)
         if isinstance(answers, str) or len(answers) != 2:
             raise ValueError(f"answers must be (correct, wrong); got {answers!r}")
-        return logit_diff(*(self._token_id(x) for x in answers))
-
-    def _token_id(self, answer) -> int:
-        return token_id(self.adapter, answer)
+        return logit_diff(*(token_id(self.adapter, x) for x in answers))
 
     def keep(self, start_pos: int) -> list[int] | None:
         """The positions (>= ``start_pos``) of a pass's final residual that the metric reads, or
@@ -168,8 +170,7 @@ def patched_run(pair: PromptPair, grid: PatchGrid, row: int, col: int, capture=(
     site = f"{grid.site}.{cell.layer}"
     src = pair.ensure([site]).runs[source][site]
     if grid.site in PATCHED_AS:   # a pattern is patched as the z it gives (.patch_sources): HF weights are read-only
-        recv = pair.ensure([f"{n}.{cell.layer}" for n in PATTERN_NEEDS]).runs[receiver].cache
-        src = pattern_z(recv, src, cell.layer, pattern_rtol(pair.adapter))
+        src = pair_pattern_z(pair, receiver, src, cell.layer)
         site = f"{PATCHED_AS[grid.site]}.{cell.layer}"
     pos = slice(None) if cell.pos is None else cell.pos
 
