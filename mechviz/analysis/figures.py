@@ -84,14 +84,16 @@ def logit_effects_figure(effects):
     return fig
 
 
-def attention_figure(pattern: np.ndarray, token_strs, title: str = "Attention"):
-    """One head's attention ``[T_dst, T_src]`` as a heatmap (rows: destination, columns: source)."""
+def attention_figure(pattern: np.ndarray, token_strs, title: str = "Attention", signed: bool = False):
+    """One head's attention ``[T_dst, T_src]`` as a heatmap (rows: destination, columns: source);
+    ``signed``: a difference of two patterns, on a diverging scale from -1 to 1."""
     pattern = np.asarray(pattern)
     T = pattern.shape[0]
     fig = _figure(max(3.5, 0.25 * T + 1.8), max(3.0, 0.25 * T + 1.2))
     ax = fig.add_subplot()
-    im = ax.imshow(pattern, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="attention")
+    im = ax.imshow(pattern, cmap="RdBu_r" if signed else "Blues", vmin=-1 if signed else 0, vmax=1,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="attention difference (A - B)" if signed else "attention")
     labels = [_clip(t) for t in token_strs]
     ax.set_xticks(range(T), labels, rotation=90)
     ax.set_yticks(range(T), labels)

@@ -8,7 +8,7 @@ import traitlets as t
 from ..analysis.attention import attention_patterns
 from ..models.describe import attention_windows
 from ._esm import bundle
-from .base import Feed, Shown, View
+from .base import Feed, Shown, View, ab_prompt, ab_tokens
 from .selection import Index
 from .runner import offload
 from .transport import Array, Packed, maxpool
@@ -38,6 +38,9 @@ class AttentionView(View):
     Architecture, drawn so it is visible: ``windows`` (per layer, its sliding-window length, 0 = full
     attention; the view draws the window's edge) and ``kv_heads`` (key/value heads: with grouped-query
     attention, each group of ``heads / kv_heads`` query heads shares one).
+    ``signed``: the pattern is a difference of two prompts' patterns, in [-1, 1] (see
+    :class:`mechviz.Compare`), drawn on a diverging scale; its bytes hold ``128 + round(127 v)`` and its
+    thumbnails keep each bin's value furthest from 0.
 
     Example
     -------
@@ -62,6 +65,7 @@ class AttentionView(View):
     token = Index(-1).tag(sync=True)
     windows = t.List(t.Int(), default_value=[]).tag(sync=True)
     kv_heads = t.Int(0).tag(sync=True)
+    signed = t.Bool(False).tag(sync=True)
     title = t.Unicode("Attention").tag(sync=True)
 
     @t.validate("head")
@@ -86,7 +90,7 @@ class AttentionView(View):
                                               "prompt": p.prompt, **arch})
 
     def prepare(self, pattern: np.ndarray, tokens: list[str], prompt: str = "", windows=None,
-                kv_heads: int = 0) -> Shown:
+                kv_heads: int = 0, signed: bool = False) -> Shown:
         """Check ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens`` and pack what
         the browser gets; ``windows`` and ``kv_heads`` as in the class docstring (default: full
         attention, one key/value head per head)."""
@@ -96,12 +100,23 @@ class AttentionView(View):
                 f"pattern must be [layers, heads, T, T] with T = len(tokens) = {len(tokens)}, "
                 f"got shape {pattern.shape}"
             )
-        overview = np.stack([maxpool(layer, THUMB) for layer in pattern])  # layer by layer: small temporaries
-        traits = {"pattern": pattern, "overview": Packed(overview, "uint8"), "tokens": list(tokens),
+        pool = _signed_pool if signed else maxpool
+        overview = np.stack([pool(layer, THUMB) for layer in pattern])  # layer by layer: small temporaries
+        traits = {"pattern": pattern, "overview": _packed(overview, signed), "tokens": list(tokens), "signed": bool(signed),
                   "windows": [int(w) for w in windows] if windows is not None else [0] * pattern.shape[0],
                   "kv_heads": int(kv_heads) or pattern.shape[1],
-                  **_detail(pattern, self.layer, self.head)}
+                  **_detail(pattern, self.layer, self.head, signed)}
         return Shown(traits, pattern, prompt)
+
+    def difference(self, a: dict, b: dict) -> dict:
+        """A's pattern minus B's (prompts of the same number of tokens), drawn signed."""
+        (pa, ta), (pb, tb) = (a["pattern"], a["tokens"]), (b["pattern"], b["tokens"])
+        if pa.shape != pb.shape:
+            raise ValueError(f"the attention difference needs prompts of the same length: A has {len(ta)} tokens, "
+                             f"B {len(tb)}; make them the same length (e.g. swap one word for another of one "
+                             "token) or use side_by_side")
+        return {**a, "pattern": np.subtract(pa, pb, dtype=np.float32), "tokens": ab_tokens(ta, tb),
+                "prompt": ab_prompt(a["prompt"], b["prompt"]), "signed": True}
 
     def _applied(self, shown: Shown) -> None:
         # the selection is shared: a logit-lens row may select layer n_layers (the final
@@ -137,7 +152,8 @@ class AttentionView(View):
                 with self.hold_sync():
                     for name, value in traits.items():
                         setattr(self, name, value)
-        offload(self._loop if offloaded else None, lambda: _detail(pattern, layer, head), done)
+        signed = self.signed
+        offload(self._loop if offloaded else None, lambda: _detail(pattern, layer, head, signed), done)
 
     def figure(self, layer: int | None = None, head: int | None = None):
         """A matplotlib Figure of one head (default: the selected layer and head)."""
@@ -147,7 +163,8 @@ class AttentionView(View):
         n_layers, n_heads = pattern.shape[:2]
         layer = min(self.layer, n_layers - 1) if layer is None else layer
         head = min(self.head, n_heads - 1) if head is None else head
-        return attention_figure(pattern[layer, head], self.tokens, title=f"{self.title} L{layer} H{head}")
+        return attention_figure(pattern[layer, head], self.tokens, title=f"{self.title} L{layer} H{head}",
+                                signed=self.signed)
 
     def __repr__(self) -> str:
         shape = (0, 0, 0, 0) if self.pattern is None else self.pattern.shape
@@ -160,9 +177,21 @@ def _clamp(pattern: np.ndarray, layer: int, head: int) -> tuple[int, int]:
     return max(0, min(n_layers - 1, layer)), max(0, min(n_heads - 1, head))
 
 
-def _detail(pattern: np.ndarray, layer: int, head: int) -> dict:
+def _packed(x: np.ndarray, signed: bool) -> Packed:
+    """uint8 on the wire: a weight as ``round(255 v)``, a difference in [-1, 1] as ``128 + round(127 v)``
+    (0 exactly representable)."""
+    return Packed((x * 127 + 128) / 255 if signed else x, "uint8")
+
+
+def _signed_pool(a: np.ndarray, size: int) -> np.ndarray:
+    """:func:`maxpool` of differences: each bin's value furthest from 0, of either sign."""
+    hi, lo = maxpool(a, size), -maxpool(-a, size)
+    return np.where(hi >= -lo, hi, lo)
+
+
+def _detail(pattern: np.ndarray, layer: int, head: int, signed: bool = False) -> dict:
     """The ``detail`` traits for a selection: the whole layer if it fits :data:`DETAIL_BYTES`, else the head."""
     layer, head = _clamp(pattern, layer, head)
     n_heads, T = pattern.shape[1], pattern.shape[2]
     heads = list(range(n_heads)) if n_heads * T * T <= DETAIL_BYTES else [head]
-    return {"detail": Packed(pattern[layer, heads], "uint8"), "detail_layer": layer, "detail_heads": heads}
+    return {"detail": _packed(pattern[layer, heads], signed), "detail_layer": layer, "detail_heads": heads}

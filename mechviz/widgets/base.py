@@ -53,6 +53,24 @@ class Feed:
 
 
 @dataclass
+class Difference:
+    """Two analysis results of one kind, shown as ``a - b`` (see :meth:`View.difference`)."""
+
+    a: Any
+    b: Any
+
+
+def ab_prompt(a: str, b: str) -> str:
+    """How a difference names its prompts."""
+    return f"A − B; A: {a!r}; B: {b!r}"
+
+
+def ab_tokens(a, b) -> list[str]:
+    """One token axis for two prompts of the same length: a token, or ``"a | b"`` where they differ."""
+    return [x if x == y else f"{x} | {y}" for x, y in zip(a, b)]
+
+
+@dataclass
 class Shown:
     """A payload made ready to show (by :meth:`View.prepare`, in the worker thread): the trait values
     (arrays already packed, see :class:`~mechviz.widgets.transport.Packed`), the analysis object and
@@ -118,6 +136,11 @@ class View(anywidget.AnyWidget):
     def feed(self, lab, **options) -> Feed:
         """How ``lab`` feeds this view (views that follow a Lab's prompt override this)."""
         raise TypeError(f"a {type(self).__name__} does not follow a Lab's prompt")
+
+    def difference(self, a: dict, b: dict) -> dict:
+        """The payload showing A - B from two payloads of this view (``feed`` output for prompts A and
+        B): how :class:`mechviz.Compare` draws a difference. Views whose numbers subtract override it."""
+        raise TypeError(f"{type(self).__name__} has no difference mode")
 
     def show(self, *args, **payload) -> None:
         """Display data now: ``apply(prepare(...))`` (see the view's :meth:`prepare` for the arguments)."""

@@ -16,7 +16,7 @@ from ..analysis import dla as dla_fns
 from ..analysis import heads as head_fns
 from ..analysis.checks import token_id
 from ._esm import bundle
-from .base import Feed, Shown, View
+from .base import Difference, Feed, Shown, View, ab_prompt, ab_tokens
 from .transport import Array, Packed
 
 MODES = ("heads", "position")
@@ -89,19 +89,20 @@ class HeadGridView(View):
             adapter, p.run, answer, wrong, position, by_source=True), "prompt": p.prompt})
 
     def prepare(self, result, prompt: str = "") -> Shown:
-        """Pack a :class:`~mechviz.analysis.dla.DLA` or :class:`~mechviz.analysis.heads.HeadScores`."""
-        if isinstance(result, dla_fns.DLA):
-            traits = _dla_traits(result)
-        elif isinstance(result, head_fns.HeadScores):
-            traits = _scores_traits(result)
-        elif type(result).__name__ == "PathPatchGrid":
-            traits = _path_traits(result)
-        else:
-            raise TypeError(f"HeadGridView shows a DLA, HeadScores or PathPatchGrid, not {type(result).__name__}")
+        """Pack a :class:`~mechviz.analysis.dla.DLA`, :class:`~mechviz.analysis.heads.HeadScores`,
+        :class:`~mechviz.analysis.path_patching.PathPatchGrid` or a :class:`~mechviz.widgets.base.Difference`
+        of two DLAs or two HeadScores."""
+        traits = _difference_traits(result) if isinstance(result, Difference) else _traits(result)
         shown = np.concatenate([np.ravel(traits["values"].array), np.ravel(traits["extra"].array)])
         if not np.isfinite(shown[~np.isnan(shown)]).all():
             raise FloatingPointError("head scores contain inf: nothing is shown")
         return Shown(traits, result, prompt)
+
+    def difference(self, a: dict, b: dict) -> dict:
+        """A's numbers minus B's (DLA or head scores; a path-patching grid has its own fixed prompts)."""
+        if type(a["result"]).__name__ == "PathPatchGrid":
+            raise TypeError("path patching compares its own two prompts: a difference of the Lab's prompts does not apply")
+        return {"result": Difference(a["result"], b["result"]), "prompt": ab_prompt(a["prompt"], b["prompt"])}
 
     def _applied(self, shown: Shown) -> None:
         if self.by_position is None and self.mode == "position":
@@ -111,6 +112,37 @@ class HeadGridView(View):
         shape = (0, 0) if self.values is None else self.values.shape
         return (f"HeadGridView(prompt={self.prompt!r}, {self.value_label!r}, layers={shape[0]}, heads={shape[1]}, "
                 f"layer={self.layer}, head={self.head})")
+
+
+def _traits(result) -> dict:
+    if isinstance(result, dla_fns.DLA):
+        return _dla_traits(result)
+    if isinstance(result, head_fns.HeadScores):
+        return _scores_traits(result)
+    if type(result).__name__ == "PathPatchGrid":
+        return _path_traits(result)
+    raise TypeError(f"HeadGridView shows a DLA, HeadScores or PathPatchGrid, not {type(result).__name__}")
+
+
+def _difference_traits(d: Difference) -> dict:
+    """A's traits minus B's: every number per head and layer, the terms by name, the split by source
+    token where both prompts have the same length; always on a diverging scale."""
+    ta, tb = _traits(d.a), _traits(d.b)
+    if ta["value_label"].split(" at token")[0] != tb["value_label"].split(" at token")[0]:
+        raise ValueError(f"A shows {ta['value_label']!r} and B {tb['value_label']!r}: nothing to subtract")
+    arr = lambda traits, name: None if traits[name] is None else traits[name].array  # noqa: E731
+    values, extra = arr(ta, "values") - arr(tb, "values"), arr(ta, "extra") - arr(tb, "extra")
+    pa, pb = arr(ta, "by_position"), arr(tb, "by_position")
+    same = pa is not None and pb is not None and pa.shape == pb.shape
+    terms_b = dict((k, v) for k, v in tb["terms"])
+    finite = np.concatenate([values[np.isfinite(values)], extra[np.isfinite(extra)]])
+    m = float(np.abs(finite).max()) if finite.size else 1.0
+    return {**ta, "values": Packed(values, "float32"), "extra": Packed(extra, "float32"),
+            "by_position": Packed(pa - pb, "float32") if same else None,
+            "tokens": ab_tokens(ta["tokens"], tb["tokens"]) if same else [],
+            "terms": [[k, v - terms_b[k]] for k, v in ta["terms"] if k in terms_b],
+            "value_label": f"A − B: {ta['value_label']}", "diverging": True, "vmin": -(m or 1.0), "vmax": m or 1.0,
+            "note": "" if same or pa is None else "by source token: A and B differ in length, not shown"}
 
 
 def _dla_traits(d) -> dict:

@@ -6,6 +6,7 @@ import { traitDecoder } from "./lib/decode.js";
 import { drawHeatmap, outline } from "./lib/heatmap.js";
 import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
+import { binStart, maxPoolHead } from "./lib/maxpool.js";
 import { GRID_CSS, TOKENS_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
 
@@ -24,13 +25,14 @@ import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legen
  * @property {number} token  selection (linked, written here): destination token, -1 none
  * @property {number[]} windows  per layer: its sliding-window length (0 = full attention); drawn as the window's edge
  * @property {number} kv_heads  key/value heads (grouped-query attention: heads / kv_heads query heads share one)
+ * @property {boolean} signed  the weights are differences in [-1, 1] (compare mode): byte b means (b - 128) / 127, drawn blue (-) to red (+)
  * @property {string} error  kernel error, shown over the last good view
  * @property {string} title
  * @typedef {import("./lib/view.js").Model<AttentionTraits>} Model
  */
 
 // traits the drawing reads (title, prompt, error: the header and banner follow those themselves)
-const DRAWN = ["overview", "detail", "detail_layer", "detail_heads", "tokens", "prompt", "seq", "layer", "head", "token", "windows", "kv_heads"];
+const DRAWN = ["overview", "detail", "detail_layer", "detail_heads", "tokens", "prompt", "seq", "layer", "head", "token", "windows", "kv_heads", "signed"];
 
 const CSS = `
 .mechviz-attention .mv-thumbs{display:flex;flex-wrap:wrap;gap:6px;padding:3px;margin-bottom:8px}
@@ -47,6 +49,8 @@ const CSS = `
 // .mv-info on its own compositing layer: a hover read-out then repaints only itself, not the tiles of
 // the token strip under it (2,048 shaded spans), which cost every other frame at long prompts
 
+const LEGEND = { blues: "attention weight: 0 (white) to 1 (dark blue)",
+  rdbu: "difference of attention weights (A - B): -1 (blue) to +1 (red), 0 white" };
 const ZOOM_PX = 440;   // target size of the zoomed head
 const ZOOM_MAX = 1024; // the zoomed head's canvas never exceeds this (long prompts: fractional cells)
 const LABEL_PX = 84;   // room for token labels
@@ -70,10 +74,10 @@ function build(model, el) {
     info: readout(HINT),
     lowres: h("div", { class: "mv-dim mv-lowres" }),
     tokensEl: h("div", { class: "mv-tokens" }),
+    leg: legend("blues", "0", "1", LEGEND.blues),
   };
-  const leg = legend("blues", "0", "1", "attention weight: 0 (white) to 1 (dark blue)");
   el.append(
-    h("div", { class: "mv-controls" }, [h("label", { text: "layer " }, [ui.layerSel]), ui.shapeEl, ...leg.nodes]),
+    h("div", { class: "mv-controls" }, [h("label", { text: "layer " }, [ui.layerSel]), ui.shapeEl, ...ui.leg.nodes]),
     ui.thumbs,
     ui.lowres,
     h("div", { class: "mv-gridwrap" }, [h("div"), ui.top, ui.left, ui.zoom]),
@@ -90,7 +94,8 @@ function load(model, dec) {
   if (ov.shape.length !== 4 || ov.shape[2] !== ov.shape[3]) throw new Error(`overview shape [${ov.shape}] is not [layers, heads, S, S]`);
   const T = (model.get("tokens") || []).length;
   if (det && (det.shape.length !== 3 || det.shape[1] !== T || det.shape[2] !== T)) throw new Error(`detail shape [${det.shape}] is not [heads, ${T}, ${T}]`);
-  return { ov, det, nL: ov.shape[0], nH: ov.shape[1], S: ov.shape[2], T, dLayer: model.get("detail_layer") ?? -1, dHeads: model.get("detail_heads") || [] };
+  return { ov, det, nL: ov.shape[0], nH: ov.shape[1], S: ov.shape[2], T, dLayer: model.get("detail_layer") ?? -1,
+    dHeads: model.get("detail_heads") || [], signed: !!model.get("signed") };
 }
 
 // where one head's numbers are: at full resolution (detail) or pooled (overview)
@@ -102,46 +107,24 @@ function source(D, layer, head) {
 
 // the value drawn at (dst i, src j): exact, or the max over the overview bin holding it
 const binOf = (D, src, i) => (src.full ? i : Math.min(src.n - 1, Math.floor(((i + 1) * src.n - 1) / D.T)));
-const valueAt = (D, src, i, j) => src.arr.at(src.off + binOf(D, src, i) * src.n + binOf(D, src, j));
-
-// bin p of P over n cells covers [floor(p*n/P), floor((p+1)*n/P)) (as transport.py:maxpool bins the overview)
-const binStart = (p, n, P) => Math.floor((p * n) / P);
-
-/**
- * One n x n head (flat at `off` in the decoded `arr`) max-pooled to P x P (P < n): each pixel the
- * largest of the cells it covers, so a single sharp weight stays visible when a long prompt's head is
- * drawn on fewer pixels than it has tokens (nearest sampling would drop it). Same dtype and scale.
- */
-function maxPoolHead(arr, off, n, P) {
-  const raw = arr.raw, out = new raw.constructor(P * P);
-  if (!(raw instanceof Uint8Array)) out.fill(-Infinity);
-  const cs = new Int32Array(P + 1);
-  for (let p = 0; p <= P; p++) cs[p] = binStart(p, n, P);
-  for (let pr = 0; pr < P; pr++) {
-    const o = pr * P;
-    for (let i = cs[pr]; i < cs[pr + 1]; i++) {
-      const row = off + i * n;
-      for (let pc = 0; pc < P; pc++) {
-        let m = out[o + pc];
-        for (let j = row + cs[pc], e = row + cs[pc + 1]; j < e; j++) if (raw[j] > m) m = raw[j];
-        out[o + pc] = m;
-      }
-    }
-  }
-  const scale = arr.scale;
-  return { shape: [P, P], dtype: arr.dtype, size: P * P, raw: out, scale,
-    at: arr.dtype === "uint8" ? (i) => out[i] * scale : (i) => out[i] };
-}
+// (signed data: byte b = 128 + round(127 v) of a difference v in [-1, 1]; decoded as b / 255)
+const valueAt = (D, src, i, j) => {
+  const v = src.arr.at(src.off + binOf(D, src, i) * src.n + binOf(D, src, j));
+  return D.signed ? (255 * v - 128) / 127 : v;
+};
+// how much a drawn value stands out: a difference by its size, a weight by itself
+const salience = (D, v) => (D.signed ? Math.abs(v) : v);
+const CMAP = (D) => (D.signed ? "rdbu" : "blues");
 
 // the zoomed head as drawn on P x P pixels: pooled once per (data, layer, head, P) and kept (not per draw)
 function pooledHead(S, src, layer, head, P) {
-  const key = `${src.full}|${layer}|${head}|${P}`;
+  const key = `${src.full}|${layer}|${head}|${P}|${S.arr.signed}`;
   const hit = S.pool.get(key);
   if (hit && hit.arr === src.arr && hit.off === src.off) {
     S.pool.delete(key); S.pool.set(key, hit); // most recently used last
     return hit.img;
   }
-  const img = maxPoolHead(src.arr, src.off, src.n, P);
+  const img = maxPoolHead(src.arr, src.off, src.n, P, S.arr.signed);
   S.pool.set(key, { arr: src.arr, off: src.off, img });
   S.pools++;
   while (S.pool.size > POOL_KEEP) S.pool.delete(S.pool.keys().next().value);
@@ -287,7 +270,7 @@ function drawLabels(el, ui, S) {
 // the token strip shaded by the attention the selected destination token pays to each source token
 function shadeTokens(S, src, token) {
   const { T } = S;
-  const key = `${S.seq}|${src.off}|${src.full}|${token}`;
+  const key = `${S.seq}|${src.off}|${src.full}|${token}|${S.arr.signed}`;
   if (key === S.shadeKey) return; // 2,048 spans: restyle only when what they show changed
   S.shadeKey = key;
   S.shade = { src, token, T };     // spans still to be built are shaded with it too
@@ -299,7 +282,7 @@ function shadeOne(S, s, j) {
   s.classList.toggle("mv-selected", j === token);
   if (token >= 0 && token < T && j < T) {
     const v = valueAt(S.arr, src, token, j);
-    const rgb = rgbAt(v);
+    const rgb = S.arr.signed ? rgbAt(v, "rdbu", -1, 1) : rgbAt(v);
     s.style.background = rgbCss(rgb); s.style.color = textOn(rgb);
     s.dataset.attn = v.toFixed(3);
   } else {
@@ -326,8 +309,10 @@ function draw(model, el, ui, S) {
   ui.zoom.dataset.window = String(w);
 
   const D = S.arr, nS = D.S;
+  ui.leg.set(CMAP(D), D.signed ? "-1" : "0", D.signed ? "+1" : "1", LEGEND[CMAP(D)]);
+  el.dataset.signed = String(D.signed);
   S.thumbBoxes.forEach(({ box, c }, hd) => {
-    drawHeatmap(c, D.ov, (layer * nH + hd) * nS * nS, nS, nS, 1);
+    drawHeatmap(c, D.ov, (layer * nH + hd) * nS * nS, nS, nS, 1, { cmap: CMAP(D) });
     box.classList.toggle("mv-selected", hd === head);
   });
   S.cell = zoomCell(T);
@@ -342,11 +327,11 @@ function draw(model, el, ui, S) {
   for (const [k, e] of S.pool) if (e.arr !== D.det && e.arr !== D.ov) S.pool.delete(k); // data replaced: let it go
   let ctx;
   if (P < src.n) { // fewer pixels than cells: each pixel the max of the cells it covers
-    ctx = drawHeatmap(ui.zoom, pooledHead(S, src, layer, head, P), 0, P, P, 1);
+    ctx = drawHeatmap(ui.zoom, pooledHead(S, src, layer, head, P), 0, P, P, 1, { cmap: CMAP(D) });
     ui.zoom.dataset.pooled = String(src.n / P);
     ui.zoom.dataset.pools = String(S.pools); // heads pooled so far (a redraw reuses its pooled head)
   } else {
-    ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n);
+    ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n, { cmap: CMAP(D) });
     delete ui.zoom.dataset.pooled;
   }
   drawWindow(ctx, T, S.cell, w);
@@ -378,7 +363,7 @@ function bindEvents(model, ui, S) {
     for (let i = b.i0; i < b.i1; i++) {
       for (let j = b.j0; j < b.j1; j++) {
         const v = valueAt(S.arr, S.src, i, j);
-        if (best === null || v > best.v) best = { row: i, col: j, v };
+        if (best === null || salience(S.arr, v) > salience(S.arr, best.v)) best = { row: i, col: j, v };
       }
     }
     return best && { ...best, block: b };
