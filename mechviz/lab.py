@@ -385,7 +385,7 @@ class Lab:
 
     def patching(self, clean: str, corrupted: str | None = None, site: str = "resid_pre", by: str = "position", *,
                  answers=None, metric=None, direction: str = "denoise", exact: bool = True,
-                 ablate: str | None = None, reference=None, **traits) -> PatchGridView:
+                 ablate: str | None = None, reference=None, trace: dict | None = None, **traits) -> PatchGridView:
         """An activation-patching grid for ``site`` (``resid_pre``, ``resid_mid``, ``resid_post``,
         ``attn_out``, ``mlp_out`` by ``"position"``; ``z``, ``q``, ``k``, ``v``, ``attn_pattern`` by
         ``"head"`` or ``"head_position"``; a pattern's position is its destination). The
@@ -403,11 +403,22 @@ class Lab:
         ...                     answers=(" Mary", " John"))                         # doctest: +SKIP
         >>> zero = lab.patching("The Eiffel Tower is in", site="z", by="head", ablate="zero",
         ...                     answers=(" Paris", " Rome"))                        # doctest: +SKIP
+
+        ``trace=dict(subject=..., kind="resid" | "mlp" | "attn", window=10, samples=10, ...)``: the causal
+        trace of ``clean`` instead (ROME; the arguments of :func:`mechviz.analysis.causal_tracing.causal_trace`),
+        streamed into the grid; a click shows that restored run's next tokens.
         """
         view = PatchGridView(**traits)
-        session = PatchingSession.create(view, self.model, self.lock, self._loop, clean, corrupted, site, by,
-                                         answers=answers, metric=metric, direction=direction, ablate=ablate,
-                                         reference=reference)
+        if trace is not None:
+            from .widgets.causal_trace import CausalTraceSession
+
+            if corrupted is not None or ablate is not None:
+                raise TypeError("trace= corrupts the subject with noise: give no corrupted prompt and no ablate=")
+            session = CausalTraceSession.create(view, self.model, self.lock, self._loop, clean, trace)
+        else:
+            session = PatchingSession.create(view, self.model, self.lock, self._loop, clean, corrupted, site, by,
+                                             answers=answers, metric=metric, direction=direction, ablate=ablate,
+                                             reference=reference)
         self._register(view, session=session)
         if exact:
             session.start()

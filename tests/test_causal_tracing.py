@@ -179,3 +179,87 @@ def test_transformer_lens_backend_agrees(tokenizer):
         assert a.noise_std == pytest.approx(b.noise_std) and a.target == b.target
         np.testing.assert_allclose(b.values, a.values, atol=1e-5)
         assert abs(a.low - b.low) < 1e-5 and abs(a.high - b.high) < 1e-5
+
+
+# -- the Lab's causal-trace grid (lab.patching(prompt, trace=...)) -------------------------------------------
+LAB_PROMPT, LAB_SUBJECT = "The New York Yankees played in New", "New York Yankees"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    import mechviz
+
+    return mechviz.Lab.default(prompt="The cat", threads=1, sae=False)
+
+
+def test_lab_trace_grid_equals_the_function_and_a_clicked_cell_its_value(lab):
+    args = dict(subject=LAB_SUBJECT, kind="mlp", window=3, samples=3)
+    view = lab.patching(LAB_PROMPT, trace=args)
+    ref = causal_trace(lab.model, LAB_PROMPT, LAB_SUBJECT, kind="mlp", window=3, samples=3)
+    assert view.status == "done" and view.done == view.total == ref.values.size
+    np.testing.assert_allclose(view.data["values"], ref.values, atol=1e-6)
+    assert view.clean_metric == pytest.approx(ref.high) and view.corrupted_metric == pytest.approx(ref.low)
+    assert view.site == "mlp_out" and view.title == "Causal trace (MLP, window 3)"
+    assert f"{ref.target_str!r}" in view.note and "New*" in view.col_labels[2]   # subject tokens marked
+    r, c = np.unravel_index(np.argmax(ref.values), ref.values.shape)
+    view.cell = [int(r), int(c)]
+    assert view.detail_cell == [r, c] and view.detail_metric == pytest.approx(ref.values[r, c], abs=1e-6)
+    assert view.detail_strs[0] == ref.target_str and view.error == ""
+    view.cell = [0, 0]   # before the subject: the corrupted run itself
+    assert view.detail_metric == pytest.approx(ref.low, abs=1e-6)
+
+
+def test_lab_trace_streams_and_cancels_in_the_kernel_loop(lab):
+    import asyncio
+
+    async def scenario():
+        lab._loop = asyncio.get_running_loop()
+        try:
+            view = lab.patching(LAB_PROMPT, trace=dict(subject=LAB_SUBJECT, samples=4, batch_tokens=64))
+            seen = []
+            view.observe(lambda ch: seen.append(ch["new"]), names="done")
+            assert view.status == "running" and np.isnan(view.data["values"][:, 2:]).all()
+            for _ in range(2000):
+                await asyncio.sleep(0.01)
+                if view.status in ("done", "cancelled", "error"):
+                    break
+            view2 = lab.patching(LAB_PROMPT, trace=dict(subject=LAB_SUBJECT, samples=4, batch_tokens=64))
+            view2.cancel_requests += 1
+            for _ in range(2000):
+                await asyncio.sleep(0.01)
+                if view2.status in ("done", "cancelled", "error"):
+                    break
+            return view, seen, view2
+        finally:
+            lab._loop = None
+
+    view, seen, view2 = asyncio.run(scenario())
+    ref = causal_trace(lab.model, LAB_PROMPT, LAB_SUBJECT, samples=4)
+    assert view.status == "done" and seen[-1] == view.total and len(seen) >= 2
+    np.testing.assert_allclose(view.data["values"], ref.values, atol=1e-6)
+    assert view2.status == "cancelled" and np.isnan(view2.data["values"]).any()
+    assert view2.result.complete is False
+
+
+def test_trace_progress_and_cancel_from_python(lab):
+    from mechviz.analysis.causal_tracing import _Tracer
+
+    tracer = _Tracer(lab.model, LAB_PROMPT, LAB_SUBJECT, None, 3.0, 2, 0, None, 64)
+    steps = []
+    part = tracer.trace("resid", 1, on_progress=lambda t, d, n: steps.append((d, n)), cancel=lambda: len(steps) >= 2)
+    assert part.complete is False and len(steps) == 2 and steps[0][0] < steps[1][0] < steps[0][1]
+    assert np.isnan(part.values).sum() == steps[0][1] - steps[1][0]
+    full = tracer.trace("resid", 1)
+    done = ~np.isnan(part.values)
+    np.testing.assert_allclose(part.values[done], full.values[done], atol=1e-6)
+
+
+def test_lab_trace_refusals(lab):
+    with pytest.raises(TypeError, match="with the subject"):
+        lab.patching(LAB_PROMPT, trace=dict(kind="mlp"))
+    with pytest.raises(TypeError, match="unknown causal-trace argument.*windw"):
+        lab.patching(LAB_PROMPT, trace=dict(subject=LAB_SUBJECT, windw=3))
+    with pytest.raises(TypeError, match="no corrupted prompt"):
+        lab.patching(LAB_PROMPT, "The Boston Red Sox played in New", trace=dict(subject=LAB_SUBJECT))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        lab.patching(LAB_PROMPT, trace=dict(subject=LAB_SUBJECT, kind="mlps"))

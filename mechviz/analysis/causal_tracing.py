@@ -44,8 +44,9 @@ positions cannot see the noise, so cells there score ``low`` with no pass).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -125,6 +126,7 @@ class CausalTrace:
     samples: int
     seed: int
     noise: np.ndarray = field(repr=False)     # the noise added: [samples, n_subject, d]
+    complete: bool = True                     # False: cancelled (cells not computed are NaN)
 
     @property
     def site(self) -> str:
@@ -145,7 +147,7 @@ class CausalTrace:
         tokens = [t + "*" if i in self.subject else t for i, t in enumerate(self.tokens)]
         return PatchGrid(values=self.values.copy(), site=self.site, by="position", direction="denoise",
                          layers=self.layers, tokens=tokens, heads=[], clean_metric=self.high,
-                         corrupted_metric=self.low, method="causal-trace")
+                         corrupted_metric=self.low, method="causal-trace", complete=self.complete)
 
     def figure(self):
         return causal_trace_figure([self])
@@ -180,7 +182,7 @@ class _Tracer:
         # resid_pre.0 at the subject, noised, per sample: [S, n, d]
         self.noised = self.clean.cache["resid_pre.0"][self.subj][None] + self.eps
         self.base = a.patch_base(self.ids)
-        self.low = float(self._scores([[]])[0])
+        self.low = float(self._pass([[]])[0])
 
     def _target_id(self, target) -> int:
         if isinstance(target, str):
@@ -190,14 +192,15 @@ class _Tracer:
             return int(ids[0])
         return int(target)
 
-    def _scores(self, cells: list[list[tuple[Site, int]]]) -> np.ndarray:
-        """The mean target probability of each cell, a cell being the ``(site, pos)`` it restores."""
-        out, per_pass = [], max(1, self.batch_tokens // (self.S * (self.T - self.s0)))
+    def _scores(self, cells: list[list[tuple[Site, int]]], lock=nullcontext) -> Iterator[np.ndarray]:
+        """The mean target probability of each cell, a cell being the ``(site, pos)`` it restores: one
+        array per batched pass (each pass under ``lock()``)."""
+        per_pass = max(1, self.batch_tokens // (self.S * (self.T - self.s0)))
         for i in range(0, len(cells), per_pass):
-            out.append(self._pass(cells[i:i + per_pass]))
-        return np.concatenate(out)
+            with lock():
+                yield self._pass(cells[i:i + per_pass])
 
-    def _pass(self, cells) -> np.ndarray:
+    def _pass(self, cells, probs: bool = False) -> np.ndarray:
         a, S, n = self.adapter, self.S, len(self.subj)
         rows = len(cells) * S
         r = torch.arange(rows)
@@ -215,28 +218,62 @@ class _Tracer:
         final = a.forward_from(self.base, rows, edits, start_layer=0, start_pos=self.s0, keep=[self.T - 1])
         with torch.inference_mode():
             logits = a.logits_of(final[:, -1])
-        p = torch.softmax(logits.double(), -1)[:, self.target]
-        return p.reshape(len(cells), S).mean(1).cpu().numpy()
+        p = torch.softmax(logits.double(), -1)
+        if probs:  # every token's probability, mean over the samples: [cells, vocab]
+            return p.reshape(len(cells), S, -1).mean(1).float().cpu().numpy()
+        return p[:, self.target].reshape(len(cells), S).mean(1).cpu().numpy()
 
-    def trace(self, kind: str, window: int) -> CausalTrace:
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
-        if window < 1:
-            raise ValueError("window must be at least 1")
-        name, L, T = KINDS[kind], self.L, self.T
-        values = np.full((L, T), self.low)
-        cells, where = [], []
-        for lay in range(L):
-            layers = [lay] if kind == "resid" else window_layers(lay, window, L)
-            for p in range(self.s0, T):    # earlier positions cannot see the noise: restoring them is a no-op
-                cells.append([(Site(name, k), p) for k in layers])
-                where.append((lay, p))
-        for (lay, p), v in zip(where, self._scores(cells)):
-            values[lay, p] = v
+    def cell(self, kind: str, window: int, layer: int, pos: int) -> list[tuple[Site, int]]:
+        """What cell ``(layer, pos)`` of a ``kind`` trace restores."""
+        _check(kind, window)
+        layers = [layer] if kind == "resid" else window_layers(layer, window, self.L)
+        return [(Site(KINDS[kind], k), pos) for k in layers]
+
+    def cell_probs(self, kind: str, window: int, layer: int, pos: int) -> np.ndarray:
+        """The next-token probabilities ``[vocab]`` (mean over the samples) with cell ``(layer, pos)`` restored."""
+        if pos < self.s0:  # before the subject: the corrupted run itself
+            return self._pass([[]], probs=True)[0]
+        return self._pass([self.cell(kind, window, layer, pos)], probs=True)[0]
+
+    def blank(self, kind: str, window: int) -> CausalTrace:
+        """The trace before any restored pass: cells from the first subject token on NaN (those before
+        it cannot see the noise: they score the corrupted probability)."""
+        _check(kind, window)
+        values = np.full((self.L, self.T), self.low)
+        values[:, self.s0:] = np.nan
         return CausalTrace(values=values, kind=kind, window=int(window), low=self.low, high=self.high,
                            tokens=list(self.clean.token_strs), subject=list(self.subj), target=self.target,
                            target_str=self.adapter.to_str_tokens(torch.tensor([self.target]))[0],
                            noise_std=self.noise_std, samples=self.S, seed=self.seed, noise=self.eps.numpy())
+
+    def trace(self, kind: str, window: int, on_progress: Callable[[CausalTrace, int, int], None] | None = None,
+              cancel: Callable[[], bool] | None = None,
+              lock: Callable[[], ContextManager] | None = None) -> CausalTrace:
+        """The trace, a batched pass at a time (under ``lock()``): ``on_progress(partial, done, total)``
+        after each, cells not computed yet NaN; ``cancel()`` True stops between passes (the result then
+        has ``complete=False``)."""
+        result = self.blank(kind, window)
+        values = result.values
+        where = [(lay, p) for lay in range(self.L) for p in range(self.s0, self.T)]  # earlier: no noise to undo
+        cells = [self.cell(kind, window, lay, p) for lay, p in where]
+        done = 0
+        for scores in self._scores(cells, lock or nullcontext):
+            for (lay, p), v in zip(where[done:done + len(scores)], scores):
+                values[lay, p] = v
+            done += len(scores)
+            if on_progress is not None:
+                on_progress(result, done, len(cells))
+            if cancel is not None and done < len(cells) and cancel():
+                result.complete = False
+                break
+        return result
+
+
+def _check(kind: str, window: int) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
+    if window < 1:
+        raise ValueError("window must be at least 1")
 
 
 def causal_trace(adapter, prompt, subject, *, target=None, kind: str = "resid", window: int = 10,
