@@ -27,7 +27,7 @@ Example
 >>> b.layer
 2
 >>> diff = cmp.difference(mechviz.AttentionView)       # one view of A - B (same number of tokens)
->>> bool(diff.signed), diff.data["pattern"].min() < 0
+>>> diff.signed, bool(diff.data["pattern"].min() < 0)
 (True, True)
 """
 
