@@ -95,7 +95,8 @@ def ref_dla(prompt: str):
 
 
 def ref_all() -> dict:
-    """Every grid of the notebook, as ``{selector: (values [R, C] as drawn, grid object)}``, plus DLA."""
+    """What each view of the notebook shows, computed here: the DLA, the induction scores, the ablation,
+    pattern-patching and path-patching grids and the causal trace (and its PatchGrid), as the kernel does."""
     if "all" in _REF:
         return _REF["all"]
     from mechviz.analysis import ablation as A, heads as Hd, patching as P
@@ -189,8 +190,11 @@ def check_all_grids(page, ref):
     check_patch_grid(page, PAT, ref["pat"])
     check_path(page, ref["path"])
     check_patch_grid(page, TRACE, ref["trace_grid"])
-    # the causal trace's subject tokens are starred, its clean/corrupted probabilities are its metrics
+    # the causal trace: its column labels (checked above) star the subject's tokens; its clean and
+    # corrupted probabilities are the grid's two metrics
     trace = ref["trace"]
+    starred = page.locator(f"{TRACE} .mv-collabel").evaluate_all("els => els.map(e => e.title.endsWith(\"*'\"))")
+    assert [i for i, x in enumerate(starred) if x] == trace.subject
     sub = page.locator(f"{TRACE} .mv-subtitle").text_content()
     assert f"clean {trace.high:.3f}, corrupted {trace.low:.3f}" in sub, sub
 
