@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from mvbrowser import click_grid, hover_grid, need_node_modules, route_offline, write_cells
+from mvbrowser import click_grid, hover_cell, hover_grid, need_node_modules, route_offline, write_cells
 
 pytestmark = pytest.mark.browser
 
@@ -30,9 +30,10 @@ CLEAN, CORRUPT = "The cat sat on the mat. The cat", "The dog sat on the mat. The
 PAIR_ANSWERS = (" sat", " the")
 RECEIVER = ("k", 2, 0)
 CT_PROMPT, CT_SUBJECT = "The New York Yankees played in New", "New York Yankees"
+B_PROMPT, B_TYPED = REFS[1], "The cat sat on the rug. The cat sat on"   # prompt B (compare): A's length
 
 CELLS = [
-    "import mechviz\nfrom mechviz.analysis.causal_tracing import causal_trace",
+    "import mechviz",
     f"lab = mechviz.Lab.default(prompt={PROMPT!r})\nlab.show(lab.attention())",
     f'dla = lab.add(mechviz.HeadGridView(title="DLA"), answer={ANSWER!r}, wrong={WRONG!r})\ndla',
     'ind = lab.add(mechviz.HeadGridView(title="Induction"), detector="induction")\nind',
@@ -49,21 +50,27 @@ _ = await pat.finished()""",
     f"""path = lab.add(mechviz.HeadGridView(title="Path patching"),
                path=dict(clean={CLEAN!r}, corrupted={CORRUPT!r}, receivers=[{RECEIVER!r}], answers={PAIR_ANSWERS!r}))
 path""",
-    f"""trace = causal_trace(lab.model, {CT_PROMPT!r}, {CT_SUBJECT!r}, window=3, samples=3)
-trace_view = mechviz.PatchGridView(title="Causal trace")
-trace_view.show_grid(trace.grid(), status="done")
-trace_view""",
+    f"""trace_view = lab.patching({CT_PROMPT!r}, trace=dict(subject={CT_SUBJECT!r}, window=3, samples=3))
+display(trace_view)
+_ = await trace_view.finished()""",
+    f"cmp = mechviz.Compare(lab, {B_PROMPT!r})\ncmp.side_by_side(mechviz.AttentionView)",
+    "diff = cmp.difference(mechviz.AttentionView)\ndiff",
 ]
 
-ATT, BOX = ".mechviz-attention", ".mechviz-prompt"
+BOX = ".mechviz-prompt"
 
 
 def _titled(cls: str, title: str) -> str:
     return f'.{cls}:has(.mv-title:text-is("{title}"))'
 
 
+ATT = _titled("mechviz-attention", "Attention")
+ATT_A, ATT_B, DIFF = (_titled("mechviz-attention", t) for t in ("A · Attention", "B · Attention", "A − B · Attention"))
+
+
 DLA, IND, PATH = (_titled("mechviz-head-grid", t) for t in ("DLA", "Induction", "Path patching"))
-ABL, PAT, TRACE = (_titled("mechviz-patch-grid", t) for t in ("Mean ablation", "Pattern patching", "Causal trace"))
+ABL, PAT, TRACE = (_titled("mechviz-patch-grid", t) for t in ("Mean ablation", "Pattern patching",
+                                                              "Causal trace (hidden states)"))
 GRIDS = (DLA, IND, PATH, ABL, PAT, TRACE)
 
 
@@ -183,6 +190,33 @@ def check_path(page, g):
     assert _hover_value(page, PATH, L - 1, H - 1) == "n/a" and not np.isfinite(vals[L - 1, H - 1])
 
 
+def patterns(prompt: str) -> np.ndarray:
+    key = ("pattern", prompt)
+    if key not in _REF:
+        m = _model()
+        sites = [f"attn_pattern.{layer}" for layer in range(m.n_layers)]
+        run = m.run(prompt, capture=sites)
+        _REF[key] = np.stack([run[s].numpy() for s in sites])
+    return _REF[key]
+
+
+def check_compare(page, a: str, b: str):
+    """Compare mode: A's and B's attention side by side, and A - B drawn signed with the model's numbers at
+    the selected head."""
+    from mechviz.widgets.base import ab_prompt
+
+    assert page.locator(ATT_A).get_attribute("data-prompt") == a
+    assert page.locator(ATT_B).get_attribute("data-prompt") == b
+    el = page.locator(DIFF)
+    assert el.get_attribute("data-prompt") == ab_prompt(a, b) and el.get_attribute("data-signed") == "true"
+    layer, head = int(el.get_attribute("data-layer")), int(el.get_attribute("data-head"))
+    diff = patterns(a)[layer, head] - patterns(b)[layer, head]
+    lo = np.unravel_index(int(np.argmin(diff)), diff.shape)
+    for i, j in {tuple(int(x) for x in lo), (len(diff) - 1, 1), (3, 2)}:
+        page.mouse.move(0, 0)
+        assert hover_cell(page, i, j, root=DIFF)["value"] == pytest.approx(float(diff[i, j]), abs=0.5 / 127 + 5e-4)
+
+
 def check_all_grids(page, ref):
     check_dla(page, ref["dla"], PROMPT)
     check_induction(page, ref["ind"])
@@ -197,6 +231,7 @@ def check_all_grids(page, ref):
     assert [i for i, x in enumerate(starred) if x] == trace.subject
     sub = page.locator(f"{TRACE} .mv-subtitle").text_content()
     assert f"clean {trace.high:.3f}, corrupted {trace.low:.3f}" in sub, sub
+    check_compare(page, PROMPT, B_PROMPT)
 
 
 def _click_head(page, root, layer, head):
@@ -265,8 +300,9 @@ def circuits_lab(jupyter_lab, page):
         for sel in GRIDS:
             page.wait_for_selector(f"{sel}[data-rows]:not([data-rows='0'])", timeout=120_000)
         page.wait_for_selector(f"{ATT}[data-prompt={json.dumps(PROMPT)}]", timeout=30_000)
-        for sel in (ABL, PAT):
+        for sel in (ABL, PAT, TRACE):
             page.wait_for_selector(f'{sel}[data-status="done"]', timeout=60_000)
+        page.wait_for_selector(f'{DIFF}[data-signed="true"]', timeout=30_000)
     except Exception:
         page.screenshot(path=str(root.parent / "circuits_timeout.png"), full_page=True)
         raise
@@ -327,7 +363,7 @@ def test_circuit_views_live(circuits_lab, artifacts):
     # (5) typing a new prompt recomputes the DLA grid: its values are the new prompt's
     new = ref_dla(TYPED)
     assert not np.allclose(new.heads, d.heads, atol=1e-3)   # a prompt that changes the numbers
-    box = page.locator(f"{BOX} textarea.mv-prompt-input")
+    box = page.locator(f"{BOX} textarea.mv-prompt-input").first
     box.fill("")
     t1 = time.monotonic()
     box.press_sequentially(TYPED, delay=15)
@@ -340,6 +376,25 @@ def test_circuit_views_live(circuits_lab, artifacts):
     check_induction(page, ref["ind"])
     assert float(_hover_value(page, ABL, r, c)) == pytest.approx(float(mat[r, c]), abs=1e-4)
     page.locator(".jp-Notebook:visible").first.screenshot(path=str(artifacts / "lab_circuits_typed.png"))
+
+    # (6) compare mode: the difference followed A's edit; typing into B's box (the last prompt box, in
+    # the compare cell) updates B's view and the difference
+    page.wait_for_selector(f'{DIFF}[data-prompt*={json.dumps(TYPED)}]', timeout=30_000)
+    b_box = page.locator(f"{BOX} textarea.mv-prompt-input").last
+    b_box.fill("")
+    b_box.press_sequentially(B_TYPED, delay=15)
+    page.wait_for_selector(f"{ATT_B}[data-prompt={json.dumps(B_TYPED)}]", timeout=60_000)
+    page.wait_for_selector(f'{DIFF}[data-prompt*={json.dumps(repr(B_TYPED))}]', timeout=60_000)
+    check_compare(page, TYPED, B_TYPED)
+
+    # (7) a clicked causal-trace cell is answered with that restored run: its target probability = the cell
+    tr = ref["trace"]
+    r, c = (int(i) for i in np.unravel_index(int(np.argmax(tr.values)), tr.values.shape))
+    click_grid(page, TRACE, "canvas.mv-grid", r, c)
+    page.wait_for_selector(f'{TRACE} .mv-detail[data-cell="{r},{c}"]', timeout=30_000)
+    assert float(page.locator(f"{TRACE} .mv-detail-metric").get_attribute("data-value")) == pytest.approx(
+        float(tr.values[r, c]), abs=1e-4)
+    assert page.locator(f"{TRACE} .mv-detail-next li").first.text_content() == tr.target_str
     assert page.mv_errors == []
 
 
