@@ -12,7 +12,7 @@ A :class:`Compare` holds a Lab (prompt A) and a second prompt B with its own pro
   different lengths, shows in the difference view alone), and B's run is kept while B is unchanged.
   Differences are of unsteered runs; side by side, A's view is steered when the Lab is.
 
-A Compare shares the SAE the Lab has when it is made: attach SAEs first.
+A Compare shares the Lab's dictionaries (``lab.saes``), those added later too.
 
 Example
 -------
@@ -162,14 +162,15 @@ def _title(view_cls) -> str:
 
 
 def _twin(lab: Lab, prompt: str) -> Lab:
-    """A Lab for prompt B on ``lab``'s model: the same adapter, lock (one pass at a time), SAE and
+    """A Lab for prompt B on ``lab``'s model: the same adapter, lock (one pass at a time), dictionaries and
     selection (a pick in any view of either shows in both)."""
     b = Lab(lab.model, prompt=prompt, threads=lab.threads)
     b.lock = lab.lock
-    b.sae = lab.sae
-    b.selection.unobserve(b._on_feature_selected, names="feature")
+    b.saes = lab.saes          # the same dictionaries (one registry)
+    for name, fn in (("feature", b._on_feature_selected), ("dictionary", b._on_dictionary_selected)):
+        b.selection.unobserve(fn, names=name)
+        lab.selection.observe(fn, names=name)
     b.selection = lab.selection
-    b.selection.observe(b._on_feature_selected, names="feature")
     b._loop = lab._loop
     return b
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .dictionaries import Dictionaries
 from .models import ModelAdapter, Run, wrap
 from .models.base import Aborted
 from .steering import Steering
@@ -83,7 +84,8 @@ class Lab:
         ``HookedTransformer``, or a :class:`~mechviz.models.ModelAdapter`.
     tokenizer: the HF tokenizer (TransformerLens models bring their own).
     sae: an SAE for the feature view: a SAELens folder, an ``sae_lens`` SAE, ``(state_dict, cfg)``
-        or a :class:`mechviz.saes.SAE` (see :func:`mechviz.saes.load_sae`).
+        or a :class:`mechviz.saes.SAE` (see :func:`mechviz.saes.load_sae`); a list of them (one per layer,
+        say) adds each. More with :meth:`add_sae`; ``lab.saes`` holds them by name.
     prompt: the first prompt.
     threads: torch intra-op threads (see :func:`pin_threads`).
     name: the model's name (checked against the SAE's ``model_name``).
@@ -97,7 +99,8 @@ class Lab:
         self.lock = ModelLock()     # one pass at a time; patching jobs step aside between batches
         self.selection = Selection()  # shared by every view: linked in the browser (survives export)
         self.selection.observe(self._on_feature_selected, names="feature")
-        self.sae = None
+        self.selection.observe(self._on_dictionary_selected, names="dictionary")
+        self.saes = Dictionaries()   # the SAEs and transcoders, by name; the selection says which is shown
         self.steering: Steering | None = None   # what the views show
         self.last: Pass | None = None            # the pass they show
         self._wanted = _State(prompt)            # the newest request
@@ -106,8 +109,10 @@ class Lab:
         self._runner: LatestOnlyRunner | None = None
         self.prompt_box = PromptBox(value=prompt, max_tokens=self.model.max_len or 0)
         self.prompt_box.observe(self._on_edit, names="value")
-        if sae is not None:
-            self.add_sae(sae, allow_model_mismatch=allow_model_mismatch)
+        names = [self.add_sae(one, allow_model_mismatch=allow_model_mismatch)
+                 for one in (sae if isinstance(sae, (list, tuple)) else [] if sae is None else [sae])]
+        if names:
+            self.selection.dictionary = names[0]
 
     @property
     def model_info(self) -> str:
@@ -124,14 +129,36 @@ class Lab:
         model, tokenizer = load_default_model()
         return cls(model, tokenizer, prompt=prompt, sae=SAE_DIR if sae else None, **kwargs)
 
-    def add_sae(self, sae, *, site: str | None = None, allow_model_mismatch: bool = False) -> None:
-        """Attach an SAE (checked against the model: site, width, and the model it was trained on)."""
+    @property
+    def sae(self):
+        """The dictionary the feature views show (``lab.selection.dictionary``; the first added by default),
+        or None without one."""
+        return self.saes.get(self.saes.resolve(self.selection.dictionary)) if len(self.saes) else None
+
+    def add_sae(self, sae, *, site: str | None = None, name: str | None = None,
+                allow_model_mismatch: bool = False) -> str:
+        """Add an SAE or transcoder (checked against the model: site, width, and the model it was trained
+        on) under ``name`` (default: its site; a name in use is replaced) and show it; returns the name.
+
+        >>> lab = mechviz.Lab.default()                                      # doctest: +SKIP
+        >>> [lab.add_sae(f"saes/resid_post.{l}") for l in range(4)]          # doctest: +SKIP
+        ['resid_post.0', 'resid_post.1', 'resid_post.2', 'resid_post.3']
+        """
         from .saes import check_sae_fits, load_sae
 
         sae = load_sae(sae, site=site)
         check_sae_fits(sae, self.model, allow_model_mismatch=allow_model_mismatch)
-        self.sae, self.steering, self._wanted = sae, None, replace(self._wanted, steering=None)
-        self._refresh()
+        name = self.saes.add(sae, name)
+        if self._wanted.steering is not None and self._wanted.steering.dictionary == name:
+            self.steering, self._wanted = None, replace(self._wanted, steering=None)  # it steered the one replaced
+        if self.selection.dictionary != name:
+            self.selection.dictionary = name   # shown now (its observer recomputes the views)
+        else:
+            self._refresh()
+        return name
+
+    def _edits(self, steering: Steering | None) -> dict:
+        return {} if steering is None else steering.edits(self.saes[steering.dictionary])
 
     # -- prompt and steering ----------------------------------------------------------------------
     @property
@@ -150,17 +177,19 @@ class Lab:
                 self._syncing = False
         self._recompute(replace(self._wanted, prompt=text))
 
-    def steer(self, feature: int | None, value: float = 0.0, mode: str = "clamp") -> None:
+    def steer(self, feature: int | None, value: float = 0.0, mode: str = "clamp", dictionary: str | None = None) -> None:
         """Clamp SAE ``feature`` to ``value`` (``mode="clamp"``) or scale it by ``value``
-        (``mode="scale"``) in every view's forward pass; ``steer(None)`` turns steering off. A
-        steering that fails (e.g. overflows the model) raises and leaves the previous one applied."""
-        steering = None if feature is None else Steering.checked(feature, value, mode, self.sae)
+        (``mode="scale"``) in every view's forward pass; ``steer(None)`` turns steering off. The feature is
+        of ``dictionary`` (default: the one shown). A steering that fails (e.g. overflows the model) raises
+        and leaves the previous one applied."""
+        name = self.saes.resolve(dictionary or self.selection.dictionary)
+        steering = None if feature is None else Steering.checked(feature, value, mode, self.saes.get(name), name)
         self._recompute(replace(self._wanted, steering=steering))
 
     def run(self, prompt: str | None = None, capture=()) -> Run:
         """One forward pass on ``prompt`` (default: the current prompt) capturing ``capture``
         (with the current steering applied, if any)."""
-        edits = self.steering.edits(self.sae) if self.steering is not None else {}
+        edits = self._edits(self.steering)
         with self.lock:
             return self.model.run(self.prompt if prompt is None else prompt, capture=capture, edits=edits)
 
@@ -173,7 +202,7 @@ class Lab:
         Python (no ticket) every stream runs to its end."""
         feeds = [(b.view, b.feed) for b in list(self._bindings.values()) if b.feed is not None]
         needs = sorted({site for _, feed in feeds for site in feed.needs()})
-        edits = state.steering.edits(self.sae) if state.steering is not None else {}
+        edits = self._edits(state.steering)
         last = self.last
         with self.lock:
             if state.reuse and last is not None and (last.prompt, last.steering) == (state.prompt, state.steering) \
@@ -284,7 +313,8 @@ class Lab:
 
     def _on_steer_request(self, change) -> None:  # a FeatureView's steering controls, one message
         try:
-            steering = Steering.from_request(change["new"], self.sae)
+            name = self.saes.resolve(self.selection.dictionary)
+            steering = Steering.from_request(change["new"], self.saes.get(name), name)
         except ValueError as exc:  # shown in that view; the applied steering and the last view stay
             view, message = change["owner"], str(exc)
 
@@ -297,6 +327,25 @@ class Lab:
                 self._loop.call_soon_threadsafe(refuse)
             return
         self._live(replace(self._wanted, steering=steering))
+
+    def _on_dictionary_selected(self, change) -> None:
+        from_browser = "dictionary" in getattr(self.selection, "_property_lock", {})
+        try:
+            self.saes.resolve(change["new"])
+        except KeyError as exc:
+            if not from_browser:   # from Python: refused, the shown dictionary stays
+                self.selection.dictionary = change["old"]
+                raise
+            for b in list(self._bindings.values()):
+                if isinstance(b.view, FeatureView):
+                    b.view.error = exc.args[0]
+            return
+        if self.selection.feature != -1:
+            self.selection.feature = -1   # a feature id means a feature of one dictionary
+        if self.last is None:
+            return
+        state = replace(self._wanted, reuse=True)   # the feature views read another dictionary
+        self._live(state) if from_browser else self._recompute(state)
 
     def _on_feature_selected(self, change) -> None:
         feature = change["new"]
@@ -440,6 +489,7 @@ class Lab:
 
     def __repr__(self) -> str:
         views = ", ".join(type(v).__name__ for v in self._bindings) or "none"
-        sae = f", sae={self.sae!r}" if self.sae is not None else ""
+        sae = "" if not len(self.saes) else f", sae={self.sae!r}" if len(self.saes) == 1 else \
+            f", saes={list(self.saes)}, shown={self.saes.resolve(self.selection.dictionary)!r}"
         steer = f", steering={self.steering}" if self.steering else ""
         return f"Lab(model={self.model!r}{sae}, prompt={self.prompt!r}, views=[{views}]{steer})"

@@ -40,10 +40,12 @@ class Steering:
     feature: int
     value: float
     mode: str = "clamp"
+    dictionary: str = ""   # the name of the Lab's dictionary the feature belongs to ("": the only one)
 
     @classmethod
-    def checked(cls, feature, value, mode: str, sae) -> "Steering":
-        """A Steering of ``sae`` after checking every argument (clear ValueErrors)."""
+    def checked(cls, feature, value, mode: str, sae, dictionary: str = "") -> "Steering":
+        """A Steering of ``sae`` (named ``dictionary`` in its Lab) after checking every argument (clear
+        ValueErrors)."""
         if sae is None:
             raise ValueError("steering needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
         if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)):
@@ -65,15 +67,15 @@ class Steering:
         if abs(value) > _FLOAT32_MAX:  # it would become inf in the model's numbers (with a RuntimeWarning)
             raise ValueError(f"the steering value {value:g} is too large: the model's numbers hold at most "
                              f"{_FLOAT32_MAX:.3g} (float32); use a value of the size of the feature's activations")
-        return cls(int(feature), value, mode)
+        return cls(int(feature), value, mode, dictionary)
 
     @classmethod
-    def from_request(cls, request: dict | None, sae) -> "Steering | None":
+    def from_request(cls, request: dict | None, sae, dictionary: str = "") -> "Steering | None":
         """The steering a browser request asks for: ``{"feature": id, "value": v, "mode": m}``;
         ``{"feature": None}`` (or no request) means off."""
         if not request or request.get("feature") is None:
             return None
-        return cls.checked(request["feature"], request.get("value"), request.get("mode", "clamp"), sae)
+        return cls.checked(request["feature"], request.get("value"), request.get("mode", "clamp"), sae, dictionary)
 
     def edits(self, sae) -> dict:
         """``{site: edit}`` for :meth:`mechviz.models.ModelAdapter.run`."""
@@ -85,7 +87,8 @@ class Steering:
         return {sae.site: edit}
 
     def to_json(self) -> dict:
-        return {"feature": self.feature, "value": self.value, "mode": self.mode}
+        return {"feature": self.feature, "value": self.value, "mode": self.mode, "dictionary": self.dictionary}
 
     def __str__(self) -> str:
-        return f"feature {self.feature} {'clamped to' if self.mode == 'clamp' else 'scaled by'} {self.value:g}"
+        of = f" of {self.dictionary}" if self.dictionary else ""
+        return f"feature {self.feature}{of} {'clamped to' if self.mode == 'clamp' else 'scaled by'} {self.value:g}"

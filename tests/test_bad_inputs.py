@@ -31,7 +31,7 @@ from mechviz.steering import Steering
 
 GOOD = "The cat sat on the mat. The cat"
 STALL = 0.2          # seconds the loop may go without running the ticker
-STEERING = Steering(3, 4.0, "clamp")
+STEERING = Steering(3, 4.0, "clamp", "resid_post.1")
 
 
 @dataclass
@@ -199,7 +199,7 @@ CASES = [
     Case("python steering that overflows the model", lambda c: c.lab.steer(3, 1e30),
          r"NaN or inf.*a steering value can overflow", exc=FloatingPointError),
     Case("controls steering that overflows the model", lambda c: c.steer(feature=3, value=1e30),
-         r"steering \(feature 3 clamped to 1e\+30\) failed, feature 3 clamped to 4 kept: .*NaN or inf", live="feature"),
+         r"steering \(feature 3 of resid_post.1 clamped to 1e\+30\) failed, feature 3 of resid_post.1 clamped to 4 kept: .*NaN or inf", live="feature"),
     # -- models ---------------------------------------------------------------------------------------------------
     Case("a model without an LM head", lambda c: Lab(_models()[0], c.lab.model.tokenizer), "no language-model head"),
     Case("a model on the meta device", lambda c: Lab(_models()[1], c.lab.model.tokenizer), "meta device"),

@@ -70,8 +70,9 @@ def test_steering_from_the_view_changes_prediction_and_lens(lab):
     finally:
         h.remove()
     assert len(calls) == 2  # one request, one recompute: the steered pass and the unsteered one
-    assert lab.steering == mechviz.Steering(f, 40.0, "clamp")
-    assert feat.steering == f"feature {f} clamped to 40" and feat.steered == {"feature": f, "value": 40.0, "mode": "clamp"}
+    assert lab.steering == mechviz.Steering(f, 40.0, "clamp", "resid_post.1")
+    assert feat.steering == f"feature {f} of resid_post.1 clamped to 40"
+    assert feat.steered == {"feature": f, "value": 40.0, "mode": "clamp", "dictionary": "resid_post.1"}
     base, steered = feat.result.next_prob
     np.testing.assert_allclose(base, before_next, atol=1e-6)  # row 0 stays the unsteered model
     assert not np.allclose(steered, base, atol=1e-3)
@@ -92,16 +93,17 @@ def test_bad_steering_and_bad_sae_show_clear_errors(lab):
     for bad, msg in [((10**6, 1.0), "out of range"), ((3.7, 1.0), "whole-number id, got 3.7"),
                      ((5, float("nan")), "must be finite"), ((5, ""), "must be a number")]:
         steer_request(feat, *bad)
-        assert msg in feat.error and lab.steering == mechviz.Steering(5, 10.0)  # the applied one stays
+        assert msg in feat.error and lab.steering == mechviz.Steering(5, 10.0, dictionary="resid_post.1")  # the applied one stays
         with pytest.raises(ValueError, match=msg.split(",")[0]):
             lab.steer(*bad)
     # a steering that passes the checks but breaks the model: the error says so, the old one stays
     with pytest.raises(FloatingPointError) as info:
         lab.steer(5, 1e30)
-    assert lab.steering == mechviz.Steering(5, 10.0) and "steering (feature 5 clamped to 1e+30) failed" in feat.error
+    assert lab.steering == mechviz.Steering(5, 10.0, dictionary="resid_post.1")
+    assert "steering (feature 5 of resid_post.1 clamped to 1e+30) failed" in feat.error
     assert any("while steering feature 5" in n for n in getattr(info.value, "__notes__", []))
     lab.prompt = "The cat sat on the mat"      # later edits keep working, still steered by the good one
-    assert feat.error == "" and feat.steering == "feature 5 clamped to 10"
+    assert feat.error == "" and feat.steering == "feature 5 of resid_post.1 clamped to 10"
     lab.steer(None)
     from mechviz.saes import SAE
     wide = SAE(W_enc=torch.zeros(64, 8), b_enc=torch.zeros(8), W_dec=torch.zeros(8, 64), b_dec=torch.zeros(64),

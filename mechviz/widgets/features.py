@@ -21,7 +21,9 @@ class FeatureView(View):
     tokens its decoder direction promotes most, row 1: suppresses most; indexes ``strings``) and
     ``effect_val`` ``[F, 2, k]``; ``next_idx``/``next_prob`` ``[2, k]``: the next-token distribution at
     the last position without (row 0) and with (row 1) steering.
-    Selection (linked): ``feature`` (an SAE feature id, -1 none), ``token``.
+    ``recon_error`` float16 ``[T]``: the dictionary's relative reconstruction error at each token.
+    Selection (linked): ``feature`` (an SAE feature id, -1 none) of ``dictionary`` (a name among the
+    Lab's ``dictionaries``, which the view offers as a menu), ``token``.
     Steering is one request: the browser sets ``steer_request`` to ``{"feature": id, "value": v,
     "mode": "clamp" | "scale", "id": n}`` (``"feature": None`` turns it off; ``id`` counts requests).
     The Lab recomputes every view with the steered model and reports what is applied in ``steered``
@@ -41,6 +43,9 @@ class FeatureView(View):
     next_idx = Array("int32")
     next_prob = Array("float16")
     sae_label = t.Unicode("").tag(sync=True)
+    recon_error = Array("float16")
+    dictionaries = t.List(t.Unicode(), default_value=[]).tag(sync=True)
+    dictionary = t.Unicode("").tag(sync=True)
     steer_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     steered = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     steering = t.Unicode("").tag(sync=True)
@@ -57,19 +62,23 @@ class FeatureView(View):
         effects: dict = {}   # logit effects by (feature, k), for the SAE they were computed for
 
         def payload(p):
-            sae, steering = lab.sae, p.steering   # the Lab's SAE now (add_sae may have replaced it)
+            name = lab.saes.resolve(lab.selection.dictionary)   # the dictionary shown now
+            sae, steering = lab.saes[name], p.steering
             if effects.get("sae") is not sae:
                 effects.clear()
                 effects["sae"] = sae
-            extra = [lab.selection.feature] + ([steering.feature] if steering is not None else [])
+            mine = steering is not None and steering.dictionary in ("", name)
+            extra = [lab.selection.feature] + ([steering.feature] if mine else [])
             summary = feature_summary(sae, lab.model, p.run, p.base, n=n, k=k, extra=extra,
                                       steering=str(steering) if steering is not None else "", effects=effects)
-            return {"summary": summary, "prompt": p.prompt,
+            return {"summary": summary, "prompt": p.prompt, "dictionaries": list(lab.saes),
                     "steered": None if steering is None else steering.to_json()}
         return Feed(lambda: [lab.sae.site], payload)
 
-    def prepare(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None) -> Shown:
-        """Pack a :class:`~mechviz.analysis.features.FeatureSummary` for display."""
+    def prepare(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None,
+                dictionaries=None) -> Shown:
+        """Pack a :class:`~mechviz.analysis.features.FeatureSummary` for display (``dictionaries``: the
+        names the menu offers)."""
         s = summary
         n_eff = s.effect_strs.size
         strings, flat = string_table(np.concatenate([s.effect_strs.reshape(-1), s.next_strs.reshape(-1)]))
@@ -80,7 +89,9 @@ class FeatureView(View):
                   "effect_val": Packed(s.effect_val, "float16"),
                   "next_idx": Packed(flat[n_eff:].reshape(s.next_strs.shape), "int32"),
                   "next_prob": Packed(s.next_prob, "float16"),
-                  "sae_label": s.sae_label, "steering": s.steering, "steered": steered}
+                  "sae_label": s.sae_label, "steering": s.steering, "steered": steered,
+                  "recon_error": Packed(s.recon_error, "float16"),
+                  "dictionaries": list(dictionaries) if dictionaries is not None else list(self.dictionaries)}
         return Shown(traits, s, prompt)
 
     def figure(self):

@@ -17,7 +17,7 @@ import numpy as np
 import traitlets as t
 
 #: the selection traits a view may carry; each is linked to the Lab's Selection when present
-SELECTION_TRAITS = ("layer", "head", "token", "feature")
+SELECTION_TRAITS = ("layer", "head", "token", "feature", "dictionary")
 
 
 class Index(t.Int):
@@ -40,13 +40,15 @@ class Index(t.Int):
 
 
 class Selection(ipywidgets.Widget):
-    """The selected layer, head, token (-1: none) and SAE feature (-1: none)."""
+    """The selected layer, head, token (-1: none), and SAE feature (-1: none) of dictionary ``dictionary``
+    (a name in the Lab's ``saes``; "": the first)."""
 
     # a plain @jupyter-widgets/base WidgetModel: no view of its own, understood by every front end
     layer = Index(0).tag(sync=True)
     head = Index(0).tag(sync=True)
     token = Index(-1).tag(sync=True)
     feature = Index(-1).tag(sync=True)
+    dictionary = t.Unicode("").tag(sync=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -78,7 +80,8 @@ class Selection(ipywidgets.Widget):
                 setattr(w, name, value)
 
     def __repr__(self) -> str:
-        return f"Selection(layer={self.layer}, head={self.head}, token={self.token}, feature={self.feature})"
+        d = f", dictionary={self.dictionary!r}" if self.dictionary else ""
+        return f"Selection(layer={self.layer}, head={self.head}, token={self.token}, feature={self.feature}{d})"
 
 
 class Link:

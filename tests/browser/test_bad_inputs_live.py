@@ -117,7 +117,7 @@ def test_bad_prompts_and_steering_in_the_browser_keep_the_last_good_view(dash, a
     page.fill(fIn, "3")
     page.fill(vIn, "4")
     page.click(f"{FEAT} button.mv-steer-apply")
-    page.wait_for_selector(f'{FEAT}[data-steering="feature 3 clamped to 4"]', timeout=60_000)
+    page.wait_for_selector(f'{FEAT}[data-steering="feature 3 of resid_post.1 clamped to 4"]', timeout=60_000)
     typed = "The bird sang in the park. The bird"
     box.fill(typed)
     _all_show(page, typed)

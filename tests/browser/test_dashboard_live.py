@@ -143,7 +143,7 @@ def test_dashboard_steering_changes_prediction(dash, artifacts):
     page.select_option(f"{FEAT} select.mv-steer-mode", "clamp")
     t0 = time.monotonic()
     page.click(f"{FEAT} button.mv-steer-apply")
-    page.wait_for_selector(f'{FEAT}[data-steering="feature {feature} clamped to {CLAMP:g}"]', timeout=60_000)
+    page.wait_for_selector(f'{FEAT}[data-steering="feature {feature} of resid_post.1 clamped to {CLAMP:g}"]', timeout=60_000)
     page.wait_for_function("([sel, s]) => document.querySelector(sel).dataset.seq !== s", arg=[LENS, seq],
                            timeout=30_000)
     print(f"steer -> views recomputed in {time.monotonic() - t0:.1f}s")
@@ -173,7 +173,7 @@ def test_dashboard_steering_changes_prediction(dash, artifacts):
     page.wait_for_function("([sel, f]) => document.querySelector(sel).value === f",
                            arg=[f"{FEAT} input.mv-steer-feature", str(feature)], timeout=10_000)
     assert controls() == (str(feature), f"{CLAMP:g}", "clamp")
-    assert page.locator(FEAT).get_attribute("data-steering") == f"feature {feature} clamped to {CLAMP:g}"
+    assert page.locator(FEAT).get_attribute("data-steering") == f"feature {feature} of resid_post.1 clamped to {CLAMP:g}"
 
     # steering off restores the prediction
     seq = page.locator(LENS).get_attribute("data-seq")
