@@ -133,7 +133,7 @@ def _normalisation(cfg: Mapping, norm_scaling_factor) -> tuple[str, float | None
 def _check_widths(state: Mapping[str, torch.Tensor], cfg: Mapping, kind: str) -> None:
     """The config's d_in / d_sae / d_out against the weights, and the weights against each other."""
     W_enc, W_dec = state["W_enc"], state["W_dec"]
-    shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in state.items() if n in ("W_enc", "W_dec", "b_dec", "W_skip"))
+    shapes = ", ".join(f"{n} {tuple(state[n].shape)}" for n in ("W_enc", "W_dec", "b_dec", "W_skip") if n in state)
     if W_enc.ndim != 2 or W_dec.ndim != 2:
         raise SAEError(f"W_enc and W_dec must be matrices ({shapes})")
     got = {"d_in": W_enc.shape[0], "d_sae": W_enc.shape[1],
