@@ -127,7 +127,7 @@ def _find_local(rel: Release, root) -> tuple[Path, list[Path]]:
     needed = rel.files()
     if root is not None:
         root = Path(root).expanduser()
-        candidates = [root, root / rel.path]
+        candidates = [root / rel.path, root]   # the repo's layout, or the SAE's own folder
         expected = root / rel.path
     else:
         repo_dir = hub_cache_dir() / f"models--{rel.repo_id.replace('/', '--')}"
@@ -137,12 +137,12 @@ def _find_local(rel: Release, root) -> tuple[Path, list[Path]]:
         if snapshots.is_dir():
             revs += sorted((p.name for p in snapshots.iterdir() if p.name not in revs),
                            key=lambda n: -(snapshots / n).stat().st_mtime)
-        candidates = [snapshots / r for r in revs]
+        candidates = [snapshots / r / rel.path for r in revs]
         expected = snapshots / (revs[0] if revs else "<revision>") / rel.path
-    for base in candidates:
-        base_files = [base / f for f in needed] if base != root else [base / Path(f).name for f in needed]
-        if all(p.exists() for p in base_files):
-            return base_files[0].parent, base_files
+    for folder in candidates:   # every file a release's loader reads sits in its path's folder
+        files = [folder / Path(f).name for f in needed]
+        if all(p.exists() for p in files):
+            return folder, files
     where = "under root=" if root is not None else "in the Hugging Face hub cache"
     raise SAEError(f"SAELens release {rel.release!r} / {rel.sae_id!r} is not available offline: it is "
                    f"{', '.join(Path(f).name for f in needed)} under {rel.path!r} in the Hugging Face repo "
