@@ -126,10 +126,14 @@ class Lab:
 
     def add_sae(self, sae, *, site: str | None = None, allow_model_mismatch: bool = False) -> None:
         """Attach an SAE (checked against the model: site, width, and the model it was trained on)."""
-        from .saes import check_sae_fits, load_sae
+        from .saes import SAEError, check_sae_fits, load_sae
 
         sae = load_sae(sae, site=site)
         check_sae_fits(sae, self.model, allow_model_mismatch=allow_model_mismatch)
+        if sae.is_transcoder:
+            raise SAEError(f"this is a {sae.kind} ({sae.site} -> {sae.site_out}): the Lab's feature view reconstructs "
+                           "and steers at one site, so it takes SAEs only; use the transcoder directly "
+                           "(sae.encode(run[sae.site]), sae.forward(...))")
         self.sae, self.steering, self._wanted = sae, None, replace(self._wanted, steering=None)
         self._refresh()
 

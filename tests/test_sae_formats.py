@@ -227,3 +227,33 @@ def test_sae_object_checks_kinds():
         SAE(**w, kind="skip_transcoder", apply_b_dec_to_input=False)
     with pytest.raises(SAEError, match="gated SAE needs b_gate"):
         SAE(**dict(w, b_enc=None, W_dec=torch.zeros(8, 4), b_dec=torch.zeros(4)), architecture="gated")
+
+
+def test_transcoder_fits_by_both_sites_and_is_kept_out_of_the_feature_view(tokenizer):
+    """A transcoder is checked at its input and output sites; it encodes real activations like sae_lens;
+    the Lab (which reconstructs and steers at one site) refuses it with a message instead of a wrong view."""
+    from mechviz import Lab
+    from mechviz.analysis.features import steering_edit
+    from mechviz.models import HFAdapter
+    from mechviz.saes import check_sae_fits
+
+    from .conftest import build_hf
+
+    hf = build_hf("gpt2")   # 3 layers, d_model 48
+    adapter = HFAdapter(hf, name="gpt2")
+    ref = make("jumprelu_skip_transcoder")
+    tc = load_sae(ref)
+    assert check_sae_fits(tc, adapter) == "resid_mid.1"
+    run = adapter.run([3, 9, 27, 81], capture=["resid_mid.1", "mlp_out.1"])
+    with torch.no_grad():
+        torch.testing.assert_close(tc.forward(run["resid_mid.1"]), ref(run["resid_mid.1"]), atol=1e-5, rtol=0)
+    with pytest.raises(SAEError, match=r"output width d_out=40 does not match site mlp_out.1 of gpt2, which is 48"):
+        check_sae_fits(load_sae(make("transcoder")), adapter)
+    with pytest.raises(SAEError, match=r"output site 'mlp_out.9' does not exist"):
+        check_sae_fits(SAE(**{n: getattr(tc, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold", "W_skip")},
+                           architecture="jumprelu", kind="skip_transcoder", apply_b_dec_to_input=False,
+                           site="resid_mid.1", site_out="mlp_out.9"), adapter)
+    with pytest.raises(SAEError, match=r"skip_transcoder \(resid_mid.1 -> mlp_out.1\).*SAEs only"):
+        Lab(hf, tokenizer, sae=tc, prompt="The cat", threads=1)
+    with pytest.raises(SAEError, match="steering edits one site"):
+        steering_edit(tc, 0, value=1.0)

@@ -116,6 +116,8 @@ def steering_edit(sae: SAE, feature: int, value=None, scale: float | None = None
     position or only at ``positions`` (indices or a boolean mask ``[T]``)."""
     if (value is None) == (scale is None):
         raise ValueError("give exactly one of value= (clamp the feature) or scale= (multiply it)")
+    if sae.is_transcoder:
+        raise SAEError(f"steering edits one site; a {sae.kind} reads {sae.site} and writes {sae.site_out}")
     if not 0 <= int(feature) < sae.d_sae:
         raise IndexError(f"feature {feature} out of range: the SAE has {sae.d_sae} features")
     f = int(feature)

@@ -201,7 +201,7 @@ def check_sae_fits(sae: SAE, adapter, *, allow_model_mismatch: bool = False) -> 
 
     Checks that the SAE has a site, that the model has it, that the SAE's width ``d_in`` equals
     the site's width (``d_model`` for residual/attn_out/mlp_out, ``n_heads * d_head`` for ``z``),
-    and, when the SAE's config names the model it was trained on, that it is this model (unless
+    for a transcoder that its output site exists and is ``d_out`` wide, and, when the SAE's config names the model it was trained on, that it is this model (unless
     ``allow_model_mismatch=True``).
     """
     if not sae.site:
@@ -217,6 +217,14 @@ def check_sae_fits(sae: SAE, adapter, *, allow_model_mismatch: bool = False) -> 
     if sae.d_in != width:
         raise SAEError(f"SAE width d_in={sae.d_in} does not match site {site} of {adapter.name}, which is "
                        f"{width} wide: this SAE was trained on another site or model")
+    if sae.is_transcoder and sae.site_out:
+        try:
+            (out,) = parse_sites(sae.site_out, adapter.n_layers)
+        except (SiteError, ValueError) as exc:
+            raise SAEError(f"the transcoder's output site {sae.site_out!r} does not exist in {adapter.name}: {exc}") from None
+        if sae.d_out != site_width(adapter, out.name):
+            raise SAEError(f"transcoder output width d_out={sae.d_out} does not match site {out} of {adapter.name}, "
+                           f"which is {site_width(adapter, out.name)} wide")
     if sae.model_name and adapter.name and not _same_model(sae.model_name, adapter.name) and not allow_model_mismatch:
         raise SAEError(f"this SAE was trained on {sae.model_name!r} but the model is {adapter.name!r}; its features "
                        "would be meaningless here. If they are the same model under another name, pass "
