@@ -257,3 +257,20 @@ def test_transcoder_fits_by_both_sites_and_is_kept_out_of_the_feature_view(token
         Lab(hf, tokenizer, sae=tc, prompt="The cat", threads=1)
     with pytest.raises(SAEError, match="steering edits one site"):
         steering_edit(tc, 0, value=1.0)
+
+
+@pytest.mark.parametrize("cls", ["StandardTraining", "TopKTraining", "GatedTraining", "JumpReLUTraining",
+                                 "AbsTopKTraining"])
+def test_training_objects_load_in_their_inference_form(cls, tmp_path, x):
+    """A training SAE object is read as its own save_inference_model writes it (TopK: decoder norms folded);
+    equal to the training object's encode and to the inference SAE sae_lens loads from that folder."""
+    kw = {"k": 7} if "TopK" in cls else {}
+    cfg = getattr(sae_lens, cls + "SAEConfig")(d_in=D_IN, d_sae=D_SAE, metadata=SAEMetadata(hook_name=HOOK), **kw)
+    train = randomize(getattr(sae_lens, cls + "SAE")(cfg))
+    train.save_inference_model(tmp_path)
+    inference = sae_lens.SAE.load_from_disk(tmp_path)
+    with torch.no_grad():
+        want = train.encode(x)
+    for sae in (load_sae(train), load_sae(tmp_path)):
+        torch.testing.assert_close(sae.encode(x), want, atol=1e-5, rtol=0)
+        assert_same(sae, inference, x)

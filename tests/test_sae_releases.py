@@ -181,3 +181,29 @@ def test_gemma_scope_2_skip_transcoder(hub, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(sae.encode(x), theirs.encode(x), atol=1e-5, rtol=0)
         torch.testing.assert_close(sae.forward(x), theirs(x), atol=1e-5, rtol=0)
+
+
+def test_gemma_scope_transcoder_params_npz(hub, monkeypatch):
+    """Gemma Scope transcoders (gemma_2_transcoder): params.npz as a jumprelu transcoder. Their config takes
+    the widths from the names (2304 x 16k); here both loaders get a config with the file's small widths."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+
+    original = loaders.get_gemma_2_transcoder_config_from_hf
+    monkeypatch.setattr(loaders, "get_gemma_2_transcoder_config_from_hf",
+                        lambda *a, **kw: {**original(*a, **kw), "d_in": 48, "d_out": 48, "d_sae": 96})
+    release, sae_id = "gemma-scope-2b-pt-transcoders", "layer_0/width_16k/average_l0_76"
+    r = resolve(release, sae_id)
+    g = torch.Generator().manual_seed(2)
+    params = {"W_enc": torch.randn(48, 96, generator=g) / 7, "W_dec": torch.randn(96, 48, generator=g) / 7,
+              "b_enc": torch.randn(96, generator=g) * 0.3, "b_dec": torch.randn(48, generator=g) * 0.3,
+              "threshold": torch.rand(96, generator=g) * 0.5}
+    np.savez(snapshot(hub, r.repo_id, r.path) / "params.npz", **{k: v.numpy() for k, v in params.items()})
+    sae = load_sae(release=release, sae_id=sae_id)
+    theirs = sae_lens.SAE.from_pretrained(release, sae_id)
+    assert (sae.kind, sae.architecture, sae.site, sae.site_out) == ("transcoder", "jumprelu", None, "mlp_out.0")
+    assert sae.hook_name == "blocks.0.ln2.hook_normalized"   # no mechviz site: pass site= to attach it
+    assert sae.neuronpedia_id == "gemma-2-2b/0-gemmascope-transcoder-16k"
+    x = x_for(48)
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(x), theirs.encode(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(sae.forward(x), theirs(x), atol=1e-5, rtol=0)

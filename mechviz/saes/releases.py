@@ -116,8 +116,9 @@ def resolve(release: str, sae_id: str) -> Release:
 
 def hub_cache_dir() -> Path:
     """The local Hugging Face hub cache, as huggingface_hub finds it (read from the environment now)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
     return Path(hf_home).expanduser() / "hub"
 
