@@ -64,7 +64,8 @@ def test_missing_files_say_repo_path_folder_and_command(hub, tmp_path):
     msg = str(err.value)
     for part in ("'google/gemma-scope-2b-pt-res'", "'layer_12/width_16k/average_l0_82'", "params.npz",
                  str(hub / "models--google--gemma-scope-2b-pt-res" / "snapshots"),
-                 'huggingface-cli download google/gemma-scope-2b-pt-res --include "layer_12/width_16k/average_l0_82/*"',
+                 'hf download google/gemma-scope-2b-pt-res --include "layer_12/width_16k/average_l0_82/*"',
+                 'huggingface-cli download google/gemma-scope-2b-pt-res --include',
                  "never downloads"):
         assert part in msg, (part, msg)
     with pytest.raises(SAEError, match=f"expected under root= at {tmp_path}/blocks.8.hook_resid_pre"):
@@ -207,3 +208,4 @@ def test_gemma_scope_transcoder_params_npz(hub, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(sae.encode(x), theirs.encode(x), atol=1e-5, rtol=0)
         torch.testing.assert_close(sae.forward(x), theirs(x), atol=1e-5, rtol=0)
+

@@ -66,8 +66,9 @@ class Release:
             return [f"{self.path}/params.npz"]
         return [f"{self.path}/params.safetensors"]
 
-    def download_command(self) -> str:
-        return f'huggingface-cli download {self.repo_id} --include "{self.path}/*"'
+    def download_command(self, cli: str = "hf") -> str:
+        """What to run on a networked machine (``hf``; huggingface_hub < 1.0 calls it ``huggingface-cli``)."""
+        return f'{cli} download {self.repo_id} --include "{self.path}/*"'
 
 
 @lru_cache(maxsize=1)
@@ -149,8 +150,8 @@ def _find_local(rel: Release, root) -> tuple[Path, list[Path]]:
                    f"{', '.join(Path(f).name for f in needed)} under {rel.path!r} in the Hugging Face repo "
                    f"{rel.repo_id!r}, expected {where} at {expected}. On a machine with network access run\n"
                    f"    {rel.download_command()}\n"
-                   f"(add --local-dir DIR and pass root=DIR, or copy ~/.cache/huggingface/hub over and set "
-                   f"HF_HUB_CACHE); mechviz never downloads")
+                   f"(huggingface_hub < 1.0: {rel.download_command('huggingface-cli')}; add --local-dir DIR and "
+                   f"pass root=DIR, or copy the hub cache over and set HF_HUB_CACHE); mechviz never downloads")
 
 
 def load_release(release: str, sae_id: str, *, root=None, site: str | None = None,
@@ -166,6 +167,9 @@ def load_release(release: str, sae_id: str, *, root=None, site: str | None = Non
                        f"{', '.join(c or 'sae_lens' for c in SUPPORTED_CONVERSIONS[1:])}): on a machine with "
                        f"network access run sae_lens.SAE.from_pretrained({release!r}, {sae_id!r}) and "
                        "save_model(folder), then load_sae(folder)")
+    if rel.conversion == "gemma_3" and "clt" in rel.path:
+        raise SAEError(f"{release!r} / {sae_id!r} is a cross-layer transcoder (clt), not a single-site dictionary: "
+                       "mechviz does not load it")
     folder, files = _find_local(rel, root)
     overrides = dict(rel.config_overrides)
     if rel.neuronpedia_id:
@@ -219,13 +223,13 @@ def _gemma_2(rel: Release, npz: Path, overrides: dict) -> tuple[dict, dict]:
 def _gemma_3(rel: Release, folder: Path, weights: Path, read_safetensors, overrides: dict) -> tuple[dict, dict]:
     """Gemma Scope 2 (``params.safetensors``) as sae_lens' gemma_3 loader converts it (its config from
     ``config.json`` when present, else from the names, as sae_lens does; shapes from the local file)."""
-    if "clt" in rel.path:
-        raise SAEError("cross-layer transcoders (clt) are not single-site dictionaries: mechviz does not load them")
     from sae_lens.loading import pretrained_sae_loaders as loaders
 
     raw_path = folder / "config.json"
-    raw = json.loads(raw_path.read_text()) if raw_path.exists() else loaders._infer_gemma_3_raw_cfg_dict(rel.repo_id,
-                                                                                                         rel.path)
+    if raw_path.exists():
+        raw = json.loads(raw_path.read_text())
+    else:   # as sae_lens does when the repo has no config.json
+        raw = loaders._infer_gemma_3_raw_cfg_dict(rel.repo_id, rel.path)
     if raw.get("architecture") != "jump_relu":
         raise SAEError(f"unexpected architecture in Gemma Scope 2 config: {raw.get('architecture')!r}")
     layer = int(re.search(r"layer_(\d+)", rel.path).group(1))
