@@ -104,7 +104,7 @@ def test_sae_lens_format_release_from_hub_cache_and_root(hub, tmp_path):
         want = theirs.encode(x)
     assert (want != 0).any()
     for got in (sae, load_sae((release, sae_id)),
-                load_sae((release, sae_id), root=hub / "models--jbloom--GPT2-Small-SAEs-Reformatted" / "snapshots" / REV),
+                load_sae((release, sae_id), root=snapshot(hub, r.repo_id, "")),
                 load_sae((release, sae_id), root=snapshot(hub, r.repo_id, r.path))):   # repo layout or the folder
         torch.testing.assert_close(got.encode(x), want, atol=1e-5, rtol=0)
 
@@ -164,7 +164,8 @@ def test_gemma_scope_2_skip_transcoder(hub, monkeypatch):
     g = torch.Generator().manual_seed(1)
     raw = {"w_enc": torch.randn(48, 96, generator=g) / 7, "w_dec": torch.randn(96, 48, generator=g) / 7,
            "b_enc": torch.randn(96, generator=g) * 0.3, "b_dec": torch.randn(48, generator=g) * 0.3,
-           "threshold": torch.rand(96, generator=g) * 0.5, "affine_skip_connection": torch.randn(48, 48, generator=g) / 7}
+           "threshold": torch.rand(96, generator=g) * 0.5,
+           "affine_skip_connection": torch.randn(48, 48, generator=g) / 7}
     save_file({k: v.numpy() for k, v in raw.items()}, str(folder / "params.safetensors"))
     (folder / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-4b-pt",
                                                     "affine_connection": True}))

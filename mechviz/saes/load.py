@@ -201,8 +201,8 @@ def check_sae_fits(sae: SAE, adapter, *, allow_model_mismatch: bool = False) -> 
 
     Checks that the SAE has a site, that the model has it, that the SAE's width ``d_in`` equals
     the site's width (``d_model`` for residual/attn_out/mlp_out, ``n_heads * d_head`` for ``z``),
-    for a transcoder that its output site exists and is ``d_out`` wide, and, when the SAE's config names the model it was trained on, that it is this model (unless
-    ``allow_model_mismatch=True``).
+    for a transcoder that its output site exists and is ``d_out`` wide, and, when the SAE's config
+    names the model it was trained on, that it is this model (unless ``allow_model_mismatch=True``).
     """
     if not sae.site:
         hint = f" (its hook {sae.hook_name!r} has no mechviz site)" if sae.hook_name else ""
@@ -221,7 +221,8 @@ def check_sae_fits(sae: SAE, adapter, *, allow_model_mismatch: bool = False) -> 
         try:
             (out,) = parse_sites(sae.site_out, adapter.n_layers)
         except (SiteError, ValueError) as exc:
-            raise SAEError(f"the transcoder's output site {sae.site_out!r} does not exist in {adapter.name}: {exc}") from None
+            raise SAEError(f"the transcoder's output site {sae.site_out!r} does not exist in {adapter.name}: "
+                           f"{exc}") from None
         if sae.d_out != site_width(adapter, out.name):
             raise SAEError(f"transcoder output width d_out={sae.d_out} does not match site {out} of {adapter.name}, "
                            f"which is {site_width(adapter, out.name)} wide")
