@@ -95,8 +95,8 @@ def _close(word: str, options, what: str) -> str:
 def resolve(release: str, sae_id: str) -> Release:
     """The registry entry for ``release``/``sae_id`` (no file is read but sae_lens' registry).
 
-    >>> r = resolve("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")    # doctest: +SKIP
-    >>> r.repo_id, r.path, r.neuronpedia_id                                               # doctest: +SKIP
+    >>> r = resolve("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
+    >>> r.repo_id, r.path, r.neuronpedia_id
     ('google/gemma-scope-2b-pt-res', 'layer_12/width_16k/average_l0_82', 'gemma-2-2b/12-gemmascope-res-16k')
     """
     registry = _registry()
@@ -228,8 +228,10 @@ def _gemma_3(rel: Release, folder: Path, weights: Path, read_safetensors, overri
     raw_path = folder / "config.json"
     if raw_path.exists():
         raw = json.loads(raw_path.read_text())
-    else:   # as sae_lens does when the repo has no config.json
+    elif hasattr(loaders, "_infer_gemma_3_raw_cfg_dict"):   # as sae_lens does when the repo has no config.json
         raw = loaders._infer_gemma_3_raw_cfg_dict(rel.repo_id, rel.path)
+    else:
+        raise SAEError(f"{raw_path} missing (and this sae_lens cannot infer it): download it with the weights")
     if raw.get("architecture") != "jump_relu":
         raise SAEError(f"unexpected architecture in Gemma Scope 2 config: {raw.get('architecture')!r}")
     layer = int(re.search(r"layer_(\d+)", rel.path).group(1))
