@@ -192,6 +192,7 @@ def sae_from_state_dict(state: Mapping[str, Any], cfg: Mapping[str, Any], *, sit
     if factor is not None:   # sae_lens' fold_activation_norm_scaling_factor
         state["W_enc"], state["W_dec"], state["b_dec"] = (state["W_enc"] * factor, state["W_dec"] / factor,
                                                           state["b_dec"] / factor)
+        cfg["folded_norm_scaling_factor"] = factor
 
     hook_name = _get(cfg, "hook_name") or _get(cfg, "hook_point")
     hook_out = _get(cfg, "hook_name_out")
