@@ -48,6 +48,9 @@ class Steering:
         ValueErrors)."""
         if sae is None:
             raise ValueError("steering needs an SAE: Lab(..., sae=...) or lab.add_sae(...)")
+        if sae.is_transcoder:
+            raise ValueError(f"{dictionary or 'this dictionary'} is a {sae.kind}: steering clamps an SAE feature at one "
+                             "site; pick an SAE in the feature view's menu (or steer(..., dictionary=...))")
         if isinstance(feature, bool) or not isinstance(feature, (int, np.integer)):
             if isinstance(feature, (float, np.floating)) and float(feature).is_integer():
                 feature = int(feature)

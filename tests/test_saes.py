@@ -164,8 +164,8 @@ def test_fit_errors():
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(SAEError, match="unsupported SAE architecture 'gated'"):
-        load_sae(sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=8, d_sae=16)))
+    with pytest.raises(SAEError, match="unsupported SAE architecture 'temporal'"):
+        load_sae((dict(make_sae_lens("standard").state_dict()), {"architecture": "temporal"}))
     (tmp_path / "sae.pt").write_bytes(b"not read")
     with pytest.raises(SAEError, match="safetensors only"):
         load_sae(tmp_path / "sae.pt")
@@ -176,14 +176,16 @@ def test_load_errors(tmp_path):
     cfg = json.loads((tmp_path / "norm" / "cfg.json").read_text())
     cfg["normalize_activations"] = "expected_average_only_in"
     (tmp_path / "norm" / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(SAEError, match="normalised with 'expected_average_only_in', which is not folded"):
+    with pytest.raises(SAEError, match="expected_average_only_in.*pass load_sae\\(..., norm_scaling_factor=F\\)"):
         load_sae(tmp_path / "norm")
     state = {k: v.detach() for k, v in ref.state_dict().items()}
     with pytest.raises(SAEError, match="needs 0 < k <= d_sae"):
         load_sae((state, {"architecture": "topk"}))
     with pytest.raises(SAEError, match="W_dec has shape"):
         SAE(W_enc=state["W_enc"], b_enc=state["b_enc"], W_dec=state["W_dec"].T, b_dec=state["b_dec"])
-    with pytest.raises(SAEError, match=r"unexpected SAE weights \['b_gate'\]"):
+    with pytest.raises(SAEError, match=r"unexpected SAE weights \['b_gates'\]"):
+        load_sae((dict(state, b_gates=torch.zeros(D_SAE)), {}))
+    with pytest.raises(SAEError, match="b_gate is a gated weight, but this SAE is relu"):
         load_sae((dict(state, b_gate=torch.zeros(D_SAE)), {}))
 
 

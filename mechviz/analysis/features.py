@@ -22,8 +22,8 @@ from ..saes.sae import SAE, SAEError
 
 
 def needs(sae: SAE) -> list[str]:
-    """The site :func:`feature_activations` reads."""
-    return [sae.site]
+    """The sites :func:`feature_summary` reads: the input site (and a transcoder's output site)."""
+    return [sae.site] + ([sae.site_out] if sae.is_transcoder else [])
 
 
 def feature_activations(sae: SAE, run: Run) -> np.ndarray:
@@ -116,6 +116,8 @@ def steering_edit(sae: SAE, feature: int, value=None, scale: float | None = None
     position or only at ``positions`` (indices or a boolean mask ``[T]``)."""
     if (value is None) == (scale is None):
         raise ValueError("give exactly one of value= (clamp the feature) or scale= (multiply it)")
+    if sae.is_transcoder:
+        raise SAEError(f"steering edits one site; a {sae.kind} reads {sae.site} and writes {sae.site_out}")
     if not 0 <= int(feature) < sae.d_sae:
         raise IndexError(f"feature {feature} out of range: the SAE has {sae.d_sae} features")
     f = int(feature)
@@ -172,7 +174,8 @@ class FeatureSummary:
     row 1 suppressed; ``effect_strs`` their text, ``effect_val`` float32), and the next-token
     distribution at the last position without (row 0) and with (row 1) steering: ``next_strs``
     ``[2, k]``, ``next_prob`` float32 ``[2, k]``. ``recon_error`` float32 ``[T]``: the SAE's
-    relative reconstruction error ``|x - decode(encode(x))| / |x|`` at each token."""
+    relative reconstruction error ``|x - decode(encode(x))| / |x|`` at each token (a transcoder's: of its
+    output site, ``|y - forward(x)| / |y|``)."""
 
     tokens: list[str]
     features: np.ndarray
@@ -217,8 +220,12 @@ def feature_summary(sae: SAE, adapter, run: Run, base: Run | None = None, n: int
     top = [np.argsort(-p, kind="stable")[:kk] for p in rows]
     with torch.inference_mode():
         xs = x.to(sae.W_enc.device, sae.W_enc.dtype)
-        recon = sae.decode(f_acts, xs)
-        err = ((xs - recon).norm(dim=-1) / xs.norm(dim=-1).clamp_min(1e-12)).float().cpu().numpy()
+        if sae.is_transcoder:   # its prediction of the output site, against what the model wrote there
+            target = run[sae.site_out].reshape(len(run.tokens), -1).to(xs)
+            recon = sae.decode(f_acts) + (xs @ sae.W_skip if sae.W_skip is not None else 0)
+        else:
+            target, recon = xs, sae.decode(f_acts, xs)
+        err = ((target - recon).norm(dim=-1) / target.norm(dim=-1).clamp_min(1e-12)).float().cpu().numpy()
     return FeatureSummary(
         tokens=list(run.token_strs), features=np.asarray(feats, np.int64), acts=acts[:, feats],
         effect_ids=np.array([[e.promoted_ids, e.suppressed_ids] for e in eff], np.int64).reshape(F, 2, kk),

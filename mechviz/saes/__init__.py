@@ -1,5 +1,6 @@
-"""Sparse autoencoders: a small explicit :class:`SAE` (ReLU, TopK, JumpReLU encoders) and loaders for
-SAELens folders, ``sae_lens`` objects and plain state dicts.
+"""Sparse dictionaries: a small explicit :class:`SAE` (ReLU, TopK, AbsTopK, JumpReLU and gated encoders;
+SAEs, transcoders and skip transcoders) and loaders for SAELens folders, ``sae_lens`` objects, SAELens
+releases from a local copy (never the network) and plain state dicts.
 
 >>> from mechviz.saes import load_sae, check_sae_fits        # doctest: +SKIP
 >>> sae = load_sae("path/to/sae_folder")                      # doctest: +SKIP
@@ -7,8 +8,9 @@ SAELens folders, ``sae_lens`` objects and plain state dicts.
 'resid_post.1'
 """
 
-from .load import check_sae_fits, hook_to_site, load_sae, sae_from_state_dict, site_width
-from .sae import ARCHITECTURES, SAE, SAEError
+from .formats import hook_to_site, sae_from_state_dict
+from .load import check_sae_fits, load_sae, site_width
+from .sae import ARCHITECTURES, KINDS, SAE, SAEError
 
-__all__ = ["SAE", "SAEError", "ARCHITECTURES", "load_sae", "sae_from_state_dict", "check_sae_fits",
+__all__ = ["SAE", "SAEError", "ARCHITECTURES", "KINDS", "load_sae", "sae_from_state_dict", "check_sae_fits",
            "hook_to_site", "site_width"]

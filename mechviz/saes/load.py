@@ -1,90 +1,115 @@
-"""Load SAEs (SAELens on-disk folders, ``sae_lens`` objects, state dict + config) and check they fit a model.
+"""Load SAEs (SAELens on-disk folders, ``sae_lens`` objects, SAELens releases from a local copy, state dict
++ config) and check they fit a model.
 
-The SAELens 6 on-disk format is a folder with ``cfg.json`` and ``sae_weights.safetensors``::
-
-    cfg.json: {"d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations",
-               "reshape_activations", "architecture": "standard" | "topk" | "jumprelu" | ...,
-               "k" (topk), "rescale_acts_by_decoder_norm" (topk),
-               "metadata": {"model_name", "hook_name", "hook_head_index", "sae_lens_version", ...}}
-    sae_weights.safetensors: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in],
-                             threshold [d_sae] (jumprelu; older files: log_threshold)
-
-Pre-6.0 configs (flat keys, ``hook_point``, ``activation_fn`` + ``activation_fn_kwargs.k``) are read
-too. Weights are read with ``safetensors`` only, never with pickle.
+The SAELens 6 on-disk format is a folder with ``cfg.json`` and ``sae_weights.safetensors`` (what every
+``sae_lens`` SAE's ``save_model`` / ``save_inference_model`` writes; see :mod:`mechviz.saes.formats` for
+the architectures and keys read). Pre-6.0 configs (flat keys, ``hook_point``, ``activation_fn`` +
+``activation_fn_kwargs.k``) are read too. Weights are read with ``safetensors`` only, never with pickle.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from typing import Mapping
 
 from ..models import sites
-from ..models.sites import TL_HOOKS, SiteError, parse_sites
+from ..models.sites import SiteError, parse_sites
+from .formats import hook_to_site, sae_from_state_dict
 from .sae import SAE, SAEError
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
+SCALER_FILENAME = "activation_scaler.json"   # sae_lens' training checkpoints: {"scaling_factor": ...}
 
-#: TransformerLens hook name pattern -> canonical site name, built from sites.TL_HOOKS (the one place)
-_HOOK_PATTERNS = [(re.compile("^" + re.escape(tmpl).replace(re.escape("{layer}"), r"(\d+)") + "$"), name)
-                  for name, tmpl in TL_HOOKS.items()]
-
-_WEIGHT_KEYS = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "scaling_factor",
-                "finetuning_scaling_factor"}
+__all__ = ["load_sae", "sae_from_state_dict", "hook_to_site", "check_sae_fits", "site_width"]
 
 
-def hook_to_site(hook_name: str | None) -> str | None:
-    """Canonical site for a TransformerLens hook name, or None if it has none.
-
-    >>> hook_to_site("blocks.1.hook_resid_post")
-    'resid_post.1'
-    """
-    for pattern, name in _HOOK_PATTERNS:
-        m = pattern.match(hook_name or "")
-        if m:
-            return f"{name}.{int(m.group(1))}"
-    return None
-
-
-def load_sae(source, *, site: str | None = None) -> SAE:
-    """Load an SAE from any of:
+def load_sae(source=None, *, site: str | None = None, release: str | None = None, sae_id: str | None = None,
+             root=None, norm_scaling_factor: float | None = None) -> SAE:
+    """Load an SAE (or transcoder) from any of:
 
     - a folder in SAELens' on-disk format (``cfg.json`` + ``sae_weights.safetensors``), or either
       file in it;
-    - an ``sae_lens`` SAE object (``StandardSAE``, ``TopKSAE``, ``JumpReLUSAE`` or their training
-      versions; read through its ``cfg`` and ``state_dict()``, sae_lens is not imported here);
-    - a tuple ``(state_dict, cfg_dict)``: tensors named as above, and a config in SAELens' keys or
-      simply ``{"architecture": "relu" | "topk" | "jumprelu", "k": .., "site": "resid_post.1",
+    - an ``sae_lens`` SAE or transcoder object, inference or training (a training SAE is read in the
+      inference form its own ``save_inference_model`` would write; sae_lens is not imported here);
+    - a SAELens release: ``release=..., sae_id=...`` or a tuple ``(release, sae_id)``, resolved with
+      sae_lens' bundled registry against a local copy only (``root=`` a folder holding the release's
+      files, else the Hugging Face hub cache), never the network (see :mod:`mechviz.saes.releases`);
+    - a tuple ``(state_dict, cfg_dict)``: tensors named as SAELens names them, and a config in SAELens'
+      keys or simply ``{"architecture": "relu" | "topk" | "jumprelu" | ..., "k": .., "site": "resid_post.1",
       "model_name": ..}``;
     - an :class:`SAE` (returned as is, or re-attached to ``site``).
 
     ``site`` (canonical, e.g. ``"resid_post.1"``) overrides the site read from the config (the
     config's ``site``, else its TransformerLens ``hook_name`` mapped through ``sites.TL_HOOKS``).
+    ``norm_scaling_factor``: the dataset-wide input scale of an SAE trained with
+    ``normalize_activations="expected_average_only_in"`` when its folder or release does not say it;
+    it is folded into the weights as sae_lens' ``fold_activation_norm_scaling_factor`` does.
 
-    >>> sae = load_sae("path/to/sae_folder")                       # doctest: +SKIP
-    >>> sae = load_sae(sae_lens_sae, site="resid_post.3")          # doctest: +SKIP
+    >>> sae = load_sae("path/to/sae_folder")                                        # doctest: +SKIP
+    >>> sae = load_sae(sae_lens_sae, site="resid_post.3")                           # doctest: +SKIP
+    >>> sae = load_sae(release="gemma-scope-2b-pt-res-canonical",
+    ...                sae_id="layer_12/width_16k/canonical")                       # doctest: +SKIP
     """
+    if isinstance(source, tuple) and len(source) == 2 and all(isinstance(s, str) for s in source):
+        if release is not None or sae_id is not None:
+            raise SAEError("give the release either as a (release, sae_id) tuple or as release=, sae_id=, not both")
+        release, sae_id = source
+        source = None
+    if release is not None or sae_id is not None:
+        if source is not None or release is None or sae_id is None:
+            raise SAEError("a SAELens release needs both release= and sae_id= (and no other source)")
+        from .releases import load_release
+
+        return load_release(release, sae_id, root=root, site=site, norm_scaling_factor=norm_scaling_factor)
+    if root is not None:
+        raise SAEError("root= is where a release's files are: pass it with release= and sae_id=")
     if isinstance(source, SAE):
+        if norm_scaling_factor is not None:
+            raise SAEError("norm_scaling_factor applies when loading from a folder, object or state dict, "
+                           "not to an SAE already built")
         return source.at(site) if site else source
     if isinstance(source, (str, os.PathLike)):
-        state, cfg = _read_folder(Path(source))
-    elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Mapping):
+        return load_folder(Path(source), site=site, norm_scaling_factor=norm_scaling_factor)
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], Mapping):
         state, cfg = dict(source[0]), dict(source[1] or {})
     elif hasattr(source, "cfg") and hasattr(source, "state_dict"):
         state, cfg = _read_sae_lens_object(source)
     else:
         raise SAEError(f"cannot load an SAE from a {type(source).__name__}: pass a SAELens folder "
-                       "(cfg.json + sae_weights.safetensors), an sae_lens SAE, or (state_dict, cfg_dict)")
-    return sae_from_state_dict(state, cfg, site=site)
+                       "(cfg.json + sae_weights.safetensors), an sae_lens SAE, release=/sae_id=, "
+                       "or (state_dict, cfg_dict)")
+    return sae_from_state_dict(state, cfg, site=site, norm_scaling_factor=norm_scaling_factor)
 
 
-def _read_folder(path: Path) -> tuple[dict, dict]:
+def load_folder(path: Path, *, site: str | None = None, norm_scaling_factor: float | None = None,
+                cfg_overrides: Mapping | None = None) -> SAE:
+    """An SAE from a SAELens folder; a bad file fails here, its message naming the file."""
+    path = Path(path)
+    state, cfg, w_path = _read_folder(path)
+    cfg.update(cfg_overrides or {})
+    folder = w_path.parent
+    if norm_scaling_factor is None and cfg.get("normalize_activations") in ("expected_average_only_in", True):
+        norm_scaling_factor = _saved_scaling_factor(folder)
+    try:
+        return sae_from_state_dict(state, cfg, site=site, norm_scaling_factor=norm_scaling_factor)
+    except SAEError as exc:
+        raise SAEError(f"{w_path} (config {folder / CFG_FILENAME}): {exc}") from None
+
+
+def _saved_scaling_factor(folder: Path) -> float | None:
+    scaler = folder / SCALER_FILENAME
+    if not scaler.exists():
+        return None
+    with open(scaler) as f:
+        value = json.load(f).get("scaling_factor")
+    return None if value is None else float(value)
+
+
+def _read_folder(path: Path) -> tuple[dict, dict, Path]:
     if path.is_file():
         if path.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt"):
             raise SAEError(f"{path.name}: mechviz reads SAE weights from safetensors only (pickle files can run "
@@ -98,12 +123,17 @@ def _read_folder(path: Path) -> tuple[dict, dict]:
         have = sorted(p.name for p in path.iterdir())[:10]
         raise FileNotFoundError(f"{path} is not a SAELens SAE folder: {', '.join(missing)} missing "
                                 f"(it holds {have}); expected {CFG_FILENAME} and {WEIGHTS_FILENAME}")
-    from safetensors.torch import load_file
-
     with open(cfg_path) as f:
         cfg = json.load(f)
+    return read_safetensors(w_path), cfg, w_path
+
+
+def read_safetensors(w_path: Path) -> dict:
+    """The tensors of a safetensors file; a pickle or zip under that name is named, never unpickled."""
+    from safetensors.torch import load_file
+
     try:
-        return load_file(str(w_path), device="cpu"), cfg
+        return load_file(str(w_path), device="cpu")
     except Exception as exc:  # safetensors' own message ("header too large") does not say what the file is
         with open(w_path, "rb") as f:
             head = f.read(4)
@@ -116,84 +146,21 @@ def _read_folder(path: Path) -> tuple[dict, dict]:
 
 def _read_sae_lens_object(obj) -> tuple[dict, dict]:
     cfg_obj = obj.cfg
-    cfg = cfg_obj.to_dict() if hasattr(cfg_obj, "to_dict") else dict(vars(cfg_obj))
+    state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
+    if hasattr(obj, "process_state_dict_for_saving_inference") and hasattr(cfg_obj, "get_inference_sae_cfg_dict"):
+        # a training SAE: its inference form, exactly as its own save_inference_model writes it
+        obj.process_state_dict_for_saving_inference(state)
+        cfg = cfg_obj.get_inference_sae_cfg_dict()
+    else:
+        if hasattr(obj, "process_state_dict_for_saving"):
+            obj.process_state_dict_for_saving(state)
+        cfg = cfg_obj.to_dict() if hasattr(cfg_obj, "to_dict") else dict(vars(cfg_obj))
     if "architecture" not in cfg and hasattr(cfg_obj, "architecture"):
         cfg["architecture"] = cfg_obj.architecture()
     meta = cfg.get("metadata")
     if meta is not None and not isinstance(meta, dict):
         cfg["metadata"] = dict(meta.to_dict() if hasattr(meta, "to_dict") else vars(meta))
-    state = {k: v.detach().clone() for k, v in obj.state_dict().items()}
-    return state, cfg
-
-
-def _get(cfg: Mapping, key: str, default=None):
-    """A config value: top-level first (pre-6.0 SAELens and plain dicts), then ``metadata``."""
-    if cfg.get(key) is not None:
-        return cfg[key]
-    meta = cfg.get("metadata") or {}
-    return meta.get(key, default) if isinstance(meta, Mapping) else default
-
-
-def sae_from_state_dict(state: Mapping[str, Any], cfg: Mapping[str, Any], *, site: str | None = None) -> SAE:
-    """Build an :class:`SAE` from SAELens-style weights and config (see :func:`load_sae`)."""
-    cfg = dict(cfg)
-    arch = cfg.get("architecture") or "standard"
-    act_fn = cfg.get("activation_fn") or cfg.get("activation_fn_str")
-    k = cfg.get("k")
-    if act_fn == "topk" or (act_fn is None and arch == "topk"):
-        arch = "topk"
-        k = k if k is not None else (cfg.get("activation_fn_kwargs") or {}).get("k")
-    elif act_fn not in (None, "relu"):
-        raise SAEError(f"unsupported SAE activation_fn {act_fn!r}: mechviz encodes relu, topk and jumprelu")
-    if arch in ("batchtopk", "matryoshka_batchtopk"):
-        raise SAEError(f"a {arch} SAE encodes per batch; save it for inference (sae_lens converts it to "
-                       "jumprelu with save_inference_model) and load that")
-    if arch not in ("standard", "relu", "topk", "jumprelu"):
-        raise SAEError(f"unsupported SAE architecture {arch!r}: mechviz encodes standard (relu), topk and jumprelu")
-
-    norm = cfg.get("normalize_activations") or "none"
-    if norm is True:
-        norm = "expected_average_only_in"
-    if norm not in ("none", False, "constant_norm_rescale", "layer_norm"):
-        raise SAEError(f"this SAE expects inputs normalised with {norm!r}, which is not folded into its weights "
-                       "(SAELens would silently encode unnormalised inputs): fold it first (in sae_lens: "
-                       "sae.fold_activation_norm_scaling_factor(factor) or fold_activation_whitening) and save again")
-    head = _get(cfg, "hook_head_index")
-    if head is not None:
-        raise SAEError(f"this SAE reads a single attention head (hook_head_index={head}); mechviz attaches SAEs "
-                       "to whole sites only")
-
-    state = {k_: (v if isinstance(v, torch.Tensor) else torch.as_tensor(v)) for k_, v in state.items()}
-    unknown = sorted(set(state) - _WEIGHT_KEYS)
-    if unknown:
-        raise SAEError(f"unexpected SAE weights {unknown} for a {arch} SAE (expected W_enc, b_enc, W_dec, b_dec"
-                       f"{', threshold' if arch == 'jumprelu' else ''}): refusing to guess how to use them")
-    for key in ("scaling_factor", "finetuning_scaling_factor"):
-        if key in state:
-            if not torch.allclose(state[key].float(), torch.ones_like(state[key].float())):
-                raise SAEError(f"this SAE has a {key} that is not all ones; fold it into W_dec first")
-            del state[key]
-    missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in state]
-    if missing:
-        raise SAEError(f"SAE weights {missing} missing (have {sorted(state)})")
-    threshold = state.get("threshold")
-    if threshold is None and "log_threshold" in state:
-        threshold = torch.exp(state["log_threshold"])
-    if arch != "jumprelu" and threshold is not None:
-        raise SAEError(f"the weights hold a threshold but the config says architecture {arch!r}")
-
-    for dim, got in (("d_in", state["W_enc"].shape[0]), ("d_sae", state["W_enc"].shape[-1])):
-        if cfg.get(dim) is not None and int(cfg[dim]) != int(got):
-            raise SAEError(f"config says {dim}={cfg[dim]} but W_enc is {tuple(state['W_enc'].shape)}")
-
-    hook_name = _get(cfg, "hook_name") or _get(cfg, "hook_point")
-    site = site or _get(cfg, "site") or _get(cfg, "mechviz_site") or hook_to_site(hook_name)
-    return SAE(W_enc=state["W_enc"], b_enc=state["b_enc"], W_dec=state["W_dec"], b_dec=state["b_dec"],
-               architecture=arch, k=k, threshold=threshold,
-               apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
-               rescale_acts_by_decoder_norm=bool(cfg.get("rescale_acts_by_decoder_norm", False)),
-               normalize="none" if norm is False else norm,
-               site=site, hook_name=hook_name, model_name=_get(cfg, "model_name"), cfg=cfg)
+    return {k: v.detach() for k, v in state.items()}, cfg
 
 
 # -- fitting an SAE to a model -----------------------------------------------------------------
@@ -234,8 +201,8 @@ def check_sae_fits(sae: SAE, adapter, *, allow_model_mismatch: bool = False) -> 
 
     Checks that the SAE has a site, that the model has it, that the SAE's width ``d_in`` equals
     the site's width (``d_model`` for residual/attn_out/mlp_out, ``n_heads * d_head`` for ``z``),
-    and, when the SAE's config names the model it was trained on, that it is this model (unless
-    ``allow_model_mismatch=True``).
+    for a transcoder that its output site exists and is ``d_out`` wide, and, when the SAE's config
+    names the model it was trained on, that it is this model (unless ``allow_model_mismatch=True``).
     """
     if not sae.site:
         hint = f" (its hook {sae.hook_name!r} has no mechviz site)" if sae.hook_name else ""
@@ -250,6 +217,15 @@ def check_sae_fits(sae: SAE, adapter, *, allow_model_mismatch: bool = False) -> 
     if sae.d_in != width:
         raise SAEError(f"SAE width d_in={sae.d_in} does not match site {site} of {adapter.name}, which is "
                        f"{width} wide: this SAE was trained on another site or model")
+    if sae.is_transcoder and sae.site_out:
+        try:
+            (out,) = parse_sites(sae.site_out, adapter.n_layers)
+        except (SiteError, ValueError) as exc:
+            raise SAEError(f"the transcoder's output site {sae.site_out!r} does not exist in {adapter.name}: "
+                           f"{exc}") from None
+        if sae.d_out != site_width(adapter, out.name):
+            raise SAEError(f"transcoder output width d_out={sae.d_out} does not match site {out} of {adapter.name}, "
+                           f"which is {site_width(adapter, out.name)} wide")
     if sae.model_name and adapter.name and not _same_model(sae.model_name, adapter.name) and not allow_model_mismatch:
         raise SAEError(f"this SAE was trained on {sae.model_name!r} but the model is {adapter.name!r}; its features "
                        "would be meaningless here. If they are the same model under another name, pass "

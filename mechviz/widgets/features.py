@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import traitlets as t
 
-from ..analysis.features import FeatureSummary, feature_summary
+from ..analysis.features import FeatureSummary, feature_summary, needs as features_needs
 from ..analysis.checks import positive_int
 from ._esm import bundle
 from .base import Feed, Shown, View
@@ -73,7 +73,7 @@ class FeatureView(View):
                                       steering=str(steering) if steering is not None else "", effects=effects)
             return {"summary": summary, "prompt": p.prompt, "dictionaries": list(lab.saes),
                     "steered": None if steering is None else steering.to_json()}
-        return Feed(lambda: [lab.sae.site], payload)
+        return Feed(lambda: features_needs(lab.sae), payload)
 
     def prepare(self, summary: FeatureSummary, prompt: str = "", steered: dict | None = None,
                 dictionaries=None) -> Shown:
