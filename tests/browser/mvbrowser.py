@@ -319,7 +319,7 @@ _DASH_REF = {}
 
 
 def summary(tokens, features, acts, effect_ids, effect_strs, effect_val, next_strs, next_prob, sae_label="",
-            steering=""):
+            steering="", recon_error=None):
     """A FeatureSummary from hand-made arrays (what a feature view shows)."""
     import numpy as np
 
@@ -328,7 +328,8 @@ def summary(tokens, features, acts, effect_ids, effect_strs, effect_val, next_st
     return FeatureSummary(tokens=list(tokens), features=np.asarray(features), acts=np.asarray(acts, np.float32),
                           effect_ids=np.asarray(effect_ids), effect_strs=np.asarray(effect_strs, object),
                           effect_val=np.asarray(effect_val, np.float32), next_strs=np.asarray(next_strs, object),
-                          next_prob=np.asarray(next_prob, np.float32), recon_error=np.zeros(len(tokens), np.float32),
+                          next_prob=np.asarray(next_prob, np.float32),
+                          recon_error=np.asarray(np.zeros(len(tokens)) if recon_error is None else recon_error, np.float32),
                           sae_label=sae_label, steering=steering)
 
 

@@ -158,9 +158,13 @@ def feature_view(steering=""):
     next_prob = np.sort(rng.random((2, k)), -1)[:, ::-1] * 0.5
     v = FeatureView()
     v.show(summary(tokens, feats, acts, eff_ids, vocab[eff_ids], eff_val, vocab[next_ids], next_prob,
-                   sae_label="resid_post.1 · relu · 1024", steering=steering), prompt="p <script>x</script>")
+                   sae_label="resid_post.1 · relu · 1024", steering=steering, recon_error=RECON[:T]),
+           prompt="p <script>x</script>")
     return v, dict(tokens=tokens, feats=feats, acts=acts, eff_strs=vocab[eff_ids], eff_val=eff_val,
                    next_strs=vocab[next_ids], next_prob=next_prob)
+
+
+RECON = np.array([0.05, 0.5, 0.9, 0.25, 1.3])   # relative reconstruction error per token (> 1 possible)
 
 
 def test_features_hover_select_detail_and_steering(page, artifacts):
@@ -172,8 +176,16 @@ def test_features_hover_select_detail_and_steering(page, artifacts):
     assert root.get_attribute("data-prompt") == "p <script>x</script>"
     assert (root.get_attribute("data-ntokens"), root.get_attribute("data-nfeatures")) == (str(T), str(F))
     assert page.locator(f"{FEAT} .mv-collabel").all_text_contents() == d["tokens"]
-    assert page.locator(f"{FEAT} .mv-rowlabel").all_text_contents() == [f"#{f}" for f in d["feats"]]
+    assert page.locator(f"{FEAT} .mv-rowlabel").all_text_contents() == [f"#{f}" for f in d["feats"]] + ["error"]
     _no_injection(page, FEAT)
+    # the last row: each token's reconstruction error (blue as it grows; hover reads it; a click on it
+    # selects only the token, never a "feature")
+    for c in range(T):
+        info = hover_grid(page, FEAT, "canvas.mv-heat", F, c, expect={"col": c})
+        assert float(info["value"]) == pytest.approx(RECON[c], abs=2e-3), (c, info)
+    lo, hi = grid_pixel(page, FEAT, "canvas.mv-heat", F, 0), grid_pixel(page, FEAT, "canvas.mv-heat", F, 4)
+    assert hi[2] > hi[0] + 50 and sum(lo[:3]) > sum(hi[:3]) + 200, (lo, hi)   # dark blue vs near white
+    assert not page.locator(f"{FEAT} select.mv-dictionary").is_visible()   # one dictionary: no menu
     # hover: heatmap rows = features, columns = tokens; the value is acts[token, feature]
     for r, c in [(0, 0), (1, 3), (3, 4), (2, 2)]:
         info = hover_grid(page, FEAT, "canvas.mv-heat", r, c, expect={"feature": d["feats"][r], "col": c})

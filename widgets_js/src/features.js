@@ -29,6 +29,9 @@ import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legen
  * @property {string[]} strings  token texts (deduplicated; untrusted)
  * @property {string[]} tokens  the T prompt tokens (untrusted)
  * @property {string} sae_label
+ * @property {Packed|null} recon_error  float16 [T]: the dictionary's relative reconstruction error at each token (drawn as the last row)
+ * @property {string[]} dictionaries  the Lab's dictionaries by name (a menu when there are several)
+ * @property {string} dictionary  selection (linked, written here): the dictionary shown ("" the first); a new one clears `feature`
  * @property {SteerOn|SteerOff|null} steer_request  written here, ONE trait per request: steer, or off
  *   (`feature: null`); `id` is one more than the last request's, so a repeated request is a change
  * @property {Steered|null} steered  the kernel's answer: the steering actually applied (null: off);
@@ -44,7 +47,7 @@ import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legen
  */
 
 const DRAWN = ["features", "acts", "vmax", "effect_idx", "effect_val", "next_idx", "next_prob", "strings", "tokens",
-  "sae_label", "steered", "steering", "prompt", "seq", "feature", "token", "error"];
+  "sae_label", "steered", "steering", "prompt", "seq", "feature", "token", "error", "recon_error", "dictionaries", "dictionary"];
 
 const CSS = `
 .mechviz-features canvas.mv-heat{display:block;cursor:pointer;background:#fff}
@@ -62,6 +65,7 @@ const HINT = "hover the heatmap: feature × token activation; click a cell to se
 const DEFAULT_VALUE = "10";
 const CHUNK = 256;     // token chips built per task in the detail strip
 const MIN_CELL = 14;   // px: room for the 11 px column labels (vertical)
+const RECON_GAP = 0;   // px between the feature rows and the reconstruction-error row
 
 // -- build ------------------------------------------------------------------------------------------
 function buildSteer() {
@@ -82,17 +86,18 @@ function buildSteer() {
 
 function build(model, el, S) {
   const sae = h("span", { class: "mv-dim mv-sae" });
+  const dictSel = h("select", { class: "mv-dictionary", "aria-label": "dictionary", hidden: true });
   const { banner, stop } = scaffold(model, el, "features", CSS,
     { parts: [GRID_CSS, VIRTUAL_CSS, TOKENS_CSS, DETAIL_CSS], title: "SAE features", extra: [sae] });
   const heat = h("canvas", { class: "mv-heat", width: 1, height: 1 });
   const nextBase = h("ol", { class: "mv-next-base" }), nextSteered = h("ol", { class: "mv-next-steered" });
   const ui = {
-    banner, sae, heat, nextBase, nextSteered,
+    banner, sae, heat, nextBase, nextSteered, dictSel,
     legend: legend("oranges", "activation 0"),
     vgrid: virtualGrid(heat, {
       paint: (ctx, view) => paintHeat(model, S, ctx, view),
       onCol: (c) => toggleSelection(model, "token", c),
-      onRow: (r, spec) => toggleSelection(model, "feature", spec.data.feature),
+      onRow: (r, spec) => { if (!spec.data.recon) toggleSelection(model, "feature", spec.data.feature); },
     }),
     info: readout(HINT),
     detail: h("div", { class: "mv-detail" }),
@@ -100,7 +105,7 @@ function build(model, el, S) {
     steeredCol: h("div", { class: "mv-next-col mv-next-col-steered" }, [h("h4", { text: "with steering" }), nextSteered]),
   };
   el.append(
-    h("div", { class: "mv-controls" }, ui.legend.nodes),
+    h("div", { class: "mv-controls" }, [dictSel, ...ui.legend.nodes]),
     h("div", { class: "mv-main" }, [h("div", { class: "mv-heatcol" }, [ui.vgrid.wrap, ui.info.el]), ui.detail]),
     ui.steer.row,
     h("div", { class: "mv-next" }, [
@@ -122,7 +127,9 @@ function load(dec) {
     throw new Error(`acts [${acts.shape}] is not [tokens, ${feats.size} features]`);
   }
   const [T, F] = acts.shape;
-  return { feats, acts, eidx, evals, nidx, nprob, T, F };
+  const recon = dec.get("recon_error");
+  if (recon && recon.size !== T) throw new Error(`recon_error has ${recon.size} values for ${T} tokens`);
+  return { feats, acts, eidx, evals, nidx, nprob, T, F, recon };
 }
 
 const featureRow = (D, id) => { if (!D) return -1; for (let r = 0; r < D.F; r++) if (D.feats.at(r) === id) return r; return -1; };
@@ -258,6 +265,12 @@ function paintHeat(model, S, ctx, { c0, c1 }) {
       ctx.fillRect(c * cell, r * cell, cell, cell);
     }
   }
+  if (D.recon) { // the last row: how much of each token's activation the dictionary misses (0 white .. 1 blue)
+    for (let c = c0; c < c1; c++) {
+      ctx.fillStyle = rgbCss(rgbAt(Math.min(1, D.recon.at(c)), "blues", 0, 1));
+      ctx.fillRect(c * cell, F * cell + RECON_GAP, cell, cell);
+    }
+  }
   const sr = featureRow(D, S.feature), token = S.token;
   if (sr >= 0) outline(ctx, 0, sr * cell, T * cell, cell, "#2563eb", 2);
   if (token >= 0 && token < T && token >= c0 && token < c1) outline(ctx, token * cell, 0, cell, F * cell, "#2563eb", 2);
@@ -274,7 +287,22 @@ function drawNext(ui, S, steering) {
   ui.steeredCol.hidden = !steered;
 }
 
+// the dictionary menu: the Lab's dictionaries, the shown one selected (hidden with one or none)
+function drawDictionaries(model, root, ui) {
+  const names = model.get("dictionaries") || [], shown = model.get("dictionary") || names[0] || "";
+  const key = names.join("\u0000");
+  if (key !== ui.dictKey) {
+    ui.dictKey = key;
+    clear(ui.dictSel);
+    for (const n of names) ui.dictSel.appendChild(h("option", { value: n, text: n }));
+  }
+  ui.dictSel.hidden = names.length < 2;
+  ui.dictSel.value = shown;
+  root.dataset.dictionary = shown;
+}
+
 function draw(model, root, ui, S) {
+  drawDictionaries(model, root, ui);
   S.D = ui.banner.guard(() => load(S.dec), S.D);
   S.tokens = model.get("tokens") || [];
   S.strings = model.get("strings") || [];
@@ -290,9 +318,10 @@ function draw(model, root, ui, S) {
   const tokens = S.tokens;
   if (tokens !== S.tokSeen) { S.tokSeen = tokens; S.tokKey = (S.tokKey | 0) + 1; }
   ui.vgrid.update({
-    T, R: F, cw: S.cell, ch: S.cell, key: S.tokKey, vertical: true,
+    T, R: F + (S.D.recon ? 1 : 0), cw: S.cell, ch: S.cell, key: S.tokKey, vertical: true,
     col: (c) => ({ text: tokens[c] ?? "", title: `#${c} ${quote(tokens[c] ?? "", 60)}` }),
-    rows: Array.from({ length: F }, (_, r) => ({ text: `#${S.D.feats.at(r)}`, data: { feature: S.D.feats.at(r) } })),
+    rows: Array.from({ length: F }, (_, r) => ({ text: `#${S.D.feats.at(r)}`, data: { feature: S.D.feats.at(r) } }))
+      .concat(S.D.recon ? [{ text: "error", title: "reconstruction error |x - x̂| / |x| at each token", data: { recon: 1 } }] : []),
   });
   stamp(ui.heat, { cell: S.cell });
   S.token = token;  // (S.feature: set by drawSteer)
@@ -330,14 +359,23 @@ function bindEvents(model, ui, S) {
   ui.heat.addEventListener("mousemove", (e) => {
     const c = hit(e);
     if (!c) return;
+    if (c.row >= S.D.F) { // the reconstruction-error row
+      const v = S.D.recon ? S.D.recon.at(c.col) : NaN;
+      ui.info.show(`reconstruction error · token ${c.col} ${quote(S.tokens[c.col] ?? "")} · ${v.toFixed(3)} of the activation's norm`,
+        { recon: v.toFixed(3), col: c.col, value: v.toFixed(3) });
+      return;
+    }
     const id = S.D.feats.at(c.row), v = act(S.D, c.row, c.col);
     ui.info.show(`feature #${id} · token ${c.col} ${quote(S.tokens[c.col] ?? "")} · activation ${v.toFixed(3)}`,
       { feature: id, col: c.col, value: v.toFixed(3) });
   });
   ui.heat.addEventListener("click", (e) => {
     const c = hit(e);
-    if (c) setSelection(model, { feature: S.D.feats.at(c.row), token: c.col });
+    if (c && c.row < S.D.F) setSelection(model, { feature: S.D.feats.at(c.row), token: c.col });
+    else if (c) setSelection(model, { token: c.col });
   });
+  // another dictionary: its features have other ids, so the feature selection is cleared with it
+  ui.dictSel.addEventListener("change", () => setSelection(model, { dictionary: ui.dictSel.value, feature: -1 }));
   bindSteer(model, ui, S);
 }
 
