@@ -219,12 +219,8 @@ class Lab(LivePasses):
         self._live(state) if from_browser else self._recompute(state)
 
     def _on_feature_selected(self, change) -> None:
-        feature = change["new"]
-        for b in self._bindings.values():
-            shown = getattr(b.view.result, "features", None) if isinstance(b.view, FeatureView) else None
-            if shown is not None and feature >= 0 and feature not in shown:
-                self._live(replace(self._wanted, reuse=True))  # its summary must include it: no new pass
-                return
+        if any(b.view.follows("feature", change["new"]) for b in list(self._bindings.values()) if b.feed):
+            self._live(replace(self._wanted, reuse=True))  # a view must include it: a new payload, no new pass
 
     # -- the view registry --------------------------------------------------------------------------
     def add(self, view: View, *, refresh: bool = True, **options) -> View:

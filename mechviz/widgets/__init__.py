@@ -2,6 +2,7 @@
 
 from .attention import AttentionView
 from .base import Feed, Pass, View
+from .dashboard import DashboardView
 from .features import FeatureView
 from .head_grid import HeadGridView
 from .logit_lens import LogitLensView
@@ -10,5 +11,5 @@ from .prompt import PromptBox
 from .runner import LatestOnlyRunner, ModelLock
 from .selection import Selection
 
-__all__ = ["View", "Feed", "Pass", "AttentionView", "LogitLensView", "FeatureView", "HeadGridView", "PatchGridView",
+__all__ = ["View", "Feed", "Pass", "AttentionView", "DashboardView", "LogitLensView", "FeatureView", "HeadGridView", "PatchGridView",
            "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]

@@ -137,6 +137,11 @@ class View(anywidget.AnyWidget):
         """How ``lab`` feeds this view (views that follow a Lab's prompt override this)."""
         raise TypeError(f"a {type(self).__name__} does not follow a Lab's prompt")
 
+    def follows(self, name: str, value) -> bool:
+        """Whether the shared selection's new ``name = value`` needs a new payload for this view (one
+        computed from the last pass, no forward pass): e.g. a feature its payload does not hold."""
+        return False
+
     def difference(self, a: dict, b: dict) -> dict:
         """The payload showing A - B from two payloads of this view (``feed`` output for prompts A and
         B): how :class:`mechviz.Compare` draws a difference. Views whose numbers subtract override it."""

@@ -94,6 +94,10 @@ class FeatureView(View):
                   "dictionaries": list(dictionaries) if dictionaries is not None else list(self.dictionaries)}
         return Shown(traits, s, prompt)
 
+    def follows(self, name: str, value) -> bool:
+        shown = getattr(self.result, "features", None)
+        return name == "feature" and shown is not None and value >= 0 and value not in shown
+
     def figure(self):
         """A matplotlib Figure: the tokens x features heatmap."""
         from ..analysis.figures import feature_heatmap_figure

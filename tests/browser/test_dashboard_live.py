@@ -110,7 +110,7 @@ def test_dashboard_steering_changes_prediction(dash, artifacts):
     base_lens = lens_view.result
     base_top = base_lens.top_strs[-1, -1, 0]
     # a feature whose clamp changes the last position's top-1 (decided here, with the same model)
-    shown = [int(x) for x in page.locator(f"{FEAT} .mv-rowlabel").evaluate_all("els => els.map(e => e.dataset.feature)")]
+    shown = [int(x) for x in page.locator(f"{FEAT} .mv-rowlabel[data-feature]").evaluate_all("els => els.map(e => e.dataset.feature)")]
     assert shown == [int(f) for f in feat_view.data["features"]]
     for row, feature in enumerate(shown):
         lab.steer(feature, CLAMP, "clamp")

@@ -102,7 +102,7 @@ def test_dashboard_export_renders_offline_and_stays_linked(page, exported, artif
     # features: heatmap hover = the SAE's activations
     _, _, feat = dashboard_reference()
     feats = [int(f) for f in feat.data["features"]]
-    shown = [int(x) for x in page.locator(f"{FEAT} .mv-rowlabel").evaluate_all("els => els.map(e => e.dataset.feature)")]
+    shown = [int(x) for x in page.locator(f"{FEAT} .mv-rowlabel[data-feature]").evaluate_all("els => els.map(e => e.dataset.feature)")]
     assert shown == feats
     acts = feat.data["acts"]
     for r, c in [(0, int(np.argmax(acts[:, 0]))), (len(feats) - 1, T - 1)]:
