@@ -247,8 +247,8 @@ class Sweep:
 
     @property
     def label(self) -> str:
-        return {"kl": "KL(unsteered ‖ steered) at the last token", "target_prob": f"p({self.target!r}) at the last token"
-                }.get(self.metric_name, self.metric_name)
+        return {"kl": "KL(unsteered ‖ steered)", "target_prob": f"p({self.target!r})"}.get(self.metric_name,
+                                                                                            self.metric_name)
 
     def figure(self, current: float | None = None):
         """A matplotlib Figure: metric against the steering value (``current`` marked); ``savefig`` keeps
@@ -263,7 +263,7 @@ class Sweep:
             ax.legend(loc="best", fontsize=8)
         ax.set_xlabel(f"feature {self.feature}: {'clamp value' if self.mode == 'clamp' else 'scale'}")
         ax.set_ylabel(self.label)
-        ax.set_title(f"steering sweep, feature {self.feature}", fontsize=10)
+        ax.set_title(f"feature {self.feature}: next token after the prompt", fontsize=10)
         return fig
 
 
