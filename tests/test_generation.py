@@ -197,3 +197,64 @@ def test_neuronpedia_url(lab):
     assert neuronpedia_url(sae, 12) == "https://www.neuronpedia.org/gpt2-small/0-res-jb/12"
     with pytest.raises(ValueError, match="not an id"):
         neuronpedia_url(sae, sae.d_sae)
+
+
+# -- the view, bound to a Lab ---------------------------------------------------------------------------
+
+
+def test_view_follows_the_lab_and_answers_requests():
+    lab = mechviz.Lab.default(prompt=PROMPT)
+    lab.selection.feature = 67
+    v = lab.add(mechviz.SteeringView(), n=4)
+    assert v.specs == [{"feature": 67, "value": 10.0, "mode": "clamp"}]   # the selected feature, clamped
+    base, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 10.0)], n=4)
+    assert v.base_strs == base.strs and v.steered_strs == steered.strs
+    np.testing.assert_allclose(v.steered_prob, steered.probs, atol=1e-6)
+    assert v.steered_alt == steered.top_strs and v.steering == "feature 67 clamped to 10"
+    sw = strength_sweep(lab.model, lab.sae, PROMPT, 67, sweep_values(10.0))
+    np.testing.assert_allclose(v.sweep_metric, sw.metric, atol=1e-6)
+    assert (v.sweep_feature, v.sweep_current, v.neuronpedia) == (67, 10.0, "")
+    # a browser request: two features, prompt positions only, n=3, sweep the second
+    specs = [{"feature": 67, "value": 5.0, "mode": "clamp"}, {"feature": 71, "value": 3.0, "mode": "scale"}]
+    v.request = {"specs": specs, "positions": "prompt", "n": 3, "selected": 1, "id": 1}
+    _, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 5.0), (71, 3.0, "scale")], n=3, positions="prompt")
+    assert v.steered_strs == steered.strs and v.specs == specs and (v.n, v.positions, v.selected) == (3, "prompt", 1)
+    assert v.sweep_feature == 71 and not v.busy and v.error == ""
+    np.testing.assert_allclose(v.sweep_metric, strength_sweep(lab.model, lab.sae, PROMPT, 71, sweep_values(3.0, "scale"),
+                                                              mode="scale", positions="prompt").metric, atol=1e-6)
+    shown = (list(v.base_strs), list(v.steered_strs), v.seq)
+    # a refused request: says why, keeps what is shown and the settings
+    for bad, why in [({"specs": [{"feature": lab.sae.d_sae, "value": 1.0}]}, "out of range"),
+                     ({"specs": specs, "n": 0}, "n must be"), ({"specs": [{"feature": 3, "value": "inf"}]}, "finite"),
+                     ({"specs": specs, "n": lab.model.max_len}, "over")]:
+        v.request = {**bad, "id": 2}
+        assert why in v.error and (list(v.base_strs), list(v.steered_strs), v.seq) == shown and v.specs == specs
+    # the prompt follows the Lab, with the request's settings
+    lab.prompt = "Hello there"
+    _, steered = steered_generation(lab.model, lab.sae, "Hello there", [(67, 5.0), (71, 3.0, "scale")], n=3,
+                                    positions="prompt")
+    assert v.steered_strs == steered.strs and v.prompt == "Hello there" and v.error == ""
+    v.request = {"specs": [], "n": 2, "id": 3}      # no features: the unsteered column only
+    assert v.steered_strs == [] and len(v.base_strs) == 2 and v.sweep_feature == -1 and v.steering == ""
+
+
+def test_view_request_runs_off_the_loop_with_progress():
+    import asyncio
+
+    async def scenario():
+        lab = mechviz.Lab.default(prompt=PROMPT)
+        v = lab.add(mechviz.SteeringView(), n=2, specs=[(67, 4.0)])
+        seen, seq = [], v.seq
+        v.observe(lambda c: seen.append(c["new"]), names="progress")
+        v.request = {"specs": [{"feature": 67, "value": 8.0, "mode": "clamp"}], "n": 5, "id": 1}
+        assert v.seq == seq    # not computed in the observer: the loop stays free
+        for _ in range(300):
+            await asyncio.sleep(0.02)
+            if v.seq > seq:
+                break
+        return lab, v, seen
+
+    lab, v, seen = asyncio.run(scenario())
+    _, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 8.0)], n=5)
+    assert v.steered_strs == steered.strs and not v.busy and v.progress == ""
+    assert "generating 0/10" in seen and "generating 10/10" in seen
