@@ -257,4 +257,24 @@ def test_view_request_runs_off_the_loop_with_progress():
     lab, v, seen = asyncio.run(scenario())
     _, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 8.0)], n=5)
     assert v.steered_strs == steered.strs and not v.busy and v.progress == ""
-    assert "generating 0/10" in seen and "generating 10/10" in seen
+    assert seen[0] == "generating 0/10" and "generating 9/10" in seen and "sweeping" in seen and seen[-1] == ""
+
+
+def test_view_request_overtaken_by_a_prompt_edit_uses_the_new_prompt():
+    import asyncio
+
+    async def scenario():
+        lab = mechviz.Lab.default(prompt=PROMPT)
+        v = lab.add(mechviz.SteeringView(), n=2, specs=[(67, 4.0)])
+        v.request = {"specs": [{"feature": 67, "value": 8.0, "mode": "clamp"}], "n": 12, "id": 1}
+        await asyncio.sleep(0)
+        lab.prompt = "Once upon a time"     # from Python: synchronous, while the request is computed
+        for _ in range(400):
+            await asyncio.sleep(0.02)
+            if v.n == 12 and not v.busy:
+                break
+        return lab, v
+
+    lab, v = asyncio.run(scenario())
+    _, steered = steered_generation(lab.model, lab.sae, "Once upon a time", [(67, 8.0)], n=12)
+    assert v.prompt == "Once upon a time" and v.steered_strs == steered.strs and v.specs[0]["value"] == 8.0

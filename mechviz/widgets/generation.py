@@ -203,18 +203,24 @@ class SteeringView(View):
         except (ValueError, TypeError, KeyError) as exc:
             self._refuse(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
             return
+        self._start(dict(specs=specs, n=n, positions=positions, selected=selected))
+
+    def _start(self, settings: dict) -> None:
+        """Compute ``settings`` on the Lab's current prompt off the loop (newest request wins; a result whose
+        prompt the Lab has left by then is recomputed on the new one)."""
         self._requests += 1
         mine, lab, prompt = self._requests, self._lab, self._lab.prompt
-        settings = dict(specs=specs, n=n, positions=positions, selected=selected)
-        total = 2 * n if specs else n
+        total = 2 * settings["n"] if settings["specs"] else settings["n"]
         self._on_loop(lambda: self._progress(mine, f"generating 0/{total}"))
+
+        def step(i, m, _tok):
+            self._on_loop(lambda: self._progress(mine, "sweeping" if i == m and settings["specs"]
+                                                              else f"generating {i}/{m}"))
 
         def work():
             try:
                 with lab.lock:
-                    result = self._compute(prompt, **settings, cancel=lambda: mine != self._requests,
-                                           on_step=lambda i, m, s: self._on_loop(
-                                               lambda: self._progress(mine, f"generating {i}/{m}")))
+                    result = self._compute(prompt, **settings, cancel=lambda: mine != self._requests, on_step=step)
                     return "ok", self.prepare(result, prompt)
             except Aborted:
                 return "aborted", None
@@ -227,6 +233,8 @@ class SteeringView(View):
                 return
             if kind == "error":
                 self._refuse(f"{type(value).__name__}: {value}")
+            elif lab.prompt != prompt:   # the prompt was edited meanwhile: these settings, on the new prompt
+                self._start(settings)
             else:
                 self.apply(value)
         offload(self._loop, work, done)
