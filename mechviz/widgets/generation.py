@@ -72,7 +72,7 @@ class SteeringView(View):
     why each column ended (``"n"``, ``"eos"``). ``specs``: the features steered, ``[{"feature", "value",
     "mode"}]``; ``positions``: ``"all"`` (generated tokens too) or ``"prompt"``; ``n``; ``selected``: the
     spec the sweep shows; ``sweep_values``/``sweep_metric`` float32 ``[V]``, ``sweep_label``,
-    ``sweep_feature``, ``sweep_current`` (its value, marked); ``neuronpedia``: the selected feature's page
+    ``sweep_feature``, ``sweep_current`` (its value, marked), ``sweep_top`` the likeliest next token at each value; ``neuronpedia``: the selected feature's page
     ("" none). The browser writes ``request`` = ``{"specs", "positions", "n", "selected", "id"}``; while it
     is computed ``busy`` is true and ``progress`` says how far; a refused or failed request sets ``error``
     and leaves what is shown. ``view.result`` is the :class:`SteeredText`.
@@ -98,6 +98,7 @@ class SteeringView(View):
     sweep_values = Array("float32")
     sweep_metric = Array("float32")
     sweep_label = t.Unicode("").tag(sync=True)
+    sweep_top = t.List(t.Unicode(), default_value=[]).tag(sync=True)
     sweep_feature = t.Int(-1).tag(sync=True)
     sweep_current = t.Float(0.0).tag(sync=True)
     neuronpedia = t.Unicode("").tag(sync=True)
@@ -161,7 +162,7 @@ class SteeringView(View):
                   "steered_dictionary": result.dictionary,
                   "sweep_values": None if sw is None else Packed(sw.values, "float32"),
                   "sweep_metric": None if sw is None else Packed(sw.metric, "float32"),
-                  "sweep_label": "" if sw is None else sw.label, "sweep_feature": -1 if sel is None else sel.feature,
+                  "sweep_label": "" if sw is None else sw.label, "sweep_top": [] if sw is None else list(sw.top_strs), "sweep_feature": -1 if sel is None else sel.feature,
                   "sweep_current": 0.0 if sel is None else sel.value, "neuronpedia": result.url,
                   "busy": False, "progress": ""}
         return Shown(traits, result, prompt)

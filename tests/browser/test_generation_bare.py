@@ -4,6 +4,7 @@ the sweep plot draws its points, the add-feature control writes ONE request, the
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -71,6 +72,8 @@ def test_columns_hover_sweep_link_and_requests(page):
     assert plot.get_attribute("data-points") == str(len(r.sweep.values)) and plot.get_attribute("data-feature") == "67"
     metrics = page.locator(f"{ROOT} svg.mv-sweep circle.mv-point").evaluate_all("els => els.map(e => +e.dataset.metric)")
     assert metrics == pytest.approx(r.sweep.metric.tolist(), abs=1e-5)
+    tips = page.locator(f"{ROOT} svg.mv-sweep circle.mv-point title").all_text_contents()
+    assert [t.split(" · next ")[1] for t in tips] == [json.dumps(x, ensure_ascii=False) for x in r.sweep.top_strs]
     assert float(page.locator(f"{ROOT} svg.mv-sweep line.mv-current").get_attribute("data-value")) == 10.0
     assert len(page.locator(f"{ROOT} svg.mv-sweep polyline.mv-line").get_attribute("points").split()) == len(r.sweep.values)
     # the Neuronpedia link of the selected feature: a plain link, new tab, no opener

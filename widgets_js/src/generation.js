@@ -34,6 +34,7 @@ import { scaffold, cleanup, stamp, readout } from "./lib/view.js";
  * @property {Packed|null} sweep_values  float32 [V]
  * @property {Packed|null} sweep_metric  float32 [V]
  * @property {string} sweep_label
+ * @property {string[]} sweep_top  the likeliest next token at each sweep value (untrusted)
  * @property {number} sweep_feature  -1: no sweep
  * @property {number} sweep_current  the selected feature's value (marked)
  * @property {string} neuronpedia  the selected feature's Neuronpedia page ("" none)
@@ -49,7 +50,7 @@ import { scaffold, cleanup, stamp, readout } from "./lib/view.js";
 
 const DRAWN = ["tokens", "base_strs", "steered_strs", "base_prob", "steered_prob", "base_alt", "steered_alt",
   "base_alt_prob", "steered_alt_prob", "stopped", "specs", "positions", "n", "selected", "steering", "sweep_values",
-  "sweep_metric", "sweep_label", "sweep_feature", "sweep_current", "neuronpedia", "busy", "progress", "seq"];
+  "sweep_metric", "sweep_label", "sweep_top", "sweep_feature", "sweep_current", "neuronpedia", "busy", "progress", "seq"];
 
 const CSS = `
 .mechviz-generation .mv-cols{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
@@ -221,10 +222,12 @@ function drawSweep(model, ui, S) {
       "stroke-width": 2, "data-value": cur }),
     svg("polyline", { class: "mv-line", fill: "none", stroke: "#2563eb", "stroke-width": 1.5,
       points: xs.map((x, i) => `${sx(x).toFixed(1)},${sy(ys[i]).toFixed(1)}`).join(" ") }));
+  const top = model.get("sweep_top") || [];
   xs.forEach((x, i) => {
     const c = svg("circle", { class: "mv-point", cx: sx(x), cy: sy(ys[i]), r: 3, fill: "#2563eb",
       "data-value": x, "data-metric": ys[i] });
-    c.appendChild(svg("title", {}, `value ${x.toPrecision(4)}: ${ys[i].toPrecision(4)}`));
+    const next = top[i] != null ? ` · next ${quote(top[i], 30)}` : "";
+    c.appendChild(svg("title", {}, `value ${x.toPrecision(4)}: ${ys[i].toPrecision(4)}${next}`));
     ui.plot.appendChild(c);
   });
   const small = { "font-size": 10, fill: "#334155" };
