@@ -252,12 +252,25 @@ def test_view_request_runs_off_the_loop_with_progress():
             await asyncio.sleep(0.02)
             if v.seq > seq:
                 break
-        return lab, v, seen
+        _, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 8.0)], n=5)
+        assert v.steered_strs == steered.strs and not v.busy and v.progress == ""
+        assert seen[0] == "generating 0/10" and "generating 9/10" in seen and "sweeping" in seen and seen[-1] == ""
+        # a prompt typed in the browser: the new tokens at once (the last text kept, busy), then the new text
+        busy, old = [], list(v.steered_strs)
+        v.observe(lambda c: busy.append((c["new"], list(v.tokens), list(v.steered_strs))), names="busy")
+        seen.clear()
+        lab.prompt_box.value = "Once upon a time"
+        for _ in range(300):
+            await asyncio.sleep(0.02)
+            if v.prompt == "Once upon a time" and not v.busy:
+                break
+        return lab, v, busy, seen, old
 
-    lab, v, seen = asyncio.run(scenario())
-    _, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 8.0)], n=5)
-    assert v.steered_strs == steered.strs and not v.busy and v.progress == ""
-    assert seen[0] == "generating 0/10" and "generating 9/10" in seen and "sweeping" in seen and seen[-1] == ""
+    lab, v, busy, seen, old = asyncio.run(scenario())
+    tokens = lab.model.to_str_tokens(lab.model.to_tokens("Once upon a time"))
+    assert busy[0] == (True, tokens, old) and busy[-1][0] is False
+    _, steered = steered_generation(lab.model, lab.sae, "Once upon a time", [(67, 8.0)], n=5)
+    assert v.steered_strs == steered.strs and v.tokens == tokens and v.progress == "" and "generating 3/10" in seen
 
 
 def test_view_request_overtaken_by_a_prompt_edit_uses_the_new_prompt():

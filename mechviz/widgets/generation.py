@@ -113,6 +113,7 @@ class SteeringView(View):
         super().__init__(**kwargs)
         self._lab = None
         self._requests = 0
+        self._finals = 0
         self.observe(self._on_request, names="request")
 
     def feed(self, lab, n: int = 20, specs=None, positions: str = "all", k: int = 5, dictionary: str | None = None,
@@ -135,16 +136,21 @@ class SteeringView(View):
         self._options = dict(k=positive_int(k, "k"), temperature=float(temperature), seed=int(seed))
         self._settings = dict(specs=checked, n=n, positions=positions, selected=0)
 
-        def payload(p):
-            return {"result": self._compute(p.prompt, **self._settings), "prompt": p.prompt}
-        return Feed(lambda: [], payload)
+        def stream(p):   # at once: the new prompt's tokens, the last text kept (dimmed); then the new text
+            yield {"result": None, "prompt": p.prompt, "tokens": list(p.run.token_strs)}
+            step = self._stepper(None, self._settings)
+            yield {"result": self._compute(p.prompt, **self._settings, on_step=step,
+                                           cancel=lambda: lab._wanted.prompt != p.prompt), "prompt": p.prompt}
+        return Feed(lambda: [], stream=stream)
 
     def _compute(self, prompt, specs, n, positions, selected, on_step=None, cancel=None) -> SteeredText:
         return steered_text(self._lab.model, self._lab.saes[self._name], prompt, specs, n=n, positions=positions,
                             selected=selected, dictionary=self._name, on_step=on_step, cancel=cancel, **self._options)
 
-    def prepare(self, result: SteeredText, prompt: str = "") -> Shown:
-        """Pack a :class:`SteeredText`."""
+    def prepare(self, result: SteeredText | None, prompt: str = "", tokens=None) -> Shown:
+        """Pack a :class:`SteeredText`; ``None``: being computed for ``prompt`` (of ``tokens``), the last one kept."""
+        if result is None:
+            return Shown({"tokens": list(tokens or []), "busy": True, "progress": "generating…"}, self.result, prompt)
         b, s, sw = result.base, result.steered, result.sweep
 
         def column(g: Generation | None, name: str) -> dict:
@@ -169,6 +175,9 @@ class SteeringView(View):
 
     def _applied(self, shown: Shown) -> None:
         r = shown.result
+        if r is None or "specs" not in shown.traits:   # a pending stage
+            return
+        self._finals += 1   # progress reported for what is shown now is stale from here on
         self._settings = dict(specs=r.specs, n=r.n, positions=r.positions, selected=max(r.selected, 0))
 
     # -- browser requests --------------------------------------------------------------------------
@@ -214,9 +223,7 @@ class SteeringView(View):
         total = 2 * settings["n"] if settings["specs"] else settings["n"]
         self._on_loop(lambda: self._progress(mine, f"generating 0/{total}"))
 
-        def step(i, m, _tok):
-            self._on_loop(lambda: self._progress(mine, "sweeping" if i == m and settings["specs"]
-                                                              else f"generating {i}/{m}"))
+        step = self._stepper(mine, settings)
 
         def work():
             try:
@@ -240,8 +247,17 @@ class SteeringView(View):
                 self.apply(value)
         offload(self._loop, work, done)
 
-    def _progress(self, mine: int, text: str) -> None:
-        if mine == self._requests:
+    def _stepper(self, mine: int | None, settings: dict):
+        """``on_step`` that shows progress (``mine``: of that request only; None: of the Lab's pass)."""
+        finals = self._finals
+
+        def step(i, m, _tok):
+            text = "sweeping" if i == m and settings["specs"] else f"generating {i}/{m}"
+            self._on_loop(lambda: self._progress(mine, text, finals))
+        return step
+
+    def _progress(self, mine: int | None, text: str, finals: int | None = None) -> None:
+        if (mine is None or mine == self._requests) and finals in (None, self._finals):
             with self.hold_sync():
                 self.busy, self.progress = True, text
 

@@ -128,4 +128,6 @@ def test_no_features_and_busy(page):
     assert page.locator(f"{ROOT} a.mv-neuronpedia").get_attribute("href") is None    # no Neuronpedia id
     assert page.locator(f"{ROOT} .mv-progress").text_content() == "generating 2/6"
     assert page.locator(ROOT).get_attribute("data-busy") == "true"
+    assert "mv-busy" in page.locator(ROOT).get_attribute("class")   # the columns shown are dimmed until the new ones
+    assert float(page.locator(f"{ROOT} .mv-cols").evaluate("e => getComputedStyle(e).opacity")) == 0.5
     assert page.mv_errors == []

@@ -64,6 +64,7 @@ const CSS = `
 .mechviz-generation .mv-controls{display:flex;gap:6px;align-items:center;flex-wrap:wrap;margin:4px 0}
 .mechviz-generation .mv-progress{color:#b45309}
 .mechviz-generation .mv-steer-msg{color:#b91c1c}
+.mechviz-generation.mv-busy .mv-cols{opacity:.5}
 .mechviz-generation svg.mv-sweep{background:#fff;border:1px solid #e2e8f0}
 .mechviz-generation .mv-prompt-tokens .mv-token{color:#64748b}
 `;
@@ -246,6 +247,7 @@ function draw(model, root, ui, S) {
   if (document.activeElement !== ui.nIn) ui.nIn.value = String(model.get("n"));
   ui.posSel.value = model.get("positions") || "all";
   const busy = !!model.get("busy");
+  root.classList.toggle("mv-busy", busy);   // the columns shown are of the last prompt/settings until the new ones come
   ui.progress.textContent = busy ? model.get("progress") || "computing…" : "";
   clear(ui.prompt);
   for (const tok of model.get("tokens") || []) ui.prompt.appendChild(h("span", { class: "mv-token", text: String(tok) }));
