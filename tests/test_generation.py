@@ -291,3 +291,13 @@ def test_view_request_overtaken_by_a_prompt_edit_uses_the_new_prompt():
     lab, v = asyncio.run(scenario())
     _, steered = steered_generation(lab.model, lab.sae, "Once upon a time", [(67, 8.0)], n=12)
     assert v.prompt == "Once upon a time" and v.steered_strs == steered.strs and v.specs[0]["value"] == 8.0
+
+
+def test_view_added_after_a_refused_prompt_shows_the_last_good_one():
+    lab = mechviz.Lab.default(prompt=PROMPT)
+    lab.attention()
+    with pytest.raises(ValueError):
+        lab.prompt = "x" * 2000        # too long: refused, the views keep PROMPT
+    v = lab.add(mechviz.SteeringView(), n=3, specs=[(67, 6.0)])
+    _, steered = steered_generation(lab.model, lab.sae, PROMPT, [(67, 6.0)], n=3)
+    assert v.prompt == PROMPT and v.steered_strs == steered.strs and v.error == ""

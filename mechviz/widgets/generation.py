@@ -138,9 +138,9 @@ class SteeringView(View):
 
         def stream(p):   # at once: the new prompt's tokens, the last text kept (dimmed); then the new text
             yield {"result": None, "prompt": p.prompt, "tokens": list(p.run.token_strs)}
-            step = self._stepper(None, self._settings)
+            step, wanted = self._stepper(None, self._settings), lab._wanted   # a newer Lab request cancels this one
             yield {"result": self._compute(p.prompt, **self._settings, on_step=step,
-                                           cancel=lambda: lab._wanted.prompt != p.prompt), "prompt": p.prompt}
+                                           cancel=lambda: lab._wanted is not wanted), "prompt": p.prompt}
         return Feed(lambda: [], stream=stream)
 
     def _compute(self, prompt, specs, n, positions, selected, on_step=None, cancel=None) -> SteeredText:
