@@ -4,6 +4,7 @@ from .attention import AttentionView
 from .base import Feed, Pass, View
 from .dashboard import DashboardView
 from .features import FeatureView
+from .generation import SteeringView
 from .head_grid import HeadGridView
 from .logit_lens import LogitLensView
 from .patching import PatchGridView, PatchingSession
@@ -11,5 +12,5 @@ from .prompt import PromptBox
 from .runner import LatestOnlyRunner, ModelLock
 from .selection import Selection
 
-__all__ = ["View", "Feed", "Pass", "AttentionView", "DashboardView", "LogitLensView", "FeatureView", "HeadGridView", "PatchGridView",
-           "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]
+__all__ = ["View", "Feed", "Pass", "AttentionView", "DashboardView", "LogitLensView", "FeatureView", "SteeringView",
+           "HeadGridView", "PatchGridView", "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]
