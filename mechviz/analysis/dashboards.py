@@ -226,7 +226,7 @@ class Dashboards:
                 out = self.adapter.unembed_tokens(x, [t]).float().cpu()[:, 0]
             score = (out[:-1] - out[-1]).numpy()
         elif by == "activation":
-            counted = _counted(self.rows, self.adapter, self.params["ignore_bos"])
+            counted = _counted(self.rows, self.adapter, self.params["ignore_bos"], self.params["ignore_positions"])
             hit = (self.rows == t) & counted
             rows = np.nonzero(hit.any(1))[0]
             if not rows.size:
@@ -257,9 +257,12 @@ def _ranges(ids: np.ndarray) -> str:
     return f"{ids.min()}..{ids.max()} ({len(ids)})" if len(ids) else "none"
 
 
-def _counted(rows: np.ndarray, adapter, ignore_bos: bool) -> np.ndarray:
+def _counted(rows: np.ndarray, adapter, ignore_bos: bool, ignore_positions=()) -> np.ndarray:
+    """Which tokens count: not BOS (with ``ignore_bos``) and not at ``ignore_positions``."""
     bos = adapter.bos_id() if ignore_bos else None
-    return np.ones(rows.shape, bool) if bos is None else rows != bos
+    counted = np.ones(rows.shape, bool) if bos is None else rows != bos
+    counted[:, list(ignore_positions)] = False
+    return counted
 
 
 def _encode_rows(adapter, sae: SAE, rows: np.ndarray, features: np.ndarray) -> torch.Tensor:
@@ -300,14 +303,16 @@ def _logit_effects(adapter, sae: SAE, features: np.ndarray, k: int, n_bins: int,
 
 def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int = 10, samples_per_interval: int = 5,
                        context: tuple[int, int] = (10, 5), seq_len: int = 128, batch_size: int = 16,
-                       ignore_bos: bool = True, n_logit_bins: int = 40, cache_dir=None, save_every: int = 8,
+                       ignore_bos: bool = True, ignore_positions=(), n_logit_bins: int = 40, cache_dir=None, save_every: int = 8,
                        progress=True, allow_model_mismatch: bool = False) -> Dashboards:
     """Dashboards of the SAE's ``features`` (default: all) over ``corpus``.
 
     ``corpus``: texts (packed into rows of ``seq_len`` tokens, each starting with BOS; see
     :func:`~mechviz.analysis.dashboard_cache.corpus_rows`) or token ids (``[B, T]``, used as they are);
     default :func:`default_corpus`. With ``ignore_bos`` positions holding the BOS token do not count
-    (its residual is an outlier that would top every feature). Per feature, over counted tokens:
+    (its residual is an outlier that would top every feature); ``ignore_positions``: positions in
+    every row (negative: from the end) that do not count either, as SAEDashboard's option of that name.
+    Per feature, over counted tokens:
 
     * ``top``: the ``k`` largest activations > 0, largest first, ties to the earlier (row, position);
       each with the token window ``context = (left, right)`` around it and the feature over the window;
@@ -337,7 +342,8 @@ def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int 
     if k < 1 or samples_per_interval < 1 or left < 0 or right < 0 or batch_size < 1:
         raise ValueError("k, samples_per_interval and batch_size must be >= 1, context sides >= 0")
     params = {"features": "all" if features is None else feats.tolist(), "k": int(k), "q": int(samples_per_interval),
-              "left": left, "right": right, "ignore_bos": bool(ignore_bos), "batch_size": int(batch_size),
+              "left": left, "right": right, "ignore_bos": bool(ignore_bos),
+              "ignore_positions": sorted({int(p) % T for p in ignore_positions}), "batch_size": int(batch_size),
               "n_logit_bins": int(n_logit_bins)}
     key = cache_key(adapter, sae, rows, params)
     disk = DiskCache(cache_dir, key) if cache_dir is not None else None
@@ -353,7 +359,7 @@ def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int 
             acc.state = state
         meta = disk.meta() or meta
         meta["runs"].append([])
-    counted = _counted(rows, adapter, ignore_bos)
+    counted = _counted(rows, adapter, ignore_bos, params["ignore_positions"])
     start = int(acc.state["next_row"])
     bar = None
     if progress is True:
