@@ -256,7 +256,7 @@ def main(argv=None):
             diff = sorted(ours ^ theirs)
             acts = {}
             for r, p in diff:  # the activations at the differing places, recomputed
-                acts[(r, p)] = float(_encode_rows(adapter, sae, rows[[r]], np.asarray([f]))[0, p, 0])
+                acts[(r, p)] = float(_encode_rows(adapter, sae, np.asarray([f]), rows[[r]])[0, p, 0])
             kth = float(fd.top.acts[-1])
             if len(ours) == len(theirs) and all(abs(v - kth) < 1e-5 for v in acts.values()):
                 ties += 1

@@ -11,7 +11,7 @@ import mechviz
 from mechviz.analysis.dashboard_cache import HIST_EDGES, HIST_PER_INTERVAL, N_INTERVALS, token_keys
 from mechviz.analysis.dashboards import default_corpus, feature_dashboards
 from mechviz.analysis.features import feature_activations, top_features
-from mechviz.saes import load_sae
+from mechviz.saes import SAE, load_sae
 from mechviz.zoo import SAE_DIR, load_default_model
 
 BATCH = 16
@@ -226,3 +226,21 @@ def test_search_by_token_span_and_prompt(adapter, sae, dash, dense):
     assert "Dashboards(mechviz-default" in repr(dash) and "feature 3" in repr(dash.feature(3))
     with pytest.raises(ValueError, match="tokens"):
         dash.search_by_token(" Constantinople")
+
+
+def test_a_feature_subset_of_a_relu_sae_equals_those_features_of_the_whole(adapter, dash):
+    """ReLU features are encoded from their own encoder rows only: a subset gives the same dashboards."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(128, 96, generator=g) / 128 ** 0.5
+    relu = SAE(W_enc=W, b_enc=torch.full((96,), -0.5), W_dec=W.T.clone(), b_dec=torch.zeros(128), site="resid_post.1")
+    rows = dash.rows[:12]
+    whole = feature_dashboards(adapter, relu, rows, progress=False)
+    part = feature_dashboards(adapter, relu, rows, features=[70, 3, 41], progress=False)
+    np.testing.assert_array_equal(part.features, [70, 3, 41])
+    for f in (70, 3, 41):
+        a, b = whole.feature(f), part.feature(f)
+        np.testing.assert_array_equal(a.top.rows * 1000 + a.top.positions, b.top.rows * 1000 + b.top.positions)
+        np.testing.assert_allclose(a.top.acts, b.top.acts, rtol=1e-5)
+        np.testing.assert_array_equal(a.hist_counts, b.hist_counts)
+        np.testing.assert_array_equal(a.promoted_ids, b.promoted_ids)
+        assert 0 < a.density == b.density < 1

@@ -20,7 +20,7 @@ Dashboards(mechviz-default · resid_post.1 · topk · 1024 features: 8 features 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -155,10 +155,11 @@ class Dashboards:
         ok = a["top_idx"][j] >= 0
         top = self._contexts(a["top_idx"][j][ok], a["top_act"][j][ok], a["top_win"][j][ok])
         intervals = []
+        per_interval = a["hist"][j].reshape(N_INTERVALS, -1).sum(1)
         for b in range(N_INTERVALS):
             ok = a["iv_idx"][j, b] >= 0
             if ok.any():
-                count = int(a["hist"][j, b * (len(a["hist"][j]) // N_INTERVALS):(b + 1) * (len(a["hist"][j]) // N_INTERVALS)].sum())
+                count = int(per_interval[b])
                 intervals.append(self._contexts(a["iv_idx"][j, b][ok], a["iv_act"][j, b][ok], a["iv_win"][j, b][ok],
                                                 lo=float(INTERVAL_EDGES[b]) if b else 0.0,
                                                 hi=float(INTERVAL_EDGES[b + 1]) if b < N_INTERVALS - 1 else float("inf"),
@@ -234,7 +235,7 @@ class Dashboards:
             total = np.zeros(len(self.features), np.float64)
             for i in range(0, len(rows), batch_size):
                 r = rows[i:i + batch_size]
-                acts = _encode_rows(self.adapter, self.sae, self.rows[r], self.features)
+                acts = _encode_rows(self.adapter, *_feature_encoder(self.sae, self.features), self.rows[r])
                 total += acts[torch.from_numpy(hit[r])].double().sum(0).numpy()
             score = (total / hit.sum()).astype(np.float32)
         else:
@@ -265,13 +266,28 @@ def _counted(rows: np.ndarray, adapter, ignore_bos: bool, ignore_positions=()) -
     return counted
 
 
-def _encode_rows(adapter, sae: SAE, rows: np.ndarray, features: np.ndarray) -> torch.Tensor:
-    """The SAE's activations of ``features`` on token rows ``[B, T]``: float32 ``[B, T, F]`` on the CPU."""
+def _feature_encoder(sae: SAE, features: np.ndarray) -> tuple[SAE, np.ndarray | None]:
+    """``(encoder, columns)``: an SAE whose ``encode`` gives ``features``' activations, and the columns of its
+    output to keep (None: all). ReLU and JumpReLU features are each a function of their own encoder row, so
+    the encoder is cut to ``features`` (a subset costs its share of the encoding); TopK needs every feature."""
+    if len(features) == sae.d_sae and (features == np.arange(sae.d_sae)).all():
+        return sae, None
+    if sae.architecture == "topk":
+        return sae, features
+    idx = torch.from_numpy(features).to(sae.W_enc.device)
+    sub = replace(sae, W_enc=sae.W_enc[:, idx], b_enc=sae.b_enc[idx], W_dec=sae.W_dec[idx],
+                  threshold=None if sae.threshold is None else sae.threshold[idx])
+    return sub, None
+
+
+def _encode_rows(adapter, sae: SAE, columns: np.ndarray | None, rows: np.ndarray) -> torch.Tensor:
+    """The SAE's activations (``columns`` of them; None: all) on token rows ``[B, T]``: float32
+    ``[B, T, F]`` on the CPU."""
     x = adapter.capture_batch(torch.from_numpy(rows), sae.site)
     x = x.to(sae.W_enc.device, sae.W_enc.dtype)
     acts = sae.encode(x.reshape(-1, *x.shape[2:]))
-    if len(features) != sae.d_sae:
-        acts = acts[:, torch.from_numpy(features).to(acts.device)]
+    if columns is not None:
+        acts = acts[:, torch.from_numpy(columns).to(acts.device)]
     return acts.float().cpu().reshape(rows.shape[0], rows.shape[1], -1)
 
 
@@ -360,6 +376,7 @@ def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int 
         meta = disk.meta() or meta
         meta["runs"].append([])
     counted = _counted(rows, adapter, ignore_bos, params["ignore_positions"])
+    encoder, columns = _feature_encoder(sae, feats)
     start = int(acc.state["next_row"])
     bar = None
     if progress is True:
@@ -370,7 +387,7 @@ def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int 
     try:
         for n_batch, r0 in enumerate(range(start, S, batch_size), start=1):
             r = slice(r0, min(r0 + batch_size, S))
-            acc.update(_encode_rows(adapter, sae, rows[r], feats), torch.from_numpy(counted[r]), r0)
+            acc.update(_encode_rows(adapter, encoder, columns, rows[r]), torch.from_numpy(counted[r]), r0)
             if disk is not None:
                 meta["runs"][-1].append(r0)
                 if n_batch % save_every == 0:
