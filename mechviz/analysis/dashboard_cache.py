@@ -178,24 +178,22 @@ class Accumulator:
 
     def update(self, acts: torch.Tensor, counted: torch.Tensor, row0: int) -> None:
         """Fold in ``acts`` float32 ``[B, T, F]`` of rows ``row0 ..``; ``counted`` bool ``[B, T]``: the
-        positions that count (others, e.g. BOS, are zeroed first and never selected)."""
+        positions that count (others, e.g. BOS, are zeroed in ``acts`` first and never selected)."""
         st = dict(self.state)
         B, T, F = acts.shape
-        acts = torch.where(counted[..., None], acts, torch.zeros((), dtype=acts.dtype))
+        acts[~counted] = 0  # in place (only the ignored positions are touched)
         flat = acts.reshape(B * T, F)
-        pos = flat > 0
+        tn, tf = (flat > 0).nonzero(as_tuple=True)  # the positive entries: everything below reads only these
+        vals = flat[tn, tf]
+        bins = hist_bins(vals)
         st["n_tokens"] = st["n_tokens"] + int(counted.sum())
-        st["n_active"] = st["n_active"] + pos.sum(0).numpy()
-        st["act_sum"] = st["act_sum"] + flat.double().sum(0).numpy()
-        st["act_max"] = np.maximum(st["act_max"], flat.max(0).values.numpy()) if B * T else st["act_max"]
-        bins = hist_bins(flat)
-        fidx = torch.arange(F)[None, :]
-        slot = torch.where(pos, fidx * N_HIST + bins, F * N_HIST)
-        st["hist"] = st["hist"] + torch.bincount(slot.reshape(-1), minlength=F * N_HIST + 1)[:-1].reshape(F, N_HIST).numpy()
+        st["n_active"] = st["n_active"] + torch.bincount(tf, minlength=F).numpy()
+        st["act_sum"] = st["act_sum"] + torch.sum(flat, 0, dtype=torch.float64).numpy()
+        st["hist"] = st["hist"] + torch.bincount(tf * N_HIST + bins, minlength=F * N_HIST).reshape(F, N_HIST).numpy()
         g0 = row0 * T
         padded = torch.nn.functional.pad(acts, (0, 0, self.left, self.right))  # [B, T + left + right, F]
         self._top(st, flat, padded, g0)
-        self._intervals(st, flat, pos, bins, padded, g0)
+        self._intervals(st, tn, tf, vals, bins, padded, g0)
         st["next_row"] = np.asarray(row0 + B, np.int64)
         self.state = st
 
@@ -208,7 +206,9 @@ class Accumulator:
     def _top(self, st, flat, padded, g0):
         k, F = self.k, flat.shape[1]
         kk = min(k, flat.shape[0])
-        thr = torch.topk(flat, kk, dim=0).values[-1]  # the chunk's k-th largest per feature
+        best = torch.topk(flat, kk, dim=0).values
+        st["act_max"] = np.maximum(st["act_max"], best[0].numpy())
+        thr = best[-1]  # the chunk's k-th largest per feature
         cand = (flat >= thr[None, :]) & (flat > 0)  # every entry that can enter the top k (ties included)
         tn, tf = cand.nonzero(as_tuple=True)
         n, f, act = tn.numpy(), tf.numpy(), flat[tn, tf].numpy()
@@ -232,22 +232,20 @@ class Accumulator:
         top_act[kf, rk], top_idx[kf, rk], top_win[kf, rk] = all_act[keep], all_g[keep], win
         st["top_act"], st["top_idx"], st["top_win"] = top_act, top_idx, top_win
 
-    def _intervals(self, st, flat, pos, bins, padded, g0):
-        q, F = self.q, flat.shape[1]
-        keys = torch.from_numpy(token_keys(g0 + np.arange(flat.shape[0])))
+    def _intervals(self, st, tn, tf, vals, bins, padded, g0):
+        q = self.q
+        keys = torch.from_numpy(token_keys(g0 + tn.numpy()))
         ib = bins // HIST_PER_INTERVAL
         thr = torch.from_numpy(st["iv_key"][:, :, -1].reshape(-1))  # q-th smallest key kept so far
-        fidx = torch.arange(F)[None, :]
-        cand = pos & (keys[:, None] < thr[fidx * N_INTERVALS + ib])
-        tn, tf = cand.nonzero(as_tuple=True)
-        if tn.numel() == 0:
+        cand = keys < thr[tf * N_INTERVALS + ib]
+        if not bool(cand.any()):
             return
-        n, f, act, b = tn.numpy(), tf.numpy(), flat[tn, tf].numpy(), ib[tn, tf].numpy()
+        n, f, act, b, key = (x[cand].numpy() for x in (tn, tf, vals, ib, keys))
         old = st["iv_idx"] >= 0
         of, ob, oslot = np.nonzero(old)
         all_f = np.concatenate([of, f])
         all_b = np.concatenate([ob, b])
-        all_key = np.concatenate([st["iv_key"][of, ob, oslot], keys.numpy()[n]])
+        all_key = np.concatenate([st["iv_key"][of, ob, oslot], key])
         all_g = np.concatenate([st["iv_idx"][of, ob, oslot], g0 + n])
         all_act = np.concatenate([st["iv_act"][of, ob, oslot], act])
         order = np.lexsort((all_g, all_key, all_b, all_f))
