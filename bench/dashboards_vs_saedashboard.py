@@ -58,6 +58,7 @@ def args_parser():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reuse-saedash", action="store_true", help="keep SAEDashboard's last result for this --work")
     ap.add_argument("--side", choices=["main", "saedash"], default="main", help=argparse.SUPPRESS)
     return ap
 
@@ -214,9 +215,11 @@ def main(argv=None):
     sd = {"error": None}
     if not Path(a.saedash_python).exists():
         sd["error"] = f"no SAEDashboard venv at {a.saedash_python}"
-    elif not (work / "saedash.json").exists():
+    elif not (a.reuse_saedash and (work / "saedash.json").exists()):
+        (work / "saedash.json").unlink(missing_ok=True)
         argv_sd = [a.saedash_python, str(HERE), "--side", "saedash", "--work", str(work)] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("side", "work", "saedash_python")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
+            if k not in ("side", "work", "saedash_python", "reuse_saedash")]
         proc = subprocess.run(argv_sd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
         if proc.returncode:
             sd["error"] = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"
@@ -242,6 +245,10 @@ def main(argv=None):
                               ignore_positions=list(range(6)) + list(range(-5, 0)),
                               progress=False, allow_model_mismatch=True)
     mv_wall = time.perf_counter() - t0
+    t0 = time.perf_counter()  # the floor both sides share: the model's forward up to the site, nothing else
+    for r0 in range(0, len(rows), a.batch_size):
+        adapter.capture_batch(torch.from_numpy(rows[r0:r0 + a.batch_size]), sae.site)
+    fwd_wall = time.perf_counter() - t0
 
     agree = ties = differ = 0
     if "wall_s" in sd:
@@ -274,6 +281,8 @@ def main(argv=None):
     else:
         print(f"{'SAEDashboard':14}{'-':>9}{'-':>8}  not run: {sd['error']}")
         print(f"{'mechviz':14}{mv_wall:9.2f}{'':8}")
+    print(f"{'forward only':14}{fwd_wall:9.2f}{'':8}  the model up to the SAE's site, batches of {a.batch_size} rows "
+          "(both sides run it once)")
     return 1 if differ else 0
 
 

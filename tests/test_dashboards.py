@@ -63,6 +63,20 @@ def test_capture_batch_equals_run_and_stops_after_the_site(adapter, sae, dash):
         torch.testing.assert_close(x[i], ref, rtol=1e-5, atol=1e-5)
 
 
+def test_capture_batch_on_transformer_lens_stops_after_the_site(adapter, sae, dash):
+    pytest.importorskip("transformer_lens")
+    tl = mechviz.wrap(load_default_model(backend="transformer_lens")[0])
+    fired = []
+    handle = tl.model.blocks[2].register_forward_pre_hook(lambda m, a: fired.append(1))
+    try:
+        x = tl.capture_batch(torch.from_numpy(dash.rows[:3]), sae.site)
+    finally:
+        handle.remove()
+    assert not fired and not any(h._forward_hooks for h in tl.model.hook_dict.values())  # stopped, hooks removed
+    torch.testing.assert_close(x, adapter.capture_batch(torch.from_numpy(dash.rows[:3]), sae.site), rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_top_k_contexts_equal_brute_force(dash, dense):
     acts, _ = dense
     S, T = dash.rows.shape
@@ -82,7 +96,8 @@ def test_top_k_contexts_equal_brute_force(dash, dense):
             inside = (cols >= 0) & (cols < T)
             want = np.where(inside, a[row * T + np.clip(cols, 0, T - 1)], 0)
             np.testing.assert_array_equal(fd.top.window_acts[c], want)
-            np.testing.assert_array_equal(fd.top.tokens[c], np.where(inside, dash.rows[row, np.clip(cols, 0, T - 1)], -1))
+            tokens = np.where(inside, dash.rows[row, np.clip(cols, 0, T - 1)], -1)
+            np.testing.assert_array_equal(fd.top.tokens[c], tokens)
             assert fd.top.token_strs[c][left] == dash._strs([dash.rows[row, p]])[0]
         checked += len(order) == k
     assert checked > 900  # nearly every feature has a full top k on this corpus
@@ -222,6 +237,8 @@ def test_search_by_token_span_and_prompt(adapter, sae, dash, dense):
     np.testing.assert_array_equal(span.features, top_features(ref[2:5], 4, by="max"))
     per_token = dash.prompt_features(prompt, n=3)
     assert len(per_token) == len(ref)
+    from_run = dash.prompt_features(adapter.run(prompt, capture=[sae.site]), n=3)
+    assert [(t, h.features.tolist()) for t, h in from_run] == [(t, h.features.tolist()) for t, h in per_token]
     np.testing.assert_array_equal(per_token[4][1].features, top_features(ref[4:5], 3))
     assert "Dashboards(mechviz-default" in repr(dash) and "feature 3" in repr(dash.feature(3))
     with pytest.raises(ValueError, match="tokens"):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from ..models.base import Run
 from ..saes.load import check_sae_fits
 from ..saes.sae import SAE, SAEError
 from .dashboard_cache import (HIST_EDGES, INTERVAL_EDGES, N_INTERVALS, Accumulator, DiskCache, cache_key,
@@ -159,11 +160,10 @@ class Dashboards:
         for b in range(N_INTERVALS):
             ok = a["iv_idx"][j, b] >= 0
             if ok.any():
-                count = int(per_interval[b])
+                lo = float(INTERVAL_EDGES[b]) if b else 0.0
+                hi = float(INTERVAL_EDGES[b + 1]) if b < N_INTERVALS - 1 else float("inf")
                 intervals.append(self._contexts(a["iv_idx"][j, b][ok], a["iv_act"][j, b][ok], a["iv_win"][j, b][ok],
-                                                lo=float(INTERVAL_EDGES[b]) if b else 0.0,
-                                                hi=float(INTERVAL_EDGES[b + 1]) if b < N_INTERVALS - 1 else float("inf"),
-                                                count=count))
+                                                lo=lo, hi=hi, count=int(per_interval[b])))
         fd = FeatureDashboard(feature=int(feature), density=n_act / n_tok,
                               mean_active=float(a["act_sum"][j] / n_act) if n_act else 0.0,
                               max_act=float(a["act_max"][j]), top=top, intervals=intervals[::-1],
@@ -179,11 +179,13 @@ class Dashboards:
 
     # -- prompt-centric and search ---------------------------------------------------------------
     def _acts(self, prompt) -> tuple[list[str], np.ndarray]:
-        run = self.adapter.run(prompt, capture=[self.sae.site])
+        """``prompt``: text, token ids, or a :class:`~mechviz.models.Run` that holds the SAE's site (reused)."""
+        run = prompt if isinstance(prompt, Run) else self.adapter.run(prompt, capture=[self.sae.site])
         return run.token_strs, feature_activations(self.sae, run)[:, self.features]
 
     def prompt_features(self, prompt, n: int = 5) -> list[tuple[str, Hits]]:
-        """For each token of ``prompt``: the ``n`` features (of these dashboards) most active there,
+        """For each token of ``prompt`` (text, ids or a :class:`~mechviz.models.Run` holding the SAE's site): the
+        ``n`` features (of these dashboards) most active there,
         ``[(token, Hits), ...]``: the prompt-centric entry point into the dashboards."""
         strs, acts = self._acts(prompt)
         out = []
@@ -319,8 +321,8 @@ def _logit_effects(adapter, sae: SAE, features: np.ndarray, k: int, n_bins: int,
 
 def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int = 10, samples_per_interval: int = 5,
                        context: tuple[int, int] = (10, 5), seq_len: int = 128, batch_size: int = 16,
-                       ignore_bos: bool = True, ignore_positions=(), n_logit_bins: int = 40, cache_dir=None, save_every: int = 8,
-                       progress=True, allow_model_mismatch: bool = False) -> Dashboards:
+                       ignore_bos: bool = True, ignore_positions=(), n_logit_bins: int = 40, cache_dir=None,
+                       save_every: int = 8, progress=True, allow_model_mismatch: bool = False) -> Dashboards:
     """Dashboards of the SAE's ``features`` (default: all) over ``corpus``.
 
     ``corpus``: texts (packed into rows of ``seq_len`` tokens, each starting with BOS; see
