@@ -265,13 +265,13 @@ def test_a_feature_subset_of_a_relu_sae_equals_those_features_of_the_whole(adapt
 
 def test_row_histograms_and_top_k_match_numpy_exactly():
     """The vectorised logit-effect helpers: np.histogram's binning and a stable argsort's ties, row by row."""
-    from mechviz.analysis.dashboards import _histogram_rows, _top_k_rows
+    from mechviz.analysis.dashboard_cache import histogram_rows, top_k_rows
 
     rng = np.random.default_rng(0)
     v = rng.standard_normal((64, 2048)).astype(np.float32).astype(np.float64)
     v[5], v[6, :10] = 1.0, 3.0  # a constant row (numpy widens its range) and a tied maximum
     lo, hi = v.min(1), v.max(1)
     want = np.stack([np.histogram(r, bins=40, range=(a, b))[0] for r, a, b in zip(v, lo, hi)])
-    np.testing.assert_array_equal(_histogram_rows(v, lo, hi, 40), want)
+    np.testing.assert_array_equal(histogram_rows(v, lo, hi, 40), want)
     x = torch.from_numpy(np.round(rng.standard_normal((50, 300)), 1).astype(np.float32))  # many ties
-    np.testing.assert_array_equal(_top_k_rows(x, 10), np.stack([np.argsort(-r, kind="stable")[:10] for r in x.numpy()]))
+    np.testing.assert_array_equal(top_k_rows(x, 10), np.stack([np.argsort(-r, kind="stable")[:10] for r in x.numpy()]))

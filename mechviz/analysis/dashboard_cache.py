@@ -1,5 +1,6 @@
-"""The streaming core of :func:`mechviz.analysis.dashboards.feature_dashboards`: the corpus as token rows,
-the per-feature accumulator, and its resumable on-disk cache (numpy ``.npz`` + JSON, never pickle).
+"""The array core of :func:`mechviz.analysis.dashboards.feature_dashboards`: the corpus as token rows, the
+per-feature accumulator, the row-wise logit-effect helpers, and the resumable on-disk cache (numpy ``.npz`` + JSON,
+never pickle).
 
 One pass over the corpus in batches of rows; each batch's SAE activations ``[B, T, F]`` are folded into
 fixed-size per-feature state and dropped (no ``[N_tokens, d_sae]`` matrix is ever kept):
@@ -274,6 +275,39 @@ def _rank_in_group(groups_sorted: np.ndarray) -> np.ndarray:
     start = np.r_[True, groups_sorted[1:] != groups_sorted[:-1]]
     first = np.maximum.accumulate(np.where(start, np.arange(n), 0))
     return np.arange(n) - first
+
+
+# ------------------------------------------------------------------------- logit effects, by rows
+def top_k_rows(x: torch.Tensor, k: int) -> np.ndarray:
+    """Column ids of the ``k`` largest values of each row of ``x`` ``[R, V]``, largest first, ties to the lower
+    id (``np.argsort(-row, kind="stable")[:k]``), from ``torch.topk`` plus an exact sort of the candidates."""
+    kth = torch.topk(x, k, dim=1).values[:, -1:]
+    r, c = (t.numpy() for t in (x >= kth).nonzero(as_tuple=True))  # k per row, more where the k-th value ties
+    v = x.numpy()[r, c]
+    order = np.lexsort((c, -v, r))
+    rank = _rank_in_group(r[order])
+    keep = order[rank < k]
+    ids = np.zeros((x.shape[0], k), np.int64)
+    ids[r[keep], rank[rank < k]] = c[keep]
+    return ids
+
+
+def histogram_rows(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_bins: int) -> np.ndarray:
+    """``np.histogram(v[i], bins=n_bins, range=(lo[i], hi[i]))[0]`` for every row of float64 ``v`` at once
+    (numpy's own rule: scaled index, then corrected against the linspace edges)."""
+    R = v.shape[0]
+    lo_, hi_ = np.where(hi > lo, lo, lo - 0.5), np.where(hi > lo, hi, hi + 0.5)  # numpy widens an empty range
+    span = (hi_ - lo_)[:, None]
+    lo_, hi_, step = lo_[:, None], hi_[:, None], span / n_bins
+
+    idx = ((v - lo_) / span * n_bins).astype(np.int64)
+    idx[idx == n_bins] -= 1
+    idx -= v < idx * step + lo_  # np.linspace(lo, hi, n_bins + 1)[j] is j * step + lo (its last edge: hi)
+    upper = (idx + 1) * step + lo_
+    upper[idx == n_bins - 1] = np.inf  # the last bin is closed: nothing moves past it
+    idx += v >= upper
+    flat = (idx + np.arange(R)[:, None] * n_bins).reshape(-1)
+    return np.bincount(flat, minlength=R * n_bins).reshape(R, n_bins)
 
 
 # -------------------------------------------------------------------------------------- on disk

@@ -28,8 +28,8 @@ import torch
 from ..models.base import Run
 from ..saes.load import check_sae_fits
 from ..saes.sae import SAE, SAEError
-from .dashboard_cache import (HIST_EDGES, INTERVAL_EDGES, N_INTERVALS, Accumulator, DiskCache, _rank_in_group,
-                              cache_key, corpus_rows)
+from .dashboard_cache import (HIST_EDGES, INTERVAL_EDGES, N_INTERVALS, Accumulator, DiskCache, cache_key,
+                              corpus_rows, histogram_rows, top_k_rows)
 from .features import _like_model, feature_activations, top_features
 
 
@@ -313,46 +313,14 @@ def _logit_effects(adapter, sae: SAE, features: np.ndarray, k: int, n_bins: int)
         vals = y[:-1] - y[-1]
         rows = slice(i, i + len(vals))
         for name, sign in (("top", 1.0), ("bot", -1.0)):
-            ids = _top_k_rows(vals * sign, k)
+            ids = top_k_rows(vals * sign, k)
             out[f"logit_{name}_ids"][rows] = ids
             out[f"logit_{name}_val"][rows] = np.take_along_axis(vals.numpy(), ids, 1)
         v = vals.double().numpy()
         lo, hi = v.min(1), v.max(1)
         out["logit_range"][rows] = np.stack([lo, hi], 1)
-        out["logit_hist"][rows] = _histogram_rows(v, lo, hi, n_bins)
+        out["logit_hist"][rows] = histogram_rows(v, lo, hi, n_bins)
     return out
-
-
-def _top_k_rows(x: torch.Tensor, k: int) -> np.ndarray:
-    """Column ids of the ``k`` largest values of each row of ``x`` ``[R, V]``, largest first, ties to the lower
-    id (``np.argsort(-row, kind="stable")[:k]``), from ``torch.topk`` plus an exact sort of the candidates."""
-    kth = torch.topk(x, k, dim=1).values[:, -1:]
-    r, c = (t.numpy() for t in (x >= kth).nonzero(as_tuple=True))  # k per row, more where the k-th value ties
-    v = x.numpy()[r, c]
-    order = np.lexsort((c, -v, r))
-    rank = _rank_in_group(r[order])
-    keep = order[rank < k]
-    ids = np.zeros((x.shape[0], k), np.int64)
-    ids[r[keep], rank[rank < k]] = c[keep]
-    return ids
-
-
-def _histogram_rows(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_bins: int) -> np.ndarray:
-    """``np.histogram(v[i], bins=n_bins, range=(lo[i], hi[i]))[0]`` for every row of float64 ``v`` at once
-    (numpy's own rule: scaled index, then corrected against the linspace edges)."""
-    R = v.shape[0]
-    lo_, hi_ = np.where(hi > lo, lo, lo - 0.5), np.where(hi > lo, hi, hi + 0.5)  # numpy widens an empty range
-    span = (hi_ - lo_)[:, None]
-    lo_, hi_, step = lo_[:, None], hi_[:, None], span / n_bins
-
-    idx = ((v - lo_) / span * n_bins).astype(np.int64)
-    idx[idx == n_bins] -= 1
-    idx -= v < idx * step + lo_  # np.linspace(lo, hi, n_bins + 1)[j] is j * step + lo (its last edge: hi)
-    upper = (idx + 1) * step + lo_
-    upper[idx == n_bins - 1] = np.inf  # the last bin is closed: nothing moves past it
-    idx += v >= upper
-    flat = (idx + np.arange(R)[:, None] * n_bins).reshape(-1)
-    return np.bincount(flat, minlength=R * n_bins).reshape(R, n_bins)
 
 
 def feature_dashboards(adapter, sae: SAE, corpus=None, *, features=None, k: int = 10, samples_per_interval: int = 5,
