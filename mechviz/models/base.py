@@ -261,6 +261,16 @@ class ModelAdapter:
     def _forward(self, ids: torch.Tensor, sites: list[Site], abort, edits) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def capture_batch(self, ids: torch.Tensor, site: str) -> torch.Tensor:
+        """One site's activations for a batch of equal-length token rows ``ids`` ``[B, T]``: ``[B, T, ...]``
+        (site shape as in :mod:`~mechviz.models.sites`), detached, on the model's device. Backends that can
+        stop the pass once the site is computed do (nothing after the site's block runs); this default runs
+        :meth:`run` row by row. No BOS is added: the rows are used as they are."""
+        ids = torch.as_tensor(ids).long()
+        if ids.ndim != 2:
+            raise PromptError(f"capture_batch takes token ids [B, T], got shape {tuple(ids.shape)}")
+        return torch.stack([self.run(row, capture=[site])[site] for row in ids])
+
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's own final normalisation, applied as the model applies it (``[..., d]``)."""
         raise NotImplementedError

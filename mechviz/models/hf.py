@@ -16,7 +16,7 @@ import torch
 from .archs import ARCHS, ArchSpec, unsupported_message
 from .base import Aborted, ModelAdapter, StopForward, UnsupportedModelError
 from .hooks import HookError, Hooks, Skip, first as _first
-from .sites import MOE_SITES, SITES, Site, SiteError
+from .sites import MOE_SITES, SITES, Site, SiteError, parse_sites
 
 __all__ = ["HFAdapter", "HookError", "ARCHS", "ArchSpec"]
 
@@ -207,6 +207,26 @@ class HFAdapter(ModelAdapter):
         for s in derived:
             store[str(s)] = store[f"resid_pre.{s.layer}"] + store[f"attn_out.{s.layer}"]
         return out.logits[0].detach().float().cpu(), {str(s): store[str(s)] for s in sites}
+
+    def capture_batch(self, ids, site):
+        (s,) = parse_sites(site, self.n_layers)
+        ids = torch.as_tensor(ids).long()
+        if (s.name == "resid_mid" and self.parallel) or s.name == "router" or ids.ndim != 2:
+            return super().capture_batch(ids, site)  # derived / flattened over the batch / a shape error
+        module, kind, view, _ = self._tap(s.layer, s.name)
+        store = {}
+
+        def grab(raw):  # the site is computed: keep it and stop the pass (later blocks never run)
+            store["x"] = view(raw).detach()
+            raise StopForward()
+        with Hooks() as hooks, torch.inference_mode():
+            hooks.add(module, kind, grab, str(s), self._where(module))
+            try:
+                self.model(input_ids=ids.to(self._device()), use_cache=False)
+            except StopForward:
+                pass
+            hooks.check()
+        return store["x"]
 
     @staticmethod
     def _abort_hooks(abort, blocks, hooks: Hooks):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Aborted, ModelAdapter
-from .sites import TL_HOOKS, Site, SiteError
+from .base import Aborted, ModelAdapter, StopForward
+from .sites import TL_HOOKS, Site, SiteError, parse_sites
 
 
 class HookNameAdapter(ModelAdapter):
@@ -106,6 +106,25 @@ class HookNameAdapter(ModelAdapter):
         if missing:  # the hook exists but this model never calls it (e.g. mlp_out in an attn-only model)
             raise SiteError(f"{self._no_site(missing[0])}: its hook never fired")
         return logits[0].detach().float().cpu(), {str(s): store[str(s)] for s in sites}
+
+    def capture_batch(self, ids, site):
+        (s,) = parse_sites(site, self.n_layers)
+        ids = torch.as_tensor(ids).long()
+        if (s.name == "resid_mid" and self.parallel) or ids.ndim != 2:
+            return super().capture_batch(ids, site)
+        store = {}
+
+        def grab(x, hook):  # the site is computed: keep it and stop the pass (later blocks never run)
+            store["x"] = x.detach()
+            raise StopForward()
+        try:
+            with torch.inference_mode():
+                self.model.run_with_hooks(ids.to(self._device()), fwd_hooks=[(self._hook_name(s.name, s.layer), grab)])
+        except StopForward:
+            pass
+        if "x" not in store:
+            raise SiteError(f"{self._no_site(str(s))}: its hook never fired")
+        return store["x"]
 
     def final_norm(self, resid):
         ln = getattr(self.model, "ln_final", None)
