@@ -16,7 +16,7 @@ import torch
 from .archs import ARCHS, ArchSpec, unsupported_message
 from .base import Aborted, ModelAdapter, StopForward, UnsupportedModelError
 from .hooks import HookError, Hooks, Skip, first as _first
-from .sites import MOE_SITES, SITES, Site, SiteError, parse_sites
+from .sites import MOE_SITES, READ_SITES, SITES, Site, SiteError, parse_sites
 
 __all__ = ["HFAdapter", "HookError", "ARCHS", "ArchSpec"]
 
@@ -99,7 +99,7 @@ class HFAdapter(ModelAdapter):
 
     @property
     def sites(self) -> list[str]:
-        return list(SITES) + (list(MOE_SITES) if self.spec.router else [])
+        return list(SITES) + list(READ_SITES) + (list(MOE_SITES) if self.spec.router else [])
 
     # -- where each site lives ----------------------------------------------------------------
     def _mod(self, layer: int, path: str):
@@ -145,6 +145,8 @@ class HFAdapter(ModelAdapter):
             return self._mod(layer, spec.attn), "post_all", (lambda out: out[1]), False
         if name == "resid_mid":  # sequential blocks only (parallel ones derive it): what the MLP (norm) reads
             return self._mod(layer, spec.mlp_in or spec.mlp), "pre", (lambda x: x), False
+        if name == "mlp_in":     # the MLP module's own input: the pre-MLP norm's output
+            return self._mod(layer, spec.mlp), "pre", (lambda x: x), False
         if name == "router":
             try:
                 module = self._mod(layer, spec.router or "<none>")
@@ -211,7 +213,7 @@ class HFAdapter(ModelAdapter):
     def capture_batch(self, ids, site):
         (s,) = parse_sites(site, self.n_layers)
         ids = torch.as_tensor(ids).long()
-        if (s.name == "resid_mid" and self.parallel) or s.name == "router" or ids.ndim != 2:
+        if (s.name == "resid_mid" and self.parallel) or s.name in ("router", "mlp_in") or ids.ndim != 2:
             return super().capture_batch(ids, site)  # derived / flattened over the batch / a shape error
         module, kind, view, _ = self._tap(s.layer, s.name)
         store = {}

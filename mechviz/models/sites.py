@@ -17,6 +17,8 @@ site                    shape                 meaning
 ``attn_out.L``          ``[T, d]``            attention block output added to the residual stream
 ``resid_mid.L``         ``[T, d]``            ``resid_pre + attn_out`` (what the MLP reads unless the
                                               block is parallel, as in GPT-NeoX/Pythia)
+``mlp_in.L``            ``[T, d]``            the MLP's input: the pre-MLP norm's output, its affine
+                                              weights included (read-only; what a transcoder reads)
 ``mlp_out.L``           ``[T, d]``            MLP output added to the residual stream
 ``resid_post.L``        ``[T, d]``            residual stream leaving block ``L``
 ======================  ====================  ======================================================
@@ -65,8 +67,13 @@ assert TL_HOOKS.keys() == SITES.keys()
 #: Sites only some blocks have (read-only; not in :data:`SITES`, which every model has): the router
 #: logits of a mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, gpt-oss), one row per token.
 MOE_SITES: dict[str, str] = {"router": "router logits of a mixture-of-experts MLP [T, n_experts] (read-only)"}
+#: Read-only sites every HuggingFace model has but patching does not edit: the MLP's input (the pre-MLP
+#: norm's output with its affine weights: what the MLP and a per-layer transcoder read). TransformerLens 3
+#: has no hook for it (``ln2.hook_normalized`` is before the norm's weights); TransformerLens 4 calls it
+#: ``blocks.L.mlp.hook_in``.
+READ_SITES: dict[str, str] = {"mlp_in": "the MLP's input, the pre-MLP norm's output [T, d] (read-only)"}
 #: Every site name in forward order (the order :func:`parse_sites` returns).
-_ORDER = [*list(SITES)[:8], *MOE_SITES, *list(SITES)[8:]]
+_ORDER = [*list(SITES)[:8], *READ_SITES, *MOE_SITES, *list(SITES)[8:]]
 #: TransformerLens 4 ``TransformerBridge`` canonical hook names for each site (format with the layer). The
 #: bridge also answers to the 3.x names of :data:`TL_HOOKS`, as aliases of these same hook points
 #: (``blocks.L.hook_resid_pre`` is ``blocks.L.hook_in``, ``blocks.L.attn.hook_z`` is
@@ -107,7 +114,7 @@ def n_site_heads(adapter, name: str) -> int:
 def site_width(adapter, name: str) -> int | None:
     """The per-token width of site ``name`` (head sites flattened over heads); None for
     ``attn_pattern``, which is not a per-token vector."""
-    if name in RESID_SITES:
+    if name in RESID_SITES or name in READ_SITES:
         return adapter.d_model
     if name in HEAD_SITES:
         return n_site_heads(adapter, name) * adapter.d_head
@@ -155,7 +162,7 @@ def parse_sites(spec, n_layers: int) -> list[Site]:
         if name not in _ORDER:
             close = difflib.get_close_matches(str(name), _ORDER, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise SiteError(f"unknown site {name!r}.{hint} Known sites: {', '.join(SITES)} "
+            raise SiteError(f"unknown site {name!r}.{hint} Known sites: {', '.join(SITES)}, {', '.join(READ_SITES)} "
                             f"(and {', '.join(MOE_SITES)} in mixture-of-experts models).")
         layers = range(n_layers) if layer is None else [int(layer)]
         for lay in layers:

@@ -53,6 +53,10 @@ class HookNameAdapter(ModelAdapter):
                          f"({self.name}; attn_only={self.model.cfg.attn_only})")
 
     def _hook_name(self, name: str, layer: int) -> str:
+        if name not in self.HOOKS:
+            raise SiteError(f"site {name}.{layer} is not read from {type(self).__name__} models: TransformerLens 3 has no "
+                            "hook for the MLP's input after its norm's weights (ln2.hook_normalized comes before "
+                            "them); load the model with HuggingFace (mechviz.Lab(hf_model, tokenizer)) to read it")
         hook = self.HOOKS[name].format(layer=layer)
         if name == "resid_mid" and self.parallel:
             raise SiteError(f"site resid_mid.{layer} has no hook in a parallel block ({self.name}): both norms read "

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..models.sites import TL_HOOKS
+from ..models.sites import TL4_HOOKS, TL_HOOKS
 from .sae import SAE, SAEError
 
 #: SAELens architecture -> (mechviz encoder, kind)
@@ -38,9 +38,11 @@ BATCH_TOPK = ("batchtopk", "matryoshka_batchtopk")
 _WEIGHT_KEYS = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "scaling_factor",
                 "finetuning_scaling_factor", "W_skip", "b_gate", "r_mag", "b_mag", "topk_threshold"}
 
-#: TransformerLens hook name pattern -> canonical site name, built from sites.TL_HOOKS (the one place)
+#: TransformerLens hook name pattern -> canonical site name, built from sites.TL_HOOKS and TL4_HOOKS (the one
+#: place); TransformerLens 4 names the MLP's input ``blocks.L.mlp.hook_in``
 _HOOK_PATTERNS = [(re.compile("^" + re.escape(tmpl).replace(re.escape("{layer}"), r"(\d+)") + "$"), name)
-                  for name, tmpl in TL_HOOKS.items()]
+                  for hooks in (TL_HOOKS, TL4_HOOKS, {"mlp_in": "blocks.{layer}.mlp.hook_in"})
+                  for name, tmpl in hooks.items()]
 
 
 def hook_to_site(hook_name: str | None) -> str | None:
