@@ -106,7 +106,6 @@ def save_transcoder(weights: dict, k: int, L: int, T: int, path: Path):
     md.model_name, md.hook_name, md.hook_head_index = zoo.MODEL_NAME, MLP_IN_HOOK.format(L=L), None
     md.hook_name_out, md.hook_head_index_out = MLP_OUT_HOOK.format(L=L), None
     md.prepend_bos, md.context_size, md.dataset_path = True, T, DATASET
-    md.model_from_pretrained_kwargs = {"fold_ln": False}
     md.mechviz_site, md.mechviz_site_out = f"mlp_in.{L}", f"mlp_out.{L}"
     md.mechviz_note = TC_NOTE.format(L=L, k=k)
     md.mechviz_trained_k = k
