@@ -125,13 +125,29 @@ def train_topk(dic: TopKTrainer, x: torch.Tensor, y: torch.Tensor | None, *, lr:
     """Train ``dic`` to map ``x`` to ``y`` (``y=None``: reconstruct ``x``) with Adam on the MSE
     normalised by the target's variance, plus the AuxK loss (the top ``2k`` latents among those that
     have not fired for ``dead_steps`` steps predict the residual), linear LR decay over the last 20%,
-    decoder rows renormalised to unit norm after every step. ``x``/``y`` are already shuffled."""
+    decoder rows renormalised to unit norm after every step. ``x``/``y`` are already shuffled.
+
+    A transcoder starts from data: latent i's encoder is the centred input of a random training token
+    and its decoder that token's centred target, the encoder scaled so the first outputs are about the
+    target's size and ``b_enc`` centring the input (with random directions half of the layer-1
+    transcoder's latents never fired: 64% dead on held-out after 194 steps, 22% with this init)."""
     y = x if y is None else y
-    if dic.transcoder:  # scale the encoder so the first reconstructions are about the target's size
+    if dic.transcoder:  # data init, encoder scaled so the first outputs are about the target's size, centred
         with torch.no_grad():
-            f = dic.encode(x[:4096])
+            # every latent starts as one training token: encoder = its centred input, decoder = its centred
+            # target (random directions in two unrelated spaces leave most latents dead)
+            xm, ym = x[:65536].mean(0), y[:65536].mean(0)
+            pick = torch.randint(0, min(65536, x.shape[0]), (dic.W_enc.shape[1],))
+            xe, yd = x[pick] - xm, y[pick] - ym
+            dic.W_enc.copy_((xe / xe.norm(dim=1, keepdim=True).clamp_min(1e-8)).T)
+            dic.W_dec.copy_(yd / yd.norm(dim=1, keepdim=True).clamp_min(1e-8))
+            dic.b_enc.zero_()
+            f = dic.encode(x[:4096] - xm)
             s = (y[:4096] - dic.b_dec).norm(dim=-1).mean() / (f @ dic.W_dec).norm(dim=-1).mean().clamp_min(1e-8)
             dic.W_enc.mul_(s)
+            # the input (ln_2's output) is far from centred: without this, the latents whose encoder
+            # happens to point along its mean win every top-k and most others never fire
+            dic.b_enc.copy_(-(xm @ dic.W_enc))
     opt = torch.optim.Adam(dic.parameters(), lr=lr, betas=(0.9, 0.999))
     N = x.shape[0]
     steps = epochs * (N // batch)

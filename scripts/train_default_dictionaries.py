@@ -222,13 +222,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--layers", default="", help="comma-separated layers (default: all)")
     ap.add_argument("--kinds", default="sae,transcoder")
+    ap.add_argument("--sae-layers", default="", help="comma-separated layers to train SAEs for (default: --layers)")
     ap.add_argument("--retrain-layer1-sae", action="store_true",
                     help="train saes/resid_post.1 instead of copying the bundled sae/")
     ap.add_argument("--d-sae", type=int, default=1024)
     ap.add_argument("--k", type=int, default=24)
-    ap.add_argument("--tokens", type=int, default=400_000)
+    ap.add_argument("--tokens", type=int, default=800_000)
     ap.add_argument("--sae-epochs", type=int, default=3)
-    ap.add_argument("--tc-epochs", type=int, default=3)
+    ap.add_argument("--tc-epochs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--aux", type=float, default=1 / 32)
@@ -246,6 +247,7 @@ def main(argv=None):
     T, bos = model.config.n_positions, tok.bos_token_id
     layers = [int(v) for v in args.layers.split(",")] if args.layers else list(range(model.config.n_layer))
     kinds = set(args.kinds.split(","))
+    sae_layers = [int(v) for v in args.sae_layers.split(",")] if args.sae_layers else layers
     docs = load_corpora(Path(args.corpus_dir))
     held_x = windows(encode_docs(tok, [t for _s, t, h in docs if h]), T, bos)
 
@@ -259,7 +261,7 @@ def main(argv=None):
         acts = {s: a[perm] for s, a in acts.items()}
         log(f"collected in {time.time() - t0:.0f}s")
         for L in layers:
-            if "sae" in kinds:
+            if "sae" in kinds and L in sae_layers:
                 if L == 1 and not args.retrain_layer1_sae:
                     dst = sae_dir(out, 1)
                     if dst.exists():
