@@ -13,6 +13,8 @@ corpora (every 20th Brown file, every 40th KJV chapter, every 20th pydoc topic; 
 * SAE explained variance / mean L0 / dead fraction on held-out activations (BOS excluded);
 * a fixed held-out text snippet (``default/heldout_sample.txt``) with its SAE stats, which
   ``tests/test_zoo.py`` recomputes;
+* the per-layer SAEs and transcoders (``default/saes``, ``default/transcoders``), measured by
+  ``train_default_dictionaries.measure`` (keys ``saes``, ``transcoders``);
 * top-activating held-out contexts for SAE features; the hand-picked interpretable ones
   (``FEATURE_NOTES`` below, chosen by inspecting ``--dump-features`` output) are recorded.
 
@@ -234,6 +236,15 @@ def main(argv=None):
         },
         "sizes": sizes,
     }
+    # ---- the per-layer dictionaries (scripts/train_default_dictionaries.py), if shipped
+    if zoo.SAES_DIR.exists() or zoo.TRANSCODERS_DIR.exists():
+        from train_default_dictionaries import measure as measure_dictionaries, print_table
+
+        dic = measure_dictionaries(model, tok, x, zoo.DEFAULT_DIR, range(cfg.n_layer))
+        metrics.update(dic)
+        for sub in (zoo.SAES_DIR, zoo.TRANSCODERS_DIR):
+            sizes[f"{sub.name}_dir_bytes"] = sum(p.stat().st_size for p in sub.rglob("*") if p.is_file())
+        print_table(dic)
     if not args.no_write:
         zoo.METRICS_PATH.write_text(json.dumps(metrics, indent=1))
 

@@ -77,11 +77,10 @@ from mechviz.zoo.metrics import (  # noqa: E402
     site_to_hook_name,
 )
 
+sys.path.insert(0, str(REPO / "scripts"))
+from dictionary_training import TopKTrainer, log, sample_windows, train_topk  # noqa: E402
+
 EOT = "<|endoftext|>"
-
-
-def log(*a):
-    print(time.strftime("%H:%M:%S"), *a, flush=True)
 
 
 # =============================================================================== corpora
@@ -355,26 +354,9 @@ def train_lm(args, stream, held, vocab_size, bos, device, work: Path):
 
 
 # =============================================================================== SAE
-class TopKSAETrainer(torch.nn.Module):
-    """Same parametrisation as sae_lens' TopKSAE (apply_b_dec_to_input=True)."""
-
-    def __init__(self, d_in, d_sae, k, init_bdec):
-        super().__init__()
-        W = torch.randn(d_in, d_sae)
-        W = W / W.norm(dim=0, keepdim=True)
-        self.W_dec = torch.nn.Parameter(W.T.clone())
-        self.W_enc = torch.nn.Parameter(W.clone())
-        self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = torch.nn.Parameter(init_bdec.clone())
-        self.k = k
-
-    def encode(self, x):
-        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
-        v, i = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, i, v.relu())
-
-    def decode(self, f):
-        return f @ self.W_dec + self.b_dec
+# The TopK trainer (with AuxK), the window sampler and the activation collector are shared with
+# scripts/train_default_dictionaries.py (one SAE and one transcoder per layer): scripts/dictionary_training.py.
+TopKSAETrainer = TopKTrainer
 
 
 def train_sae(args, model, stream, vocab_size, bos, device, out_dir: Path):
@@ -382,57 +364,16 @@ def train_sae(args, model, stream, vocab_size, bos, device, out_dir: Path):
 
     torch.manual_seed(args.seed + 1)
     T = args.seq_len
-    n_seq = args.sae_tokens // (T - 1)
-    rng = np.random.default_rng([args.seed, 999])
-    offs = rng.integers(0, len(stream) - T, size=n_seq)
-    x = np.empty((n_seq, T), dtype=np.int64)
-    x[:, 0] = bos
-    for i, o in enumerate(offs):
-        x[i, 1:] = stream[o : o + T - 1]
-    log(f"collecting {args.sae_site} activations for {n_seq * (T - 1)} tokens ...")
-    acts = resid_activations(model, torch.from_numpy(x), args.sae_site, batch_size=32)[:, 1:]
+    x = sample_windows(stream, args.sae_tokens, T, bos, args.seed)
+    log(f"collecting {args.sae_site} activations for {x.shape[0] * (T - 1)} tokens ...")
+    acts = resid_activations(model, x, args.sae_site, batch_size=32)[:, 1:]
     acts = acts.reshape(-1, acts.shape[-1]).to(device)
     acts = acts[torch.randperm(acts.shape[0], generator=torch.Generator().manual_seed(args.seed))]
     d_in = acts.shape[1]
     d_sae = d_in * args.sae_expansion
-    sae = TopKSAETrainer(d_in, d_sae, args.sae_k, acts.median(0).values.cpu()).to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=args.sae_lr, betas=(0.9, 0.999))
-    N = acts.shape[0]
-    bs = args.sae_batch
-    steps = args.sae_epochs * (N // bs)
-    last_fire = torch.zeros(d_sae, dtype=torch.long, device=device)
-    var = ((acts - acts.mean(0)) ** 2).sum(-1).mean()
-    for s in range(steps):
-        lr = args.sae_lr * min(1.0, (steps - s) / (0.2 * steps))  # linear decay over last 20%
-        for g in opt.param_groups:
-            g["lr"] = lr
-        j = (s * bs) % (N - bs + 1)
-        xb = acts[j : j + bs]
-        pre = (xb - sae.b_dec) @ sae.W_enc + sae.b_enc
-        v, idx = pre.topk(sae.k, dim=-1)
-        f = torch.zeros_like(pre).scatter(-1, idx, v.relu())
-        xh = f @ sae.W_dec + sae.b_dec
-        mse = ((xh - xb) ** 2).sum(-1).mean()
-        loss = mse / var
-        # AuxK loss (Gao et al. 2024) to revive dead latents
-        fired = (f > 0).any(0)
-        last_fire = torch.where(fired, torch.zeros_like(last_fire), last_fire + 1)
-        dead = last_fire > args.sae_dead_steps
-        if dead.any():
-            kaux = min(int(dead.sum()), 2 * sae.k)
-            pre_d = pre.masked_fill(~dead, -1e9)
-            va, ia = pre_d.topk(kaux, dim=-1)
-            fa = torch.zeros_like(pre).scatter(-1, ia, va.relu())
-            err = (xb - xh).detach()
-            aux = ((fa @ sae.W_dec - err) ** 2).sum(-1).mean() / var
-            loss = loss + args.sae_aux * aux
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            sae.W_dec.data /= sae.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        if s % 500 == 0:
-            log(f"sae step {s}/{steps} fvu {(mse / var).item():.4f} dead {int(dead.sum())}")
+    sae = TopKTrainer(d_in, d_sae, args.sae_k, acts.median(0).values.cpu()).to(device)
+    train_topk(sae, acts, None, lr=args.sae_lr, epochs=args.sae_epochs, batch=args.sae_batch,
+               aux=args.sae_aux, dead_steps=args.sae_dead_steps)
     cfg = TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=args.sae_k, dtype="float32", device="cpu")
     cfg.metadata.model_name = "mechviz-default"
     cfg.metadata.hook_name = site_to_hook_name(args.sae_site)

@@ -4,6 +4,9 @@
 its ByteLevel BPE tokenizer and a TopK SAE (SAELens on-disk format) on one residual-stream
 site, all trained from scratch by ``scripts/train_default_model.py`` on offline corpora
 (Brown corpus, King James Bible, Python's pydoc topics; see ``default/LICENSES.md``).
+``default/saes/resid_post.<L>`` (a TopK SAE per layer; ``resid_post.1`` is ``default/sae``) and
+``default/transcoders/mlp.<L>`` (a per-layer JumpReLU transcoder from the MLP's input, ``ln_2``'s
+output, to ``mlp_out.<L>``), SAELens 6 folders, are trained by ``scripts/train_default_dictionaries.py``.
 Quality numbers are in ``default/metrics.json`` (``scripts/measure_default_model.py``).
 
 This module does not import torch/transformers at import time.
@@ -18,6 +21,10 @@ from pathlib import Path
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 MODEL_DIR = DEFAULT_DIR / "model"
 SAE_DIR = DEFAULT_DIR / "sae"
+#: one TopK SAE per layer: ``SAES_DIR / "resid_post.<L>"``
+SAES_DIR = DEFAULT_DIR / "saes"
+#: one per-layer transcoder per layer (reads ``ln_2``'s output, writes ``mlp_out.<L>``): ``TRANSCODERS_DIR / "mlp.<L>"``
+TRANSCODERS_DIR = DEFAULT_DIR / "transcoders"
 METRICS_PATH = DEFAULT_DIR / "metrics.json"
 
 #: the bundled model's name: what its SAE's config records as ``model_name``, and what
@@ -32,6 +39,8 @@ __all__ = [
     "DEFAULT_DIR",
     "MODEL_DIR",
     "SAE_DIR",
+    "SAES_DIR",
+    "TRANSCODERS_DIR",
     "METRICS_PATH",
     "MODEL_NAME",
     "DEFAULT_SAE_SITE",
