@@ -111,12 +111,17 @@ class Lab(LivePasses):
         return str(describe(self.model))
 
     @classmethod
-    def default(cls, prompt: str = DEFAULT_PROMPT, sae: bool = True, **kwargs) -> "Lab":
-        """A Lab on mechviz's bundled model and (``sae=True``) its SAE, offline (see :mod:`mechviz.zoo`)."""
-        from .zoo import SAE_DIR, load_default_model
+    def default(cls, prompt: str = DEFAULT_PROMPT, sae: bool | str = True, **kwargs) -> "Lab":
+        """A Lab on mechviz's bundled model, offline (see :mod:`mechviz.zoo`), with its dictionaries:
+        ``sae=True`` the SAE on ``resid_post.1``; ``"layers"`` an SAE on every layer's ``resid_post`` (the
+        first shown); ``"all"`` those and a transcoder per layer (``mlp_in.L -> mlp_out.L``); False none."""
+        from .zoo import dictionary_dirs, load_default_model
 
+        if sae not in (True, False, "layers", "all"):
+            raise ValueError(f"sae= takes True, False, 'layers' or 'all', not {sae!r}")
         model, tokenizer = load_default_model()
-        return cls(model, tokenizer, prompt=prompt, sae=SAE_DIR if sae else None, **kwargs)
+        chosen = {True: "default", False: None}.get(sae, sae)
+        return cls(model, tokenizer, prompt=prompt, sae=dictionary_dirs(chosen) if chosen else None, **kwargs)
 
     @property
     def sae(self):

@@ -107,3 +107,21 @@ def test_compare_shares_the_dictionaries(lab):
     assert a.dictionary == b.dictionary == "resid_post.2"
     lab.selection.dictionary = "resid_post.1"
     assert b.dictionary == "resid_post.1" and b.result.sae_label.startswith("resid_post.1")
+
+
+def test_the_bundled_model_with_a_dictionary_per_layer():
+    lab = mechviz.Lab.default(prompt=PROMPT, sae="all")
+    assert list(lab.saes) == [f"resid_post.{i}" for i in range(4)] + [f"mlp_in.{i} -> mlp_out.{i}" for i in range(4)]
+    assert lab.selection.dictionary == "resid_post.0"
+    view = lab.features()
+    lab.selection.dictionary = "mlp_in.2 -> mlp_out.2"
+    tc = lab.saes["mlp_in.2 -> mlp_out.2"]
+    assert view.result.sae_label == "mlp_in.2 -> mlp_out.2 · jumprelu transcoder · 1024 features"
+    run = lab.run(capture=["mlp_in.2", "mlp_out.2"])
+    np.testing.assert_allclose(view.result.acts, feature_activations(tc, run)[:, view.result.features], atol=1e-5)
+    with torch.no_grad():
+        y = run["mlp_out.2"]
+        want = ((y - tc.forward(run["mlp_in.2"])).norm(dim=-1) / y.norm(dim=-1)).numpy()
+    np.testing.assert_allclose(view.result.recon_error, want, rtol=1e-4)
+    with pytest.raises(ValueError, match="sae= takes True, False, 'layers' or 'all'"):
+        mechviz.Lab.default(sae="every")

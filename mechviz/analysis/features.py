@@ -233,4 +233,11 @@ def feature_summary(sae: SAE, adapter, run: Run, base: Run | None = None, n: int
         effect_val=np.array([[e.promoted_values, e.suppressed_values] for e in eff], np.float32).reshape(F, 2, kk),
         next_strs=np.array([adapter.to_str_tokens(torch.from_numpy(t)) for t in top], dtype=object),
         next_prob=np.stack([p[t] for p, t in zip(rows, top)]).astype(np.float32),
-        recon_error=err, sae_label=f"{sae.site} · {sae.architecture} · {sae.d_sae} features", steering=steering)
+        recon_error=err, sae_label=_label(sae), steering=steering)
+
+
+def _label(sae: SAE) -> str:
+    """How a view names a dictionary: site(s), architecture, kind, width."""
+    where = f"{sae.site} -> {sae.site_out}" if sae.is_transcoder else sae.site
+    kind = f" {sae.kind.replace('_', ' ')}" if sae.is_transcoder else ""
+    return f"{where} · {sae.architecture}{kind} · {sae.d_sae} features"

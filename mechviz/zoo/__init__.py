@@ -41,6 +41,7 @@ __all__ = [
     "SAE_DIR",
     "SAES_DIR",
     "TRANSCODERS_DIR",
+    "dictionary_dirs",
     "METRICS_PATH",
     "MODEL_NAME",
     "DEFAULT_SAE_SITE",
@@ -52,6 +53,23 @@ __all__ = [
 
 
 BACKENDS = ("hf", "transformer_lens")
+N_LAYERS = 4
+
+
+def dictionary_dirs(which: str = "default") -> list[Path]:
+    """The bundled dictionaries' folders: ``"default"`` the SAE on ``resid_post.1``; ``"layers"`` an SAE per
+    layer (``resid_post.0..3``); ``"transcoders"`` a transcoder per layer (``mlp_in.L -> mlp_out.L``);
+    ``"all"`` the SAEs then the transcoders.
+
+    >>> [p.name for p in dictionary_dirs("all")]
+    ['resid_post.0', 'resid_post.1', 'resid_post.2', 'resid_post.3', 'mlp.0', 'mlp.1', 'mlp.2', 'mlp.3']
+    """
+    layers = [SAES_DIR / f"resid_post.{layer}" for layer in range(N_LAYERS)]
+    transcoders = [TRANSCODERS_DIR / f"mlp.{layer}" for layer in range(N_LAYERS)]
+    table = {"default": [SAE_DIR], "layers": layers, "transcoders": transcoders, "all": layers + transcoders}
+    if which not in table:
+        raise ValueError(f"which must be one of {', '.join(map(repr, table))}, not {which!r}")
+    return table[which]
 
 
 def load_default_model(device: str = "cpu", attn_implementation: str | None = None, backend: str = "hf"):
