@@ -164,13 +164,9 @@ def _title(view_cls) -> str:
 def _twin(lab: Lab, prompt: str) -> Lab:
     """A Lab for prompt B on ``lab``'s model: the same adapter, lock (one pass at a time), dictionaries and
     selection (a pick in any view of either shows in both)."""
-    b = Lab(lab.model, prompt=prompt, threads=lab.threads)
+    b = Lab(lab.model, prompt=prompt, threads=lab.threads, selection=lab.selection)
     b.lock = lab.lock
     b.saes = lab.saes          # the same dictionaries (one registry)
-    for name, fn in (("feature", b._on_feature_selected), ("dictionary", b._on_dictionary_selected)):
-        b.selection.unobserve(fn, names=name)
-        lab.selection.observe(fn, names=name)
-    b.selection = lab.selection
     b._loop = lab._loop
     return b
 

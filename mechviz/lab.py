@@ -79,14 +79,16 @@ class Lab(LivePasses):
     threads: torch intra-op threads (see :func:`pin_threads`).
     name: the model's name (checked against the SAE's ``model_name``).
     allow_model_mismatch: accept an SAE whose config names another model.
+    selection: another Lab's :class:`~mechviz.widgets.selection.Selection` to share (its views and this
+        Lab's then select together; :class:`mechviz.Compare` does this).
     """
 
     def __init__(self, model, tokenizer=None, *, sae=None, prompt: str = "", threads: int | None = None,
-                 name: str | None = None, allow_model_mismatch: bool = False):
+                 name: str | None = None, allow_model_mismatch: bool = False, selection: Selection | None = None):
         self.model: ModelAdapter = wrap(model, tokenizer, name=name)
         self.threads = pin_threads(threads)
         self.lock = ModelLock()     # one pass at a time; patching jobs step aside between batches
-        self.selection = Selection()  # shared by every view: linked in the browser (survives export)
+        self.selection = selection or Selection()  # shared by every view: linked in the browser (survives export)
         self.selection.observe(self._on_feature_selected, names="feature")
         self.selection.observe(self._on_dictionary_selected, names="dictionary")
         self.saes = Dictionaries()   # the SAEs and transcoders, by name; the selection says which is shown

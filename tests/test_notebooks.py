@@ -46,3 +46,12 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
     assert all((m["state"]["layer"], m["state"]["head"]) == (2, 0) for m in views)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "best induction head: layer 2 head 0" in printed
+    # many dictionaries, the dashboard, steered text and a difference of two prompts, as saved
+    assert "['resid_post.1', 'resid_post.0', 'resid_post.2', 'resid_post.3']" in printed
+    kind = lambda name: [m["state"] for m in state.values() if m["state"].get("_anywidget_id") == name]  # noqa: E731
+    (dash,) = kind("mechviz.widgets.dashboard.DashboardView")
+    assert dash["status"] == "ready" and dash["feature"] >= 0 and dash["dictionary"] == "resid_post.1"
+    assert dash["features"]["shape"][0] >= 1 and "FeatureDashboard(feature" in printed and "Hits(activation on ' the'" in printed
+    (steer,) = kind("mechviz.widgets.generation.SteeringView")
+    assert not steer["busy"] and len(steer["steered_strs"]) == len(steer["base_strs"]) == 12
+    assert sum(m["signed"] for m in (v["state"] for v in views)) == 1     # the A - B attention view

@@ -141,6 +141,20 @@ class DashboardView(View):
         else:
             put()
 
+    async def finished(self, poll: float = 0.05, timeout: float = 600.0) -> "DashboardView":
+        """Wait (``await dash.finished()`` in a cell) until the dictionary's dashboards are computed (or
+        failed). Only needed before saving or exporting a notebook: the work runs in a worker and its result
+        is applied on the kernel's loop, which a blocking wait would stall."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while (self.status == "computing" or (self.status == "" and self.seq == 0)) and loop.time() < end:
+            await asyncio.sleep(poll)
+        await asyncio.sleep(poll)   # the refresh that follows "ready" is applied on the loop
+        self.send_state()            # this cell's output holds the whole state (nbclient records per cell)
+        return self
+
     def __repr__(self) -> str:
         shown = "none" if self.features is None else self.features.tolist()[:5]
         return f"DashboardView(feature={self.feature}, status={self.status!r}, features={shown}, {self.corpus_label})"

@@ -261,6 +261,18 @@ class SteeringView(View):
             with self.hold_sync():
                 self.busy, self.progress = True, text
 
+    async def finished(self, poll: float = 0.05, timeout: float = 600.0) -> "SteeringView":
+        """Wait (``await view.finished()`` in a cell) until the texts are generated. Only needed before saving
+        or exporting a notebook: generation runs off the kernel's loop, which a blocking wait would stall."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while (self.busy or self.seq == 0) and not self.error and loop.time() < end:
+            await asyncio.sleep(poll)
+        self.send_state()   # this cell's output holds the whole state (nbclient records per cell)
+        return self
+
     def figure(self):
         """A matplotlib Figure of the strength sweep (the current value marked)."""
         r = self._need_result()
