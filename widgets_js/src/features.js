@@ -9,7 +9,7 @@ import { outline } from "./lib/heatmap.js";
 import { virtualGrid, VIRTUAL_CSS } from "./lib/virtual.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS, TOKENS_CSS, DETAIL_CSS } from "./lib/base_css.js";
-import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
+import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend, parseFeature, parseValue } from "./lib/view.js";
 
 /**
  * The traits of mechviz/widgets/features.py:FeatureView (the Python <-> JS contract).
@@ -137,19 +137,6 @@ const act = (D, r, c) => D.acts.at(c * D.F + r);
 const vmaxOf = (model) => { const v = model.get("vmax"); return v > 0 ? v : 1; };
 
 // -- steering: one request per click, controls that show what the kernel applied -------------------
-/** A feature id as typed: a non-negative integer, else null. */
-function parseFeature(text) {
-  const t = String(text).trim();
-  const f = /^\d+$/.test(t) ? Number(t) : NaN;
-  return Number.isSafeInteger(f) ? f : null;
-}
-
-/** A steering value as typed: a finite number, else null. */
-function parseValue(text) {
-  const t = String(text).trim();
-  const v = t === "" ? NaN : Number(t);
-  return Number.isFinite(v) ? v : null;
-}
 
 function sendSteer(model, S, request) {
   const id = ((model.get("steer_request") || {}).id | 0) + 1;  // synced: also counts on across page reloads

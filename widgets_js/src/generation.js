@@ -8,7 +8,7 @@ import { traitDecoder } from "./lib/decode.js";
 import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { TOKENS_CSS, DETAIL_CSS } from "./lib/base_css.js";
-import { scaffold, cleanup, stamp, readout } from "./lib/view.js";
+import { scaffold, cleanup, stamp, readout, parseFeature, parseValue } from "./lib/view.js";
 
 /**
  * The traits of mechviz/widgets/generation.py:SteeringView (the Python <-> JS contract). n generated
@@ -78,17 +78,6 @@ const svg = (tag, attrs = {}, text = null) => {
   return el;
 };
 
-function parseFeature(text) {
-  const t = String(text).trim();
-  const f = /^\d+$/.test(t) ? Number(t) : NaN;
-  return Number.isSafeInteger(f) ? f : null;
-}
-
-function parseValue(text) {
-  const t = String(text).trim();
-  const v = t === "" ? NaN : Number(t);
-  return Number.isFinite(v) ? v : null;
-}
 
 /** Send ONE request: the current settings with `patch` applied. */
 function send(model, patch) {

@@ -204,3 +204,17 @@ export function legend(cmap, lo = "", hi = "", title = null) {
   set(cmap, lo, hi, title);
   return { nodes: [loEl, canvas, hiEl], canvas, set };
 }
+
+/** A feature id as typed: a non-negative integer, else null. */
+export function parseFeature(text) {
+  const t = String(text).trim();
+  const f = /^\d+$/.test(t) ? Number(t) : NaN;
+  return Number.isSafeInteger(f) ? f : null;
+}
+
+/** A number as typed (a steering value): a finite number, else null. */
+export function parseValue(text) {
+  const t = String(text).trim();
+  const v = t === "" ? NaN : Number(t);
+  return Number.isFinite(v) ? v : null;
+}
