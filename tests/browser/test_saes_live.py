@@ -123,8 +123,17 @@ def ref_steering() -> dict:
         base, s1 = steered_generation(lab.model, sae, PROMPT, [(f, 10.0)], n=N_GEN, positions="all")
         _, s2 = steered_generation(lab.model, sae, PROMPT, [(f, 20.0)], n=N_GEN, positions="all")
         if base.strs != s1.strs and s1.strs != s2.strs:
+            # a second feature, added in the browser, that changes the text again (steered jointly)
+            for g in ref_features(name)["ids"]:
+                if g == f:
+                    continue
+                _, s3 = steered_generation(lab.model, sae, PROMPT, [(f, 20.0), (g, 10.0)], n=N_GEN, positions="all")
+                if s3.strs != s2.strs:
+                    break
+            else:
+                continue
             _REF["steer"] = {"feature": f, "value": 10.0, "new_value": 20.0, "base": base, "steered": s1,
-                             "new_steered": s2}
+                             "new_steered": s2, "added": g, "both": s3}
             return _REF["steer"]
     pytest.fail("no top feature of the first dictionary changes the continuation at clamp 10 and again at 20")
 
@@ -204,7 +213,9 @@ def _chips(page, column: str) -> list[str]:
     return page.locator(f"{STEER} .mv-gen-{column} .mv-token").all_text_contents()
 
 
-def check_steering(page, base, steered, feature: int, value: float):
+def check_steering(page, base, steered, specs: list[tuple[int, float]]):
+    """The steering view shows ``steered_generation``'s unsteered and steered continuations (token texts
+    and probabilities) for ``specs`` [(feature, clamp value)], listed in its table."""
     assert page.locator(STEER).get_attribute("data-busy") == "false"
     assert _chips(page, "base") == list(base.strs)
     assert _chips(page, "steered") == list(steered.strs)
@@ -212,9 +223,26 @@ def check_steering(page, base, steered, feature: int, value: float):
     probs = [float(x) for x in page.locator(f"{STEER} .mv-gen-steered .mv-token").evaluate_all(
         "els => els.map(e => e.dataset.prob)")]
     assert probs == pytest.approx([float(p) for p in steered.probs], abs=1e-3)
-    assert page.locator(f"{STEER} tr.mv-spec").evaluate_all("els => els.map(e => e.dataset.feature)") == [str(feature)]
-    assert page.locator(f"{STEER} input.mv-spec-value").input_value() == str(value).removesuffix(".0")
+    assert page.locator(f"{STEER} tr.mv-spec").evaluate_all("els => els.map(e => e.dataset.feature)") == \
+        [str(f) for f, _ in specs]
+    values = [page.locator(f"{STEER} input.mv-spec-value").nth(i).input_value() for i in range(len(specs))]
+    assert values == [f"{v:g}" for _, v in specs]
     assert page.locator(STEER).get_attribute("data-steering") == steered.steering
+
+
+def _wait_steered(page, want, what: str):
+    try:
+        page.wait_for_function("([sel, want]) => JSON.stringify(Array.from(document.querySelectorAll(sel), "
+                               "(e) => e.textContent)) === want",
+                               arg=[f"{STEER_DOM} .mv-gen-steered .mv-token",
+                                    json.dumps(list(want.strs), separators=(",", ":"), ensure_ascii=False)],
+                               timeout=60_000)
+    except Exception:
+        pytest.fail(f"{what}: steered text {_chips(page, 'steered')} (want {want.strs}); "
+                    f"busy {page.locator(STEER).get_attribute('data-busy')}, "
+                    f"messages {page.locator(f'{STEER} .mv-steer-msg, {STEER} .mv-error').all_text_contents()}, "
+                    f"kernel {_kernel_print(page, 'print(steer.request, steer.specs, steer.error)')}")
+    page.wait_for_selector(f'{STEER}[data-busy="false"]', timeout=30_000)
 
 
 def _click_row(page, feature: int):
@@ -298,7 +326,7 @@ def test_sae_views_live(saes_lab, artifacts):
     check_menu(page, names)
     check_features(page, first)
     # the steering view shows steered_generation's continuations
-    check_steering(page, st["base"], st["steered"], st["feature"], st["value"])
+    check_steering(page, st["base"], st["steered"], [(st["feature"], st["value"])])
     page.locator(".jp-Notebook:visible").first.screenshot(path=str(artifacts / "lab_saes.png"))
 
     # (2) a feature row clicked in the feature view opens that feature in the dashboard view
@@ -329,28 +357,28 @@ def test_sae_views_live(saes_lab, artifacts):
     page.wait_for_selector(f'{FEAT}[data-feature="{hit}"]', timeout=30_000)
     out = _kernel_until(page, "print(lab.selection.feature, feat.feature)", f"{hit} {hit}")
     assert out == f"{hit} {hit}", out
+    print(f"search hit {hit} {'fetched from the kernel' if hit not in payload else 'already in the payload'}")
     if hit not in payload:   # the feature view took it in as a row too (a kernel round-trip)
         page.wait_for_selector(f'{FEAT} .mv-rowlabel[data-feature="{hit}"]', timeout=30_000)
     page.locator(".jp-Notebook:visible").first.screenshot(path=str(artifacts / "lab_saes_search.png"))
 
-    # (4) a steering value edited in the browser regenerates the steered text: steered_generation's
+    # (4) a steering value edited in the browser, then a feature added there, regenerate the steered
+    # text: steered_generation's for those specs
+    f, v2, g = st["feature"], st["new_value"], st["added"]
     value = page.locator(f"{STEER} input.mv-spec-value")
-    value.fill(f"{st['new_value']:g}")
+    value.fill(f"{v2:g}")
     value.press("Tab")   # the change event
     t1 = time.monotonic()
-    try:
-        page.wait_for_function("([sel, want]) => JSON.stringify(Array.from(document.querySelectorAll(sel), "
-                               "(e) => e.textContent)) === want",
-                               arg=[f"{STEER_DOM} .mv-gen-steered .mv-token", json.dumps(list(st["new_steered"].strs), separators=(",", ":"), ensure_ascii=False)],
-                               timeout=60_000)
-    except Exception:
-        pytest.fail(f"steered text {_chips(page, 'steered')} (want {st['new_steered'].strs}); "
-                    f"value {value.input_value()!r}, busy {page.locator(STEER).get_attribute('data-busy')}, "
-                    f"messages {page.locator(f'{STEER} .mv-steer-msg, {STEER} .mv-error').all_text_contents()}, "
-                    f"kernel {_kernel_print(page, 'print(steer.request, steer.specs, steer.error)')}")
-    page.wait_for_selector(f'{STEER}[data-busy="false"]', timeout=30_000)
+    _wait_steered(page, st["new_steered"], "value edited")
     print(f"steering value edited -> text regenerated in {time.monotonic() - t1:.1f}s")
-    check_steering(page, st["base"], st["new_steered"], st["feature"], st["new_value"])
+    check_steering(page, st["base"], st["new_steered"], [(f, v2)])
+    page.locator(f"{STEER} input.mv-add-feature").fill(str(g))
+    page.locator(f"{STEER} input.mv-add-value").fill("10")
+    page.locator(f"{STEER} select.mv-add-mode").select_option("clamp")
+    page.locator(f"{STEER} button.mv-add").click()
+    _wait_steered(page, st["both"], "feature added")
+    check_steering(page, st["base"], st["both"], [(f, v2), (g, 10.0)])
+    assert page.locator(f"{STEER} svg.mv-sweep").get_attribute("data-feature") == str(g)   # the added one is swept
 
     # (5) another dictionary chosen in the menu: the feature view shows its features, the kernel's
     # selection follows, and a feature row clicked there opens that dictionary's dashboard
@@ -406,7 +434,7 @@ def test_sae_views_static_export(page, exported, artifacts):
     # the same values as live, from saved state alone
     check_menu(page, names)
     check_features(page, first)
-    check_steering(page, st["base"], st["steered"], st["feature"], st["value"])
+    check_steering(page, st["base"], st["steered"], [(st["feature"], st["value"])])
     assert page.locator(f'{DASH}[data-shown=""]').count() == 1   # nothing selected yet
     page.screenshot(path=str(artifacts / "static_saes.png"), full_page=True)
 
