@@ -57,6 +57,8 @@ const CSS = `
 .mechviz-dashboard .mv-search input{width:9em}
 .mechviz-dashboard .mv-hits button{margin:1px;font-family:var(--jp-code-font-family,monospace)}
 .mechviz-dashboard progress{width:200px}
+/* k = 10 and more tokens per list: room for a two-digit marker ("10.") */
+.mechviz-dashboard .mv-effects ol{padding-left:32px}
 `;
 
 const at2 = (arr, n, i, stride) => arr.at(n * stride + i);
