@@ -39,8 +39,8 @@ class AttentionView(View):
     attention; the view draws the window's edge) and ``kv_heads`` (key/value heads: with grouped-query
     attention, each group of ``heads / kv_heads`` query heads shares one).
     ``signed``: the pattern is a difference of two prompts' patterns, in [-1, 1] (see
-    :class:`mechviz.Compare`), drawn on a diverging scale; its bytes hold ``128 + round(127 v)`` and its
-    thumbnails keep each bin's value furthest from 0.
+    :class:`mechviz.Compare`), drawn on a diverging scale from ``-m`` to ``+m`` (``m``: the shown layer's largest
+    ``|v|``); its bytes hold ``128 + round(127 v)`` and its thumbnails keep each bin's value furthest from 0.
 
     Example
     -------

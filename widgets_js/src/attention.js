@@ -50,7 +50,7 @@ const CSS = `
 // the token strip under it (2,048 shaded spans), which cost every other frame at long prompts
 
 const LEGEND = { blues: "attention weight: 0 (white) to 1 (dark blue)",
-  rdbu: "difference of attention weights (A - B): -1 (blue) to +1 (red), 0 white" };
+  rdbu: "difference of attention weights (A - B): blue negative, red positive, 0 white; the ends are this layer's largest |difference|" };
 const ZOOM_PX = 440;   // target size of the zoomed head
 const ZOOM_MAX = 1024; // the zoomed head's canvas never exceeds this (long prompts: fractional cells)
 const LABEL_PX = 84;   // room for token labels
@@ -115,6 +115,17 @@ const valueAt = (D, src, i, j) => {
 // how much a drawn value stands out: a difference by its size, a weight by itself
 const salience = (D, v) => (D.signed ? Math.abs(v) : v);
 const CMAP = (D) => (D.signed ? "rdbu" : "blues");
+// a difference is coloured on -m..+m, m the layer's largest |difference| (its overview holds every head's
+// extremes): typical differences of 0.1 would be pale on -1..+1
+function signedScale(D, layer) {
+  const n = D.nH * D.S * D.S, raw = D.ov.raw;
+  let m = 1;
+  for (let i = layer * n, e = i + n; i < e; i++) m = Math.max(m, Math.abs(raw[i] - 128));
+  return m / 127;
+}
+// heatmap options: weights as they are; differences (bytes 128 + 127 v, decoded as b / 255) on -m..+m
+const heatOpts = (D, m) => (D.signed ? { cmap: "rdbu", vmin: (128 - 127 * m) / 255, vmax: (128 + 127 * m) / 255 }
+  : { cmap: "blues" });
 
 // the zoomed head as drawn on P x P pixels: pooled once per (data, layer, head, P) and kept (not per draw)
 function pooledHead(S, src, layer, head, P) {
@@ -270,7 +281,7 @@ function drawLabels(el, ui, S) {
 // the token strip shaded by the attention the selected destination token pays to each source token
 function shadeTokens(S, src, token) {
   const { T } = S;
-  const key = `${S.seq}|${src.off}|${src.full}|${token}|${S.arr.signed}`;
+  const key = `${S.seq}|${src.off}|${src.full}|${token}|${S.arr.signed}|${S.scale}`;
   if (key === S.shadeKey) return; // 2,048 spans: restyle only when what they show changed
   S.shadeKey = key;
   S.shade = { src, token, T };     // spans still to be built are shaded with it too
@@ -282,7 +293,7 @@ function shadeOne(S, s, j) {
   s.classList.toggle("mv-selected", j === token);
   if (token >= 0 && token < T && j < T) {
     const v = valueAt(S.arr, src, token, j);
-    const rgb = S.arr.signed ? rgbAt(v, "rdbu", -1, 1) : rgbAt(v);
+    const rgb = S.arr.signed ? rgbAt(v, "rdbu", -S.scale, S.scale) : rgbAt(v);
     s.style.background = rgbCss(rgb); s.style.color = textOn(rgb);
     s.dataset.attn = v.toFixed(3);
   } else {
@@ -309,10 +320,13 @@ function draw(model, el, ui, S) {
   ui.zoom.dataset.window = String(w);
 
   const D = S.arr, nS = D.S;
-  ui.leg.set(CMAP(D), D.signed ? "-1" : "0", D.signed ? "+1" : "1", LEGEND[CMAP(D)]);
+  const m = D.signed ? signedScale(D, layer) : 1;
+  S.scale = m;
+  ui.leg.set(CMAP(D), D.signed ? `-${m.toFixed(2)}` : "0", D.signed ? `+${m.toFixed(2)}` : "1", LEGEND[CMAP(D)]);
+  const opts = heatOpts(D, m);
   el.dataset.signed = String(D.signed);
   S.thumbBoxes.forEach(({ box, c }, hd) => {
-    drawHeatmap(c, D.ov, (layer * nH + hd) * nS * nS, nS, nS, 1, { cmap: CMAP(D) });
+    drawHeatmap(c, D.ov, (layer * nH + hd) * nS * nS, nS, nS, 1, opts);
     box.classList.toggle("mv-selected", hd === head);
   });
   S.cell = zoomCell(T);
@@ -327,11 +341,11 @@ function draw(model, el, ui, S) {
   for (const [k, e] of S.pool) if (e.arr !== D.det && e.arr !== D.ov) S.pool.delete(k); // data replaced: let it go
   let ctx;
   if (P < src.n) { // fewer pixels than cells: each pixel the max of the cells it covers
-    ctx = drawHeatmap(ui.zoom, pooledHead(S, src, layer, head, P), 0, P, P, 1, { cmap: CMAP(D) });
+    ctx = drawHeatmap(ui.zoom, pooledHead(S, src, layer, head, P), 0, P, P, 1, opts);
     ui.zoom.dataset.pooled = String(src.n / P);
     ui.zoom.dataset.pools = String(S.pools); // heads pooled so far (a redraw reuses its pooled head)
   } else {
-    ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n, { cmap: CMAP(D) });
+    ctx = drawHeatmap(ui.zoom, src.arr, src.off, src.n, src.n, (T * S.cell) / src.n, opts);
     delete ui.zoom.dataset.pooled;
   }
   drawWindow(ctx, T, S.cell, w);
