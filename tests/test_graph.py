@@ -164,9 +164,15 @@ def test_scores_and_pruning(setup):
     r, c = graph_scores(g)
     assert (r, c) == (g.replacement_score, g.completeness_score)
     assert 0 < r <= 1 and 0 < c <= 1
-    keep = prune(g, 0.8)
-    assert keep[g.n_features:].all() and 0 < keep[:g.n_features].sum() <= g.n_features
-    assert prune(g, 0.5)[:g.n_features].sum() <= keep[:g.n_features].sum()
+    n, nL, nT = len(g.nodes), g.n_logits, g.n_embeds
+    keep, edges = prune(g, 0.8, 0.98)
+    assert keep[n - nL - nT:].all() and 0 < keep[:g.n_features].sum() < g.n_features
+    assert not edges[~keep].any() and not edges[:, ~keep].any() and not edges[g.adjacency == 0].any()
+    assert edges[:, :n - nL - nT].any(0)[keep[:n - nL - nT]].all()  # kept features/errors have an outgoing edge
+    assert edges[:g.n_features].any(1)[keep[:g.n_features]].all()    # kept features have an incoming edge
+    keep2, edges2 = prune(g, 0.5, 0.9)
+    assert keep2[:g.n_features].sum() <= keep[:g.n_features].sum() and edges2.sum() <= edges.sum()
+    assert prune(g, 1.0, 1.0)[0][:g.n_features].sum() >= keep[:g.n_features].sum()
 
 
 def test_given_targets_and_all_features(setup):

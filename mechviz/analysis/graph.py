@@ -31,7 +31,7 @@ norms', attention's, decoders' and encoders' biases) equal its value exactly.
 ``B = N + N^2 + ...``, a node's influence is ``logit_probs @ B``; ``replacement_score`` = influence of
 embeddings / (influence of embeddings + influence of errors); ``completeness_score`` = the share of each
 node's normalised input not from error nodes, averaged with weights ``influence + logit_probs``.
-:func:`prune` keeps the features holding ``node_threshold`` of the total feature influence.
+:func:`prune` is circuit-tracer's node- and edge-threshold pruning on these influences.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Graph:
     frozen: Frozen
     emb: torch.Tensor
     add: torch.Tensor
-    sources: torch.Tensor        # [n_sources, (L?), ...]: each source node's contribution vector
+    sources: torch.Tensor        # [n_features + n_errors + n_embeds, d]: each source node's contribution
     replacement_score: float = float("nan")
     completeness_score: float = float("nan")
 
@@ -118,7 +118,7 @@ def _ln(mod, x):
     return mod.weight.double(), mod.bias.double(), s
 
 
-def _real_run(model, ids: torch.Tensor, transcoders):
+def _real_run(model, ids: torch.Tensor):
     """The real model in float64 from its own modules, recording what the replacement freezes."""
     m = copy.deepcopy(model).double().eval().requires_grad_(False)
     tr, cfg = m.transformer, m.config
@@ -169,7 +169,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         raise ValueError(f"need one plain transcoder per layer ({L}); skip transcoders are not supported")
     ids = adapter.to_tokens(prompt).reshape(-1).cpu()
     T = len(ids)
-    rec, emb, W_U, logits = _real_run(model, ids, transcoders)
+    rec, emb, W_U, logits = _real_run(model, ids)
     tcs = [t.to(dtype=torch.float64) for t in transcoders]
     acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, rec["mlp_in"])])          # [L, T, F]
     keep = acts > 0
@@ -279,15 +279,37 @@ def graph_scores(graph: Graph) -> tuple[float, float]:
     return float(tok / (tok + err)), float((non_err * out).sum() / out.sum())
 
 
-def prune(graph: Graph, node_threshold: float = 0.8) -> np.ndarray:
-    """A node mask ``[n]``: the features whose influence, largest first, adds up to ``node_threshold`` of all
-    features' influence (the feature that crosses it included), plus every error, embedding and logit node."""
-    inf = influence(graph)[:graph.n_features]
-    keep = np.ones(len(graph.nodes), dtype=bool)
-    if graph.n_features:
-        order = np.argsort(-inf)
-        cum = np.cumsum(inf[order]) / max(inf.sum(), 1e-30)
-        cut = int(np.searchsorted(cum, node_threshold)) + 1
-        keep[:graph.n_features] = False
-        keep[order[:cut]] = True
-    return keep
+def _threshold(scores: np.ndarray, frac: float) -> float:
+    """The score above which (inclusive) the largest scores hold ``frac`` of their total."""
+    srt = np.sort(scores.ravel())[::-1]
+    cum = np.cumsum(srt) / max(srt.sum(), 1e-30)
+    return float(srt[min(int(np.searchsorted(cum, frac)), len(srt) - 1)])
+
+
+def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98):
+    """circuit-tracer's ``prune_graph``: ``(node_mask [n], edge_mask [n, n])``. Nodes: those whose influence
+    is among the largest holding ``node_threshold`` of all nodes' influence, plus every embedding and logit
+    node. Edges (of the graph restricted to those nodes): ``N'[i, j] * (influence'[i] + w[i])``, with
+    ``N'``/``influence'`` recomputed on the restricted graph, kept down to ``edge_threshold`` of their total.
+    Then, until nothing changes, feature and error nodes without a kept outgoing edge and features
+    without a kept incoming edge are dropped, with their edges."""
+    if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
+        raise ValueError("node_threshold and edge_threshold must be in [0, 1]")
+    n, nL, nT = len(graph.nodes), graph.n_logits, graph.n_embeds
+    inf = influence(graph)
+    node = inf >= _threshold(inf, node_threshold)
+    node[n - nL - nT:] = True
+    adj = graph.adjacency * node[:, None] * node[None, :]
+    N = normalize(adj)
+    w = np.zeros(n)
+    w[-nL:] = graph.logit_probs
+    edge_scores = N * (influence(graph, N) + w)[:, None]
+    edge = edge_scores >= _threshold(edge_scores, edge_threshold)
+    while True:
+        edge &= node[:, None] & node[None, :]
+        new = node.copy()
+        new[:n - nL - nT] &= edge[:, :n - nL - nT].any(0)
+        new[:graph.n_features] &= edge[:graph.n_features].any(1)
+        if (new == node).all():
+            return node, edge
+        node = new
