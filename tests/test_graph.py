@@ -186,3 +186,15 @@ def test_given_targets_and_all_features(setup):
     with torch.no_grad():
         real = adapter.model(input_ids=torch.tensor(g2.tokens)[None]).logits[0, -1].double()
     assert np.abs(lg.detach().numpy() - (real - real.mean()).numpy()).max() < 1e-4
+
+
+def test_bad_inputs(setup):
+    adapter, tcs, _, _ = setup
+    with pytest.raises(ValueError, match="max_features"):
+        attribution_graph(adapter, tcs, "John gave", max_features=0)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        attribution_graph(adapter, tcs, "John gave", targets=[10 ** 6])
+    with pytest.raises(ValueError, match="distinct"):
+        attribution_graph(adapter, tcs, "John gave", targets=[5, 5])
+    with pytest.raises(ValueError, match="one plain transcoder per layer"):
+        attribution_graph(adapter, tcs[:2], "John gave")

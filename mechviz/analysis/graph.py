@@ -42,6 +42,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .checks import token_id
+
 
 @dataclass
 class Frozen:
@@ -159,14 +161,30 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF GPT-2 model wrapped by
     :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"``
     per layer, ``mlp_in.L -> mlp_out.L``). ``targets``: token ids for the logit nodes (default: the most
-    likely next tokens up to ``prob_mass``, at most ``max_logits``). ``max_features``: keep only that many
-    active features (largest activations; the rest go into the error nodes). See the module docstring."""
+    likely next tokens up to ``prob_mass``, at most ``max_logits``; ids or one-token texts). ``max_features``:
+    keep only that many active features (largest activations, ties at the cut all kept; the rest go into
+    the error nodes). ``batch``: target rows per batched backward pass. ``scores``: compute
+    :func:`graph_scores`. See the module docstring.
+
+    >>> import mechviz, mechviz.zoo
+    >>> from mechviz.saes import load_sae
+    >>> adapter = mechviz.wrap(*mechviz.zoo.load_default_model())
+    >>> tcs = [load_sae(d) for d in mechviz.zoo.dictionary_dirs("transcoders")]
+    >>> g = attribution_graph(adapter, tcs, "John gave a drink to", max_features=50)
+    >>> g.n_features, g.n_errors, g.n_embeds
+    (50, 28, 7)
+    >>> n = len(g.nodes); rows = list(range(g.n_features)) + list(range(n - g.n_logits, n))
+    >>> bool(abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-8)
+    True
+    """
     model = adapter.model
     if model.config.model_type != "gpt2":
         raise NotImplementedError("attribution_graph freezes GPT-2's blocks itself: only model_type 'gpt2'")
     L = model.config.n_layer
     if len(transcoders) != L or any(t.kind != "transcoder" for t in transcoders):
         raise ValueError(f"need one plain transcoder per layer ({L}); skip transcoders are not supported")
+    if max_features is not None and max_features < 1:
+        raise ValueError(f"max_features must be at least 1 (or None for every active feature), got {max_features}")
     ids = adapter.to_tokens(prompt).reshape(-1).cpu()
     T = len(ids)
     rec, emb, W_U, logits = _real_run(model, ids)
@@ -191,7 +209,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         order = probs.argsort(descending=True)
         n = int((probs[order].cumsum(0) < prob_mass).sum()) + 1
         targets = order[:min(n, max_logits)].tolist()
-    targets = [int(t) for t in targets]
+    targets = [token_id(adapter, t, "target") for t in targets]
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be distinct tokens, at least one; got {targets!r}")
 
     # sources: a contribution vector, where it enters (an "add" slot (l, t) or an embedding position)
     src_vec = [acts[l, t, f] * dec[l, f] for l, t, f in feat] + [err[l, t] for l in range(L) for t in range(T)]
