@@ -198,3 +198,17 @@ def test_bad_inputs(setup):
         attribution_graph(adapter, tcs, "John gave", targets=[5, 5])
     with pytest.raises(ValueError, match="one plain transcoder per layer"):
         attribution_graph(adapter, tcs[:2], "John gave")
+
+
+def test_no_active_features(setup):
+    """Transcoders that never fire: everything goes through error nodes, and the decomposition is still exact."""
+    import dataclasses
+
+    adapter, tcs, _, _ = setup
+    dead = [dataclasses.replace(t, threshold=t.threshold + 1e6) for t in tcs]
+    g = attribution_graph(adapter, dead, "John gave a drink to")
+    n = len(g.nodes)
+    assert g.n_features == 0
+    rows = np.arange(n - g.n_logits, n)
+    assert np.abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-6
+    assert 0 <= g.replacement_score < 1

@@ -221,7 +221,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     slot = torch.tensor([l * T + t for l, t, _ in feat] + list(range(L * T)))            # into add [L*T]
 
     # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
-    enc = torch.stack([tcs[l].W_enc[:, f] for l, t, f in feat]) if nF else torch.zeros(0, W_U.shape[1])
+    enc = torch.stack([tcs[l].W_enc[:, f] for l, t, f in feat]) if nF else torch.zeros(0, emb.shape[1], dtype=emb.dtype)
     b_enc = torch.tensor([float(tcs[l].b_enc[f]) for l, t, f in feat], dtype=torch.float64)
     fl = torch.tensor([l * T + t for l, t, _ in feat], dtype=torch.long)
 
