@@ -1,0 +1,335 @@
+"""Attribution graphs over a local replacement model (Ameisen et al. 2025, "Circuit tracing"; the
+open ``circuit-tracer`` library), for a GPT-2-style HF model with one per-layer transcoder per MLP.
+
+**Local replacement model** of one prompt. The real model is run once (in float64, from its own weights);
+then, with every quantity below frozen at its value in that run, the model is linear:
+
+* attention patterns ``A[l]`` (queries and keys frozen: only the value/output path carries signal);
+* every LayerNorm's scale ``s`` (ln_1, ln_2, ln_f): ``LN(x) = w * (x - mean(x)) / s + b``;
+* each MLP is replaced by its transcoder's decoded features plus an **error node** per (layer, position)
+  ``e[l, t] = mlp_out[l, t] - transcoder.forward(mlp_in[l, t])``, so the replacement reproduces the
+  real run exactly (checked: its logits equal the model's);
+* each active feature ``(l, t, f)`` is a node with its activation ``a`` frozen: it writes
+  ``a * W_dec[f]`` at ``mlp_out[l, t]`` and is not recomputed (its nonlinearity is not differentiated).
+
+**Nodes**, in the order of :attr:`Graph.adjacency`'s rows and columns: active features (``a > 0``; the
+``max_features`` largest activations if given; the dropped ones' decoded vectors are added to their
+(layer, position)'s error node so the decomposition stays exact), error nodes ``L * T``, embedding nodes
+``T`` (token + position embedding) and target logits. A logit node's value is the **demeaned** logit
+``logit_c - mean_v logit_v`` (as circuit-tracer), default targets the most probable tokens at the last
+position up to cumulative probability 0.95, at most 10.
+
+**Edges** ``adjacency[target, source]``: the direct linear effect, in the frozen model, of the source's
+contribution (``a * W_dec[f]``, the error vector, the embedding) on the target's value (a feature's
+pre-activation ``W_enc[:, f] . LN2(resid_mid[l, t]) + b_enc[f]``, or a demeaned logit through frozen ln_f
+and the unembedding), through frozen attention and norms, never through another feature. Computed as
+gradients of the frozen model (batched backward passes), times the source vectors. **Completeness**: a
+target's incoming edges plus :attr:`Graph.bias` (its value with every node's contribution at zero: the
+norms', attention's, decoders' and encoders' biases) equal its value exactly.
+
+**Scores and pruning** (circuit-tracer's definitions): with ``N = |adjacency|`` row-normalised and
+``B = N + N^2 + ...``, a node's influence is ``logit_probs @ B``; ``replacement_score`` = influence of
+embeddings / (influence of embeddings + influence of errors); ``completeness_score`` = the share of each
+node's normalised input not from error nodes, averaged with weights ``influence + logit_probs``.
+:func:`prune` is circuit-tracer's node- and edge-threshold pruning on these influences.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .checks import token_id
+
+
+@dataclass
+class Frozen:
+    """The frozen replacement model of one prompt (float64). ``run(emb, add)`` maps the embedding
+    contributions ``[..., T, d]`` and what each MLP writes ``[..., L, T, d]`` to (mlp_in ``[..., L, T, d]``,
+    demeaned logits at the last position ``[..., V]``); it is linear in both (affine through biases)."""
+
+    ln1: list          # (w, b, s[T]) per layer
+    ln2: list
+    lnf: tuple
+    A: list            # [H, T, T] per layer
+    W_V: list          # [d, d], b_V [d] (heads concatenated)
+    b_V: list
+    W_O: list
+    b_O: list
+    W_U: torch.Tensor  # [V, d], demeaned over the vocab
+    n_heads: int
+
+    def run(self, emb: torch.Tensor, add: torch.Tensor):
+        ln = lambda x, p: (x - x.mean(-1, keepdim=True)) / p[2][:, None] * p[0] + p[1]  # noqa: E731
+        x, ins = emb, []
+        for l in range(len(self.A)):  # noqa: E741
+            v = ln(x, self.ln1[l]) @ self.W_V[l] + self.b_V[l]                            # [..., T, d]
+            vh = v.unflatten(-1, (self.n_heads, -1)).transpose(-2, -3)                    # [..., H, T, dh]
+            z = (self.A[l] @ vh).transpose(-2, -3).flatten(-2)                            # [..., T, d]
+            x = x + z @ self.W_O[l] + self.b_O[l]
+            ins.append(ln(x, self.ln2[l]))
+            x = x + add[..., l, :, :]
+        logits = ln(x[..., -1:, :], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[..., 0, :] @ self.W_U.T
+        return torch.stack(ins, -3), logits
+
+
+@dataclass
+class Graph:
+    """An attribution graph. Node labels in :attr:`nodes` (``("feature", layer, pos, index)``,
+    ``("error", layer, pos)``, ``("embed", pos)``, ``("logit", token_id)``), their :attr:`values`
+    (feature: activation; error: norm of the error vector; embed: norm; logit: demeaned logit),
+    :attr:`adjacency` ``[n, n]`` (``[target, source]``; rows of errors and embeddings are zero),
+    :attr:`bias` ``[n]`` (each target's constant part), :attr:`target_values` ``[n]`` (feature
+    pre-activations, demeaned logits; equal to ``adjacency.sum(1) + bias`` on feature and logit rows),
+    :attr:`logit_probs` (softmax probabilities of the logit nodes), and the frozen model with its inputs
+    (``frozen``, ``emb`` ``[T, d]``, ``add`` ``[L, T, d]``) for interventions. Feature slices:
+    ``n_features``, ``n_errors``, ``n_embeds``, ``n_logits`` in that order."""
+
+    tokens: list[int]
+    nodes: list[tuple]
+    values: np.ndarray
+    adjacency: np.ndarray
+    bias: np.ndarray
+    target_values: np.ndarray
+    logit_tokens: list[int]
+    logit_probs: np.ndarray
+    n_features: int
+    n_errors: int
+    n_embeds: int
+    n_logits: int
+    real_logits: np.ndarray      # the model's own last-position logits (float32 run), demeaned
+    frozen: Frozen
+    emb: torch.Tensor
+    add: torch.Tensor
+    sources: torch.Tensor        # [n_features + n_errors + n_embeds, d]: each source node's contribution
+    replacement_score: float = float("nan")
+    completeness_score: float = float("nan")
+
+    def __repr__(self) -> str:
+        return (f"Graph({len(self.tokens)} tokens: {self.n_features} features, {self.n_errors} errors, "
+                f"{self.n_embeds} embeddings, {self.n_logits} logits; replacement {self.replacement_score:.3f}, "
+                f"completeness {self.completeness_score:.3f})")
+
+
+def _ln(mod, x):
+    """A LayerNorm's (w, b, s) with ``s = sqrt(var(x) + eps)`` per row of ``x``."""
+    s = (x.var(-1, unbiased=False) + mod.eps).sqrt()
+    return mod.weight.double(), mod.bias.double(), s
+
+
+def _real_run(model, ids: torch.Tensor):
+    """The real model in float64 from its own modules, recording what the replacement freezes."""
+    m = copy.deepcopy(model).double().eval().requires_grad_(False)
+    tr, cfg = m.transformer, m.config
+    H, d, T = cfg.n_head, cfg.n_embd, len(ids)
+    emb = tr.wte.weight[ids] + tr.wpe.weight[:T]
+    x, rec = emb, dict(ln1=[], ln2=[], A=[], W_V=[], b_V=[], W_O=[], b_O=[], mlp_in=[], mlp_out=[])
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for blk in tr.h:
+        rec["ln1"].append(_ln(blk.ln_1, x))
+        h = blk.ln_1(x)
+        q, k, v = (h @ blk.attn.c_attn.weight + blk.attn.c_attn.bias).split(d, -1)
+        heads = lambda t: t.unflatten(-1, (H, -1)).transpose(0, 1)  # noqa: E731
+        sc = heads(q) @ heads(k).transpose(-1, -2) / (d // H) ** 0.5
+        A = sc.masked_fill(~causal, float("-inf")).softmax(-1)
+        z = (A @ heads(v)).transpose(0, 1).flatten(-2)
+        x = x + blk.attn.c_proj(z)
+        rec["A"].append(A)
+        rec["W_V"].append(blk.attn.c_attn.weight[:, 2 * d:])
+        rec["b_V"].append(blk.attn.c_attn.bias[2 * d:])
+        rec["W_O"].append(blk.attn.c_proj.weight)
+        rec["b_O"].append(blk.attn.c_proj.bias)
+        rec["ln2"].append(_ln(blk.ln_2, x))
+        mi = blk.ln_2(x)
+        mo = blk.mlp(mi)
+        rec["mlp_in"].append(mi)
+        rec["mlp_out"].append(mo)
+        x = x + mo
+    rec["lnf"] = _ln(tr.ln_f, x)
+    W_U = m.get_output_embeddings().weight
+    logits = tr.ln_f(x[-1]) @ W_U.T
+    return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in rec.items()}, emb.detach(), \
+        (W_U - W_U.mean(0)).detach(), logits.detach()
+
+
+def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
+                      prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
+                      scores: bool = True) -> Graph:
+    """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF GPT-2 model wrapped by
+    :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"``
+    per layer, ``mlp_in.L -> mlp_out.L``). ``targets``: token ids for the logit nodes (default: the most
+    likely next tokens up to ``prob_mass``, at most ``max_logits``; ids or one-token texts). ``max_features``:
+    keep only that many active features (largest activations, ties at the cut all kept; the rest go into
+    the error nodes). ``batch``: target rows per batched backward pass. ``scores``: compute
+    :func:`graph_scores`. See the module docstring.
+
+    >>> import mechviz, mechviz.zoo
+    >>> from mechviz.saes import load_sae
+    >>> adapter = mechviz.wrap(*mechviz.zoo.load_default_model())
+    >>> tcs = [load_sae(d) for d in mechviz.zoo.dictionary_dirs("transcoders")]
+    >>> g = attribution_graph(adapter, tcs, "John gave a drink to", max_features=50)
+    >>> g.n_features, g.n_errors, g.n_embeds
+    (50, 28, 7)
+    >>> n = len(g.nodes); rows = list(range(g.n_features)) + list(range(n - g.n_logits, n))
+    >>> bool(abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-8)
+    True
+    """
+    model = adapter.model
+    if model.config.model_type != "gpt2":
+        raise NotImplementedError("attribution_graph freezes GPT-2's blocks itself: only model_type 'gpt2'")
+    L = model.config.n_layer
+    if len(transcoders) != L or any(t.kind != "transcoder" for t in transcoders):
+        raise ValueError(f"need one plain transcoder per layer ({L}); skip transcoders are not supported")
+    if max_features is not None and max_features < 1:
+        raise ValueError(f"max_features must be at least 1 (or None for every active feature), got {max_features}")
+    ids = adapter.to_tokens(prompt).reshape(-1).cpu()
+    T = len(ids)
+    rec, emb, W_U, logits = _real_run(model, ids)
+    tcs = [t.to(dtype=torch.float64) for t in transcoders]
+    acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, rec["mlp_in"])])          # [L, T, F]
+    keep = acts > 0
+    if max_features is not None and int(keep.sum()) > max_features:
+        thr = acts[keep].sort(descending=True).values[max_features - 1]
+        keep &= acts >= thr  # ties at the threshold are all kept
+    feat = keep.nonzero().tolist()                                                      # [(l, t, f)]
+    dec = torch.stack([tc.directions() for tc in tcs])                                  # [L, F, d]
+    kept_out = torch.einsum("ltf,lfd->ltd", acts * keep, dec)
+    b_dec = torch.stack([tc.b_dec for tc in tcs])                                        # [L, d]
+    mlp_out = torch.stack(rec["mlp_out"])
+    err = mlp_out - kept_out - b_dec[:, None]                                           # [L, T, d]
+    add = mlp_out.clone()
+    fz = Frozen(rec["ln1"], rec["ln2"], rec["lnf"], rec["A"], rec["W_V"], rec["b_V"], rec["W_O"], rec["b_O"],
+                W_U, model.config.n_head)
+
+    probs = logits.softmax(-1)
+    if targets is None:
+        order = probs.argsort(descending=True)
+        n = int((probs[order].cumsum(0) < prob_mass).sum()) + 1
+        targets = order[:min(n, max_logits)].tolist()
+    targets = [token_id(adapter, t, "target") for t in targets]
+    if not targets or len(set(targets)) != len(targets):
+        raise ValueError(f"targets must be distinct tokens, at least one; got {targets!r}")
+
+    # sources: a contribution vector, where it enters (an "add" slot (l, t) or an embedding position)
+    src_vec = [acts[l, t, f] * dec[l, f] for l, t, f in feat] + [err[l, t] for l in range(L) for t in range(T)]
+    src_vec += [emb[t] for t in range(T)]
+    nF, nE, nT, nL = len(feat), L * T, T, len(targets)
+    src_vec = torch.stack(src_vec)                                                       # [nF+nE+nT, d]
+    slot = torch.tensor([l * T + t for l, t, _ in feat] + list(range(L * T)))            # into add [L*T]
+
+    # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
+    enc = torch.stack([tcs[l].W_enc[:, f] for l, t, f in feat]) if nF else torch.zeros(0, emb.shape[1], dtype=emb.dtype)
+    b_enc = torch.tensor([float(tcs[l].b_enc[f]) for l, t, f in feat], dtype=torch.float64)
+    fl = torch.tensor([l * T + t for l, t, _ in feat], dtype=torch.long)
+
+    def targets_of(e, a):
+        ins, lg = fz.run(e, a)
+        pre = (ins.flatten(-3, -2)[..., fl, :] * enc).sum(-1) + b_enc
+        return torch.cat([pre, lg[..., targets]], -1)
+
+    e0, a0 = emb.clone().requires_grad_(True), add.clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = targets_of(e0, a0)
+        n_t = len(y)
+        adj_rows = []
+        for i in range(0, n_t, batch):
+            eye = torch.eye(n_t, dtype=y.dtype)[i:i + batch]
+            ge, ga = torch.autograd.grad(y, (e0, a0), eye, retain_graph=True, is_grads_batched=True)
+            ga = ga.flatten(1, 2)                                                       # [b, L*T, d]
+            mlp_part = (ga[:, slot] * src_vec[:nF + nE]).sum(-1)                         # [b, nF+nE]
+            emb_part = (ge * src_vec[nF + nE:]).sum(-1)                                  # [b, T]
+            adj_rows.append(torch.cat([mlp_part, emb_part], 1))
+    y = y.detach()
+    W = torch.cat(adj_rows) if adj_rows else torch.zeros(0, nF + nE + nT, dtype=torch.float64)
+    with torch.no_grad():
+        bias = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
+    n = nF + nE + nT + nL
+    adj = torch.zeros(n, n, dtype=torch.float64)
+    adj[:nF, :nF + nE + nT] = W[:nF]
+    adj[nF + nE + nT:, :nF + nE + nT] = W[nF:]
+    # no edges backwards in time: a target at layer l only sees features of earlier layers (the frozen model
+    # is causal by construction; the gradient of a layer-l pre-activation w.r.t. add[l'] for l' >= l is 0)
+    rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype), v[nF:]])   # noqa: E731
+    nodes = [("feature", l, t, f) for l, t, f in feat] + [("error", l, t) for l in range(L) for t in range(T)]
+    nodes += [("embed", t) for t in range(T)] + [("logit", c) for c in targets]
+    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=torch.float64), err.norm(dim=-1).flatten(),
+                        emb.norm(dim=-1), y[nF:]])
+    values, adj, bias = values.detach(), adj.detach(), bias.detach()
+    g = Graph(ids.tolist(), nodes, values.numpy(), adj.numpy(), rows(bias).numpy(), rows(y).numpy(), targets,
+              probs[targets].numpy(), nF, nE, nT, nL, (logits - logits.mean()).numpy(), fz, emb, add, src_vec)
+    if scores:
+        g.replacement_score, g.completeness_score = graph_scores(g)
+    return g
+
+
+def normalize(adj: np.ndarray) -> np.ndarray:
+    """``|adj|`` with each row scaled to sum 1 (rows summing to 0 stay 0): circuit-tracer's ``normalize_matrix``."""
+    a = np.abs(adj)
+    return a / np.maximum(a.sum(1, keepdims=True), 1e-10)
+
+
+def influence(graph: Graph, norm: np.ndarray | None = None) -> np.ndarray:
+    """Each node's indirect influence on the logits: ``w @ (N + N^2 + ...)`` with ``w`` the logit nodes'
+    probabilities and ``N`` the normalised adjacency (a DAG: the series ends)."""
+    N = normalize(graph.adjacency) if norm is None else norm
+    w = np.zeros(len(N))
+    w[-graph.n_logits:] = graph.logit_probs
+    total, cur = np.zeros(len(N)), w @ N
+    for _ in range(len(N)):
+        if not cur.any():
+            break
+        total += cur
+        cur = cur @ N
+    return total
+
+
+def graph_scores(graph: Graph) -> tuple[float, float]:
+    """circuit-tracer's ``(replacement_score, completeness_score)`` of the graph (module docstring)."""
+    N = normalize(graph.adjacency)
+    inf = influence(graph, N)
+    nF, nE, nT = graph.n_features, graph.n_errors, graph.n_embeds
+    tok, err = inf[nF + nE:nF + nE + nT].sum(), inf[nF:nF + nE].sum()
+    w = np.zeros(len(N))
+    w[-graph.n_logits:] = graph.logit_probs
+    out = inf + w
+    non_err = 1 - N[:, nF:nF + nE].sum(1)
+    return float(tok / (tok + err)), float((non_err * out).sum() / out.sum())
+
+
+def _threshold(scores: np.ndarray, frac: float) -> float:
+    """The score above which (inclusive) the largest scores hold ``frac`` of their total."""
+    srt = np.sort(scores.ravel())[::-1]
+    cum = np.cumsum(srt) / max(srt.sum(), 1e-30)
+    return float(srt[min(int(np.searchsorted(cum, frac)), len(srt) - 1)])
+
+
+def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98):
+    """circuit-tracer's ``prune_graph``: ``(node_mask [n], edge_mask [n, n])``. Nodes: those whose influence
+    is among the largest holding ``node_threshold`` of all nodes' influence, plus every embedding and logit
+    node. Edges (of the graph restricted to those nodes): ``N'[i, j] * (influence'[i] + w[i])``, with
+    ``N'``/``influence'`` recomputed on the restricted graph, kept down to ``edge_threshold`` of their total.
+    Then, until nothing changes, feature and error nodes without a kept outgoing edge and features
+    without a kept incoming edge are dropped, with their edges."""
+    if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
+        raise ValueError("node_threshold and edge_threshold must be in [0, 1]")
+    n, nL, nT = len(graph.nodes), graph.n_logits, graph.n_embeds
+    inf = influence(graph)
+    node = inf >= _threshold(inf, node_threshold)
+    node[n - nL - nT:] = True
+    adj = graph.adjacency * node[:, None] * node[None, :]
+    N = normalize(adj)
+    w = np.zeros(n)
+    w[-nL:] = graph.logit_probs
+    edge_scores = N * (influence(graph, N) + w)[:, None]
+    edge = edge_scores >= _threshold(edge_scores, edge_threshold)
+    while True:
+        edge &= node[:, None] & node[None, :]
+        new = node.copy()
+        new[:n - nL - nT] &= edge[:, :n - nL - nT].any(0)
+        new[:graph.n_features] &= edge[:graph.n_features].any(1)
+        if (new == node).all():
+            return node, edge
+        node = new
