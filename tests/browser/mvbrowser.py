@@ -367,3 +367,41 @@ def pytest_approx(x: float, tol: float):
     import pytest
 
     return pytest.approx(x, abs=tol)
+
+
+# --- JupyterLab: the notebook in front, and the kernel behind it -------------------------------------
+
+def titled(cls: str, title: str) -> str:
+    """A CSS selector for the view of class ``mechviz-<cls>`` whose header title is ``title``."""
+    return f'.{cls}:has(.mv-title:text-is("{title}"))'
+
+
+def wait_notebook(page, name):
+    """Wait until the notebook ``name`` is the current widget and has a kernel (JupyterLab may restore
+    an earlier test's notebook from its workspace: commands must go to this one)."""
+    page.wait_for_function("(name) => { const w = window.jupyterapp?.shell.currentWidget; "
+                           "return w?.context?.path === name && w.sessionContext?.session?.kernel; }",
+                           arg=name, timeout=60_000)
+
+
+def kernel_print(page, code: str) -> str:
+    """Run ``code`` in the current notebook's kernel; what it printed."""
+    return page.evaluate("""async (code) => {
+        const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
+        let text = ''; const f = k.requestExecute({code});
+        f.onIOPub = (m) => { if (m.header.msg_type === 'stream') text += m.content.text; };
+        await f.done; return text; }""", code)
+
+
+def kernel_until(page, code: str, want: str, timeout=15.0) -> str:
+    """Poll the kernel until ``code`` prints ``want`` (whitespace-normalised) or ``timeout`` s pass; the last
+    output, normalised (the frontend holds back a model's state sync while an earlier one is unacknowledged)."""
+    import time
+
+    deadline, out = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        out = " ".join(kernel_print(page, code).split())
+        if out == want:
+            break
+        page.wait_for_timeout(200)
+    return out

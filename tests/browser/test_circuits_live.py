@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from mvbrowser import click_grid, hover_cell, hover_grid, need_node_modules, route_offline, write_cells
+from mvbrowser import (click_grid, hover_cell, hover_grid, kernel_until, need_node_modules, route_offline, titled,
+                       wait_notebook, write_cells)
 
 pytestmark = pytest.mark.browser
 
@@ -60,16 +61,14 @@ _ = await trace_view.finished()""",
 BOX = ".mechviz-prompt"
 
 
-def _titled(cls: str, title: str) -> str:
-    return f'.{cls}:has(.mv-title:text-is("{title}"))'
 
 
-ATT = _titled("mechviz-attention", "Attention")
-ATT_A, ATT_B, DIFF = (_titled("mechviz-attention", t) for t in ("A · Attention", "B · Attention", "A − B · Attention"))
+ATT = titled("mechviz-attention", "Attention")
+ATT_A, ATT_B, DIFF = (titled("mechviz-attention", t) for t in ("A · Attention", "B · Attention", "A − B · Attention"))
 
 
-DLA, IND, PATH = (_titled("mechviz-head-grid", t) for t in ("DLA", "Induction", "Path patching"))
-ABL, PAT, TRACE = (_titled("mechviz-patch-grid", t) for t in ("Mean ablation", "Pattern patching",
+DLA, IND, PATH = (titled("mechviz-head-grid", t) for t in ("DLA", "Induction", "Path patching"))
+ABL, PAT, TRACE = (titled("mechviz-patch-grid", t) for t in ("Mean ablation", "Pattern patching",
                                                               "Causal trace (hidden states)"))
 GRIDS = (DLA, IND, PATH, ABL, PAT, TRACE)
 
@@ -243,29 +242,10 @@ def _click_head(page, root, layer, head):
 
 # --- live: JupyterLab with a kernel --------------------------------------------------------------
 
-def _wait_notebook(page, name):
-    page.wait_for_function("(name) => { const w = window.jupyterapp?.shell.currentWidget; "
-                           "return w?.context?.path === name && w.sessionContext?.session?.kernel; }",
-                           arg=name, timeout=60_000)
 
 
-def _kernel_print(page, code: str) -> str:
-    return page.evaluate("""async (code) => {
-        const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-        let text = ''; const f = k.requestExecute({code});
-        f.onIOPub = (m) => { if (m.header.msg_type === 'stream') text += m.content.text; };
-        await f.done; return text; }""", code)
 
 
-def _kernel_until(page, code: str, want: list[str], timeout=15.0) -> str:
-    """Poll the kernel (the frontend holds back a model's state sync while an earlier one is unacknowledged)."""
-    deadline, out = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        out = _kernel_print(page, code)
-        if out.split() == want:
-            break
-        page.wait_for_timeout(200)
-    return out
 
 
 # every widget state update the kernel sends that carries a patching grid's status, title or progress,
@@ -292,7 +272,7 @@ def circuits_lab(jupyter_lab, page):
     offline = route_offline(page.context, serve_cdn=False, local_prefixes=(url, url.replace("http", "ws", 1)))
     t0 = time.monotonic()
     page.goto(f"{url}/lab/tree/{name}?token={token}")
-    _wait_notebook(page, name)
+    wait_notebook(page, name)
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready")
     page.evaluate(WATCH_GRIDS)
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -350,14 +330,14 @@ def test_circuit_views_live(circuits_lab, artifacts):
     hl, hh = (int(i) for i in np.unravel_index(np.abs(d.heads).argmax(), d.heads.shape))
     _click_head(page, DLA, hl, hh)
     page.wait_for_selector(f'{IND}[data-layer="{hl}"][data-head="{hh}"]', timeout=10_000)
-    out = _kernel_until(page, "print(lab.selection.layer, lab.selection.head)", [str(hl), str(hh)])
+    out = kernel_until(page, "print(lab.selection.layer, lab.selection.head)", f"{hl} {hh}")
     assert out.split() == [str(hl), str(hh)], out
     il, ih = ref["ind"].top(1)[0]
     _click_head(page, IND, il, ih)
     page.wait_for_selector(f'{DLA}[data-layer="{il}"][data-head="{ih}"]', timeout=10_000)
     page.wait_for_selector(f'{PATH}[data-layer="{il}"][data-head="{ih}"]', timeout=10_000)
-    out = _kernel_until(page, "print(lab.selection.layer, lab.selection.head, ind.layer, ind.head)",
-                        [str(il), str(ih)] * 2)
+    out = kernel_until(page, "print(lab.selection.layer, lab.selection.head, ind.layer, ind.head)",
+                       f"{il} {ih} {il} {ih}")
     assert out.split() == [str(il), str(ih)] * 2, out
 
     # (5) typing a new prompt recomputes the DLA grid: its values are the new prompt's

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mvbrowser import (REPO, DASH_CELLS, assert_lens_cell, DASH_PROMPT, click_grid, dashboard_lens, dashboard_reference, hover_grid,
+from mvbrowser import (REPO, wait_notebook, DASH_CELLS, assert_lens_cell, DASH_PROMPT, click_grid, dashboard_lens, dashboard_reference, hover_grid,
                        route_offline, write_cells)
 
 pytestmark = pytest.mark.browser
@@ -26,12 +26,6 @@ def _all_show(page, prompt, timeout=60_000):
         page.wait_for_selector(f"{root}[data-prompt={json.dumps(prompt)}]", timeout=timeout)
 
 
-def _wait_notebook(page, name):
-    """Wait until the notebook ``name`` is the current widget and has a kernel (JupyterLab may restore
-    an earlier test's notebook from its workspace: commands must go to this one)."""
-    page.wait_for_function("(name) => { const w = window.jupyterapp?.shell.currentWidget; "
-                           "return w?.context?.path === name && w.sessionContext?.session?.kernel; }",
-                           arg=name, timeout=60_000)
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def dash(jupyter_lab, page):
     offline = route_offline(page.context, serve_cdn=False, local_prefixes=(url, url.replace("http", "ws", 1)))
     t0 = time.monotonic()
     page.goto(f"{url}/lab/tree/dashboard.ipynb?token={token}")
-    _wait_notebook(page, NAME)
+    wait_notebook(page, NAME)
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     _all_show(page, PROMPT, timeout=120_000)
@@ -205,7 +199,7 @@ def patch_page(jupyter_lab, page):
     ])
     offline = route_offline(page.context, serve_cdn=False, local_prefixes=(url, url.replace("http", "ws", 1)))
     page.goto(f"{url}/lab/tree/patching.ipynb?token={token}")
-    _wait_notebook(page, NAME)
+    wait_notebook(page, NAME)
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     try:

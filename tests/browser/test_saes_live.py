@@ -20,7 +20,8 @@ import time
 import numpy as np
 import pytest
 
-from mvbrowser import hover_grid, need_node_modules, route_offline, write_cells
+from mvbrowser import (hover_grid, kernel_print, kernel_until, need_node_modules, route_offline, titled, wait_notebook,
+                       write_cells)
 
 pytestmark = pytest.mark.browser
 
@@ -32,13 +33,11 @@ OTHER = "resid_post.2"           # a dictionary chosen in the browser's menu
 TRANSCODER = "mlp_in.1 -> mlp_out.1"
 
 
-def _titled(cls: str, title: str) -> str:
-    return f'.{cls}:has(.mv-title:text-is("{title}"))'
 
 
-FEAT = _titled("mechviz-features", "SAE features")
-DASH = _titled("mechviz-dashboard", "Feature dashboard")
-STEER = _titled("mechviz-generation", "Steering: generated text")
+FEAT = titled("mechviz-features", "SAE features")
+DASH = titled("mechviz-dashboard", "Feature dashboard")
+STEER = titled("mechviz-generation", "Steering: generated text")
 # the same roots for document.querySelectorAll (no Playwright pseudo-classes): one view of each kind
 FEAT_DOM, STEER_DOM = ".mechviz-features", ".mechviz-generation"
 
@@ -241,7 +240,7 @@ def _wait_steered(page, want, what: str):
         pytest.fail(f"{what}: steered text {_chips(page, 'steered')} (want {want.strs}); "
                     f"busy {page.locator(STEER).get_attribute('data-busy')}, "
                     f"messages {page.locator(f'{STEER} .mv-steer-msg, {STEER} .mv-error').all_text_contents()}, "
-                    f"kernel {_kernel_print(page, 'print(steer.request, steer.specs, steer.error)')}")
+                    f"kernel {kernel_print(page, 'print(steer.request, steer.specs, steer.error)')}")
     page.wait_for_selector(f'{STEER}[data-busy="false"]', timeout=30_000)
 
 
@@ -252,29 +251,10 @@ def _click_row(page, feature: int):
 
 # --- live: JupyterLab with a kernel --------------------------------------------------------------
 
-def _wait_notebook(page, name):
-    page.wait_for_function("(name) => { const w = window.jupyterapp?.shell.currentWidget; "
-                           "return w?.context?.path === name && w.sessionContext?.session?.kernel; }",
-                           arg=name, timeout=60_000)
 
 
-def _kernel_print(page, code: str) -> str:
-    return page.evaluate("""async (code) => {
-        const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
-        let text = ''; const f = k.requestExecute({code});
-        f.onIOPub = (m) => { if (m.header.msg_type === 'stream') text += m.content.text; };
-        await f.done; return text; }""", code)
 
 
-def _kernel_until(page, code: str, want: str, timeout=15.0) -> str:
-    """Poll the kernel (the frontend holds back a model's state sync while an earlier one is unacknowledged)."""
-    deadline, out = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        out = _kernel_print(page, code).strip()
-        if out == want:
-            break
-        page.wait_for_timeout(200)
-    return out
 
 
 def _wait_rows(page, ids: list[int], timeout=60_000):
@@ -299,7 +279,7 @@ def saes_lab(jupyter_lab, page):
     offline = route_offline(page.context, serve_cdn=False, local_prefixes=(url, url.replace("http", "ws", 1)))
     t0 = time.monotonic()
     page.goto(f"{url}/lab/tree/{name}?token={token}")
-    _wait_notebook(page, name)
+    wait_notebook(page, name)
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     try:
@@ -333,7 +313,7 @@ def test_sae_views_live(saes_lab, artifacts):
     f1 = ref_features(first)["ids"][1]
     _click_row(page, f1)
     check_dashboard(page, first, f1)
-    out = _kernel_until(page, "print(lab.selection.dictionary, lab.selection.feature, dash.feature)",
+    out = kernel_until(page, "print(lab.selection.dictionary, lab.selection.feature, dash.feature)",
                         f"{first} {f1} {f1}")
     assert out == f"{first} {f1} {f1}", out
 
@@ -355,7 +335,7 @@ def test_sae_views_live(saes_lab, artifacts):
     page.locator(f'{DASH} .mv-hit[data-feature="{hit}"]').click()
     check_dashboard(page, first, hit)
     page.wait_for_selector(f'{FEAT}[data-feature="{hit}"]', timeout=30_000)
-    out = _kernel_until(page, "print(lab.selection.feature, feat.feature)", f"{hit} {hit}")
+    out = kernel_until(page, "print(lab.selection.feature, feat.feature)", f"{hit} {hit}")
     assert out == f"{hit} {hit}", out
     print(f"search hit {hit} {'fetched from the kernel' if hit not in payload else 'already in the payload'}")
     if hit not in payload:   # the feature view took it in as a row too (a kernel round-trip)
@@ -387,7 +367,7 @@ def test_sae_views_live(saes_lab, artifacts):
         _wait_rows(page, ref_features(name)["ids"])
         page.mouse.move(0, 0)
         check_features(page, name)
-        out = _kernel_until(page, "print(lab.selection.dictionary)", name)
+        out = kernel_until(page, "print(lab.selection.dictionary)", name)
         assert out == name, out
         assert page.locator(f'{FEAT}[data-feature="-1"]').count() == 1   # a new dictionary clears the feature
         page.wait_for_selector(f'{DASH}[data-status="ready"]', timeout=60_000)
