@@ -28,10 +28,10 @@ def needs(sae: SAE) -> list[str]:
 
 def feature_activations(sae: SAE, run: Run) -> np.ndarray:
     """SAE feature activations of every token, float32 ``[T, d_sae]`` (``run`` must hold ``sae.site``)."""
-    return _encode(sae, run)[1].float().cpu().numpy()
+    return encode(sae, run)[1].float().cpu().numpy()
 
 
-def _encode(sae: SAE, run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+def encode(sae: SAE, run: Run) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs [T, d_in], feature activations [T, d_sae])`` of ``sae`` on ``run``."""
     if not sae.site:
         raise SAEError("this SAE is not attached to a site: load_sae(..., site='resid_post.0')")
@@ -199,13 +199,13 @@ class FeatureSummary:
 
 
 def feature_summary(sae: SAE, adapter, run: Run, base: Run | None = None, n: int = 12, k: int = 8, extra=(),
-                    steering: str = "", effects: dict | None = None) -> FeatureSummary:
+                    steering: str = "", effects: dict | None = None, encoded=None) -> FeatureSummary:
     """The :class:`FeatureSummary` of ``run`` (which holds ``sae.site``); ``base``: the unsteered
     run when ``run`` is steered; ``extra``: feature ids to include after the top ``n`` (ids < 0 are
     skipped); ``effects``: a dict caching :func:`feature_logit_effects` by ``(feature, k)`` across
-    calls (they depend only on the weights)."""
+    calls (they depend only on the weights); ``encoded``: :func:`encode` of ``sae`` on ``run``, when already made."""
     n, k = positive_int(n, "n"), positive_int(k, "k")
-    x, f_acts = _encode(sae, run)   # encoded once: the activations and the reconstruction error both read it
+    x, f_acts = encoded if encoded is not None else encode(sae, run)  # the activations and the error both read it
     acts = f_acts.float().cpu().numpy()
     feats = [int(f) for f in top_features(acts, n)]
     feats += [int(f) for f in dict.fromkeys(extra) if 0 <= int(f) < sae.d_sae and int(f) not in feats]

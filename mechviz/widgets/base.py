@@ -10,7 +10,7 @@ numpy through one accessor (:attr:`View.data`) and the analysis object behind it
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import anywidget
@@ -30,6 +30,14 @@ class Pass:
     run: Run
     base: Run | None = None
     steering: Any = None
+    memo: dict = field(default_factory=dict, repr=False)
+
+    def cached(self, key, compute: Callable[[], Any]):
+        """``compute()`` once per pass under ``key``: what several views read from the same run (an SAE's
+        encoding of the prompt) is computed once per edit, and not again for a payload that reuses the pass."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
 
 @dataclass

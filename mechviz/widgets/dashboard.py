@@ -19,7 +19,7 @@ import numpy as np
 import traitlets as t
 
 from ..analysis.checks import positive_int
-from ..analysis.features import feature_activations, top_features
+from ..analysis.features import encode, top_features
 from ._esm import bundle
 from .base import Feed, Shown, View
 from .runner import live
@@ -91,7 +91,11 @@ class DashboardView(View):
             dash = jobs.get(name, sae)
             if dash is None:   # still computing (in a worker): the view shows its progress
                 return {"dash": None, "prompt": p.prompt}
-            top = top_features(feature_activations(sae, p.run), n) if sae.site in p.run.cache else []
+            if sae.site in p.run.cache:   # the prompt's most active features (the feature view's encoding, shared)
+                acts = p.cached(("encode", id(sae)), lambda: encode(sae, p.run))[1]
+                top = top_features(acts.float().cpu().numpy(), n)
+            else:
+                top = []
             chosen = [lab.selection.feature] if lab.selection.feature >= 0 else []
             return {"dash": dash, "features": chosen + [int(f) for f in top], "prompt": p.prompt}
         return Feed(lambda: [lab.sae.site], payload)
@@ -119,8 +123,10 @@ class DashboardView(View):
         request = change["new"]
         if not request or not str(request.get("token", "")):
             return
-        threading.Thread(target=self._search_now, args=(request,), daemon=True, name="mechviz-search").start() \
-            if live(self._loop) else self._search_now(request)
+        if live(self._loop):
+            threading.Thread(target=self._search_now, args=(request,), daemon=True, name="mechviz-search").start()
+        else:
+            self._search_now(request)
 
     def _search_now(self, request) -> None:
         try:
@@ -175,13 +181,11 @@ class _Jobs:
             have = self.done.get(name)
             if have is not None and have[0] is sae:
                 return have[1]
-            if not live(self.lab._loop):
-                pass
-            elif name in self.running:
-                return None
-            else:
-                self.running.add(name)
-                threading.Thread(target=self._work, args=(name, sae), daemon=True, name="mechviz-dashboards").start()
+            if live(self.lab._loop):   # in a worker; the Lab refreshes the view when it is done
+                if name not in self.running:
+                    self.running.add(name)
+                    threading.Thread(target=self._work, args=(name, sae), daemon=True,
+                                     name="mechviz-dashboards").start()
                 return None
         dash = self.compute(sae, False)    # a script: now
         with self.lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import traitlets as t
 
-from ..analysis.features import FeatureSummary, feature_summary, needs as features_needs
+from ..analysis.features import FeatureSummary, encode, feature_summary, needs as features_needs
 from ..analysis.checks import positive_int
 from ._esm import bundle
 from .base import Feed, Shown, View
@@ -69,7 +69,8 @@ class FeatureView(View):
                 effects["sae"] = sae
             mine = steering is not None and steering.dictionary in ("", name)
             extra = [lab.selection.feature] + ([steering.feature] if mine else [])
-            summary = feature_summary(sae, lab.model, p.run, p.base, n=n, k=k, extra=extra,
+            encoded = p.cached(("encode", id(sae)), lambda: encode(sae, p.run))   # shared with the dashboard
+            summary = feature_summary(sae, lab.model, p.run, p.base, n=n, k=k, extra=extra, encoded=encoded,
                                       steering=str(steering) if steering is not None else "", effects=effects)
             return {"summary": summary, "prompt": p.prompt, "dictionaries": list(lab.saes),
                     "steered": None if steering is None else steering.to_json()}
