@@ -124,12 +124,21 @@ def _traits(result) -> dict:
     raise TypeError(f"HeadGridView shows a DLA, HeadScores or PathPatchGrid, not {type(result).__name__}")
 
 
+def _measures(result) -> tuple:
+    """What a result measures (two results subtract only when it is the same)."""
+    if isinstance(result, dla_fns.DLA):
+        return ("direct logit attribution", result.label)
+    if isinstance(result, head_fns.HeadScores):
+        return (result.kind, result.error_measure)
+    return (type(result).__name__,)
+
+
 def _difference_traits(d: Difference) -> dict:
     """A's traits minus B's: every number per head and layer, the terms by name, the split by source
     token where both prompts have the same length; always on a diverging scale."""
+    if _measures(d.a) != _measures(d.b):
+        raise ValueError(f"A is {_measures(d.a)} and B {_measures(d.b)}: nothing to subtract")
     ta, tb = _traits(d.a), _traits(d.b)
-    if ta["value_label"].split(" at token")[0] != tb["value_label"].split(" at token")[0]:
-        raise ValueError(f"A shows {ta['value_label']!r} and B {tb['value_label']!r}: nothing to subtract")
     arr = lambda traits, name: None if traits[name] is None else traits[name].array  # noqa: E731
     values, extra = arr(ta, "values") - arr(tb, "values"), arr(ta, "extra") - arr(tb, "extra")
     pa, pb = arr(ta, "by_position"), arr(tb, "by_position")

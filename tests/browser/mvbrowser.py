@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -396,8 +397,6 @@ def kernel_print(page, code: str) -> str:
 def kernel_until(page, code: str, want: str, timeout=15.0) -> str:
     """Poll the kernel until ``code`` prints ``want`` (whitespace-normalised) or ``timeout`` s pass; the last
     output, normalised (the frontend holds back a model's state sync while an earlier one is unacknowledged)."""
-    import time
-
     deadline, out = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         out = " ".join(kernel_print(page, code).split())
