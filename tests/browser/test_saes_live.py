@@ -169,11 +169,17 @@ def _hover_recon(page, r: int, c: int) -> dict:
     cv = page.locator(f"{FEAT} canvas.mv-heat")
     cell = int(cv.get_attribute("data-cell"))
     info = page.locator(f"{FEAT} .mv-info").first
-    page.mouse.move(0, 0)
-    cv.hover(position={"x": (c + 0.5) * cell, "y": (r + 0.5) * cell})
-    page.wait_for_function("([el, c]) => el.dataset.col === c && 'recon' in el.dataset",
-                           arg=[info.element_handle(), str(c)], timeout=5000)
-    return info.evaluate("(e) => ({...e.dataset})")
+    for attempt in range(3):   # a view clears its read-out when new data arrive (as mvbrowser.hover_grid): hover again
+        page.mouse.move(0, 0)
+        cv.hover(position={"x": (c + 0.5) * cell, "y": (r + 0.5) * cell})
+        try:
+            page.wait_for_function("([el, c]) => el.dataset.col === c && 'recon' in el.dataset",
+                                   arg=[info.element_handle(), str(c)], timeout=5000)
+        except Exception:
+            if attempt == 2:
+                raise
+            continue
+        return info.evaluate("(e) => ({...e.dataset})")
 
 
 def check_menu(page, names: list[str]):
