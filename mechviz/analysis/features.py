@@ -116,11 +116,31 @@ def steering_edit(sae: SAE, feature: int, value=None, scale: float | None = None
     position or only at ``positions`` (indices or a boolean mask ``[T]``)."""
     if (value is None) == (scale is None):
         raise ValueError("give exactly one of value= (clamp the feature) or scale= (multiply it)")
-    if sae.is_transcoder:
-        raise SAEError(f"steering edits one site; a {sae.kind} reads {sae.site} and writes {sae.site_out}")
     if not 0 <= int(feature) < sae.d_sae:
         raise IndexError(f"feature {feature} out of range: the SAE has {sae.d_sae} features")
-    f = int(feature)
+
+    def target(act: torch.Tensor) -> torch.Tensor:
+        if value is None:
+            return act * float(scale)
+        v = torch.as_tensor(np.asarray(value, dtype=np.float32), device=act.device).to(act.dtype)
+        return (v.expand(len(act)) if v.ndim == 0 else v.reshape(len(act)))[:, None]
+
+    def mask(T: int, device) -> torch.Tensor:
+        m = torch.zeros(T, dtype=torch.bool, device=device)
+        m[torch.as_tensor(np.asarray(positions), device=device)] = True
+        return m
+
+    return feature_edit(sae, [int(feature)], target, None if positions is None else mask)
+
+
+def feature_edit(sae: SAE, features, target, mask=None):
+    """The one steering arithmetic (single features here, several in
+    :func:`~mechviz.analysis.generation.steering_edits`): an edit of ``sae.site`` that encodes ``x`` once,
+    takes ``act [T, F]`` of ``features``, and returns ``x + sum_f (target(act) - act)[:, f] d_f * output_scale(x)``
+    (in ``features`` order; positions where ``mask(T, device)`` is False unchanged)."""
+    if sae.is_transcoder:
+        raise SAEError(f"steering edits one site; a {sae.kind} reads {sae.site} and writes {sae.site_out}")
+    feats = [int(f) for f in features]
     moved: dict = {}
 
     def edit(x: torch.Tensor) -> torch.Tensor:
@@ -129,18 +149,12 @@ def steering_edit(sae: SAE, feature: int, value=None, scale: float | None = None
             s = moved[x.device] = sae if sae.W_enc.device == x.device else sae.to(device=x.device)
         T = x.shape[0]
         flat = x.reshape(T, -1).to(s.W_enc.dtype)
-        act = s.encode(flat)[:, f]
-        if value is not None:
-            target = torch.as_tensor(np.asarray(value, dtype=np.float32), device=x.device).to(act.dtype)
-            target = target.expand(T) if target.ndim == 0 else target.reshape(T)
-        else:
-            target = act * float(scale)
-        delta = target - act
-        if positions is not None:
-            mask = torch.zeros(T, dtype=torch.bool, device=x.device)
-            mask[torch.as_tensor(np.asarray(positions), device=x.device)] = True
-            delta = torch.where(mask, delta, torch.zeros_like(delta))
-        out = flat + delta[:, None] * s.directions()[f] * s.output_scale(flat)
+        act = s.encode(flat)[:, torch.tensor(feats, device=x.device)]                  # [T, F]
+        delta = target(act) - act
+        if mask is not None:
+            delta = torch.where(mask(T, x.device)[:, None], delta, torch.zeros_like(delta))
+        change = sum(delta[:, i, None] * s.directions()[f] for i, f in enumerate(feats))
+        out = flat + change * s.output_scale(flat)
         return out.reshape(x.shape).to(x.dtype)
 
     return edit

@@ -36,6 +36,7 @@ from ..saes.load import check_sae_fits
 from ..saes.sae import SAE, SAEError
 from ..steering import Steering
 from .checks import positive_int, token_id
+from .features import feature_edit
 
 METRICS = ("kl", "target_prob")
 
@@ -103,30 +104,19 @@ def steering_edits(sae: SAE, specs, positions=None, n_prompt: int | None = None)
     if not _every(positions) and n_prompt is None:
         raise ValueError("steering only some positions needs n_prompt, the prompt's length")
     pos = _prompt_positions(positions, n_prompt or 0)
-    feats = torch.tensor([s.feature for s in checked])
     clamp = torch.tensor([s.mode == "clamp" for s in checked])
     vals = torch.tensor([s.value for s in checked], dtype=torch.float64)
-    moved: dict = {}
 
-    def edit(x: torch.Tensor) -> torch.Tensor:
-        s = moved.get(x.device)
-        if s is None:
-            s = moved[x.device] = sae if sae.W_enc.device == x.device else sae.to(device=x.device)
-        T = x.shape[0]
-        flat = x.reshape(T, -1).to(s.W_enc.dtype)
-        f = feats.to(x.device)
-        act = s.encode(flat)[:, f]                                              # [T, F]
-        v = vals.to(x.device, act.dtype)
-        target = torch.where(clamp.to(x.device), v.expand_as(act), act * v)
-        delta = target - act
-        if pos is not None:
-            mask = torch.zeros(T, dtype=torch.bool, device=x.device)
-            mask[torch.as_tensor(pos[pos < T], device=x.device)] = True
-            delta = torch.where(mask[:, None], delta, torch.zeros_like(delta))
-        change = sum(delta[:, i, None] * s.directions()[int(fi)] for i, fi in enumerate(feats))  # in spec order
-        out = flat + change * s.output_scale(flat)
-        return out.reshape(x.shape).to(x.dtype)
+    def target(act: torch.Tensor) -> torch.Tensor:
+        v = vals.to(act.device, act.dtype)
+        return torch.where(clamp.to(act.device), v.expand_as(act), act * v)
 
+    def mask(T: int, device) -> torch.Tensor:
+        m = torch.zeros(T, dtype=torch.bool, device=device)
+        m[torch.as_tensor(pos[pos < T], device=device)] = True
+        return m
+
+    edit = feature_edit(sae, [s.feature for s in checked], target, None if pos is None else mask)
     return {sae.site: edit}
 
 
