@@ -42,15 +42,16 @@ def ct_side(work: Path, dtype_name: str) -> None:
 
     import torch
     import yaml
+    from circuit_tracer import attribute
+    from circuit_tracer.graph import compute_graph_scores, prune_graph
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+    from circuit_tracer.utils.hf_utils import load_transcoders
     from transformer_lens import HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
     from transformer_lens.pretrained import weight_conversions
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from circuit_tracer import attribute
-    from circuit_tracer.graph import compute_graph_scores, prune_graph
-    from circuit_tracer.replacement_model.replacement_model_transformerlens import TransformerLensReplacementModel
-    from circuit_tracer.utils.hf_utils import load_transcoders
 
     torch.set_num_threads(2)
     dtype = getattr(torch, dtype_name)
@@ -122,7 +123,7 @@ def export_transcoders(tcs, folder: Path) -> None:
         save_file({k: v.detach().float().contiguous() for k, v in w.items()}, str(folder / f"layer_{layer}.safetensors"))
 
 
-def token_only_edges(g, tcs, wte: "torch.Tensor") -> np.ndarray:
+def token_only_edges(g, tcs, wte) -> np.ndarray:
     """Edges ``[feature and logit rows, T]`` from each position's *token* embedding alone, in mechviz's frozen
     model: circuit-tracer's token node is ``hook_embed`` (its position embedding is a constant), mechviz's embedding
     node is token + position embedding. The frozen model is linear, so the edge is ``d target / d emb[t] . wte[t]``."""

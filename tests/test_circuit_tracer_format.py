@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from mechviz.saes import SAEError, load_circuit_tracer_transcoders
+from mechviz.saes import SAEError, load_circuit_tracer_transcoders, mlp_norm_weights
 
 D, F, L = 6, 10, 3
 rng = np.random.default_rng(0)
@@ -137,6 +137,45 @@ def test_gemma_scope_npz_folds_the_norm(tmp_path):
         torch.testing.assert_close(tc.forward(mlp_in).double(), f @ g["W_dec"] + g["b_dec"], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["gemma2", "qwen3", "gpt2"])
+def test_mlp_norm_weights_give_the_mlp_input(arch):
+    """mlp_norm_weights on a real (tiny, random) HF model: the normalised pre-MLP residual (TransformerLens'
+    ln2.hook_normalized, computed here from the norm's own input and eps) times weight plus bias is exactly
+    the input the MLP module receives."""
+    if arch == "gpt2":
+        import transformers as tf
+        torch.manual_seed(0)
+        model = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50, n_positions=16)).eval()
+        for p in model.parameters():
+            p.data.normal_(0, 0.5)
+        blocks, norm_name, mlp_name = model.transformer.h, "ln_2", "mlp"
+    else:
+        from .archs import build
+        model = build(arch)
+        blocks = model.model.layers
+        norm_name = "pre_feedforward_layernorm" if arch == "gemma2" else "post_attention_layernorm"
+        mlp_name = "mlp"
+    seen = {}
+    hooks = [getattr(b, n).register_forward_pre_hook(lambda m, a, i=i, n=n: seen.__setitem__((n, i), a[0]))
+             for i, b in enumerate(blocks) for n in (norm_name, mlp_name)]
+    with torch.no_grad():
+        model(torch.arange(7)[None] % 50)
+    for h in hooks:
+        h.remove()
+    norms = mlp_norm_weights(model)
+    assert len(norms) == len(blocks)
+    for i, (w, b) in enumerate(norms):
+        x, norm = seen[(norm_name, i)][0].double(), getattr(blocks[i], norm_name)
+        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+        if arch == "gpt2":
+            n = (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+        else:
+            n = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        mlp_in = n * w.double() + (0 if b is None else b.double())
+        assert (b is None) == (arch != "gpt2")
+        torch.testing.assert_close(mlp_in, seen[(mlp_name, i)][0].double(), atol=1e-4, rtol=1e-4)
+
+
 def test_gemma_scope_2_affine_skip(tmp_path):
     w = {"w_enc": rand(D, F), "w_dec": rand(F, D), "b_enc": rand(F) - .3, "b_dec": rand(D),
          "threshold": rand(F).abs() * .3, "affine_skip_connection": rand(D, D)}
@@ -158,7 +197,7 @@ def test_clear_errors(tmp_path):
                  feature_output_hook="hook_mlp_out")
     with pytest.raises(SAEError, match="cross-layer transcoder"):
         load_circuit_tracer_transcoders(tmp_path / "clt")
-    good = dict(model_kind="transcoder_set", feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out")
+    good = {"model_kind": "transcoder_set", "feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}
     write_config(tmp_path / "hook", **{**good, "feature_input_hook": "hook_resid_pre"})
     with pytest.raises(SAEError, match="hook_resid_pre"):
         load_circuit_tracer_transcoders(tmp_path / "hook")

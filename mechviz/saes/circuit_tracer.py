@@ -43,8 +43,9 @@ one mechviz SAE reads one site and writes one site, while a CLT feature writes t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -259,6 +260,32 @@ def _fold_norm(w: dict, norm, layer: int) -> None:
     w["W_enc"] = W / weight[:, None]
 
 
+def mlp_norm_weights(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per layer, the pre-MLP norm's effective ``(weight, bias)`` of a HuggingFace causal LM (or a mechviz adapter
+    wrapping one), so that ``mlp_in = normalised * weight + bias``: what ``load_circuit_tracer_transcoders(...,
+    mlp_norm=...)`` needs for sets that read ``ln2.hook_normalized``. GPT-2's ``ln_2``; Gemma-2/3's
+    ``pre_feedforward_layernorm`` (weight ``1 + w``, as Gemma's RMSNorm applies it); otherwise the
+    ``post_attention_layernorm`` (Llama, Qwen, Gemma 1, ...). Bias None for an RMSNorm."""
+    model = getattr(model, "model", model) if not hasattr(model, "config") else model
+    base = getattr(model, "transformer", None) or getattr(model, "model", None) or model
+    layers = getattr(base, "h", None) if hasattr(base, "h") else getattr(base, "layers", None)
+    if layers is None:
+        raise SAEError(f"cannot find the transformer blocks of {type(model).__name__}: pass mlp_norm yourself")
+    out = []
+    for i, block in enumerate(layers):
+        norm = next((getattr(block, n) for n in ("ln_2", "pre_feedforward_layernorm", "post_attention_layernorm")
+                     if hasattr(block, n)), None)
+        if norm is None or getattr(norm, "weight", None) is None:
+            raise SAEError(f"layer {i} of {type(model).__name__}: no pre-MLP norm with a weight found (looked for "
+                           "ln_2, pre_feedforward_layernorm, post_attention_layernorm): pass mlp_norm yourself")
+        w = norm.weight.detach().float()
+        if type(norm).__name__.startswith("Gemma"):   # Gemma's RMSNorm multiplies by (1 + weight)
+            w = 1 + w
+        b = getattr(norm, "bias", None)
+        out.append((w, None if b is None else b.detach().float()))
+    return out
+
+
 # -- the loader --------------------------------------------------------------------------------------------
 def load_circuit_tracer_transcoders(source, *, root=None, device=None, dtype=None,
                                     mlp_norm=None) -> list[SAE]:
@@ -266,12 +293,21 @@ def load_circuit_tracer_transcoders(source, *, root=None, device=None, dtype=Non
     transcoder set: a local folder or config.yaml, a Hugging Face repo id (``org/repo[/subfolder][@rev]``,
     or circuit-tracer's ``"gemma"`` / ``"llama"``) found under ``root`` or in the local hub cache. See the
     module docstring for the layouts and sites. ``mlp_norm``: per layer, the pre-MLP norm's ``weight`` or
-    ``(weight, bias)`` (needed when the set reads ``ln2.hook_normalized``). ``dtype``: default float32.
+    ``(weight, bias)`` (needed when the set reads ``ln2.hook_normalized``; :func:`mlp_norm_weights` reads them off
+    an HF model). ``dtype``: default float32.
 
-    >>> import tempfile, torch, yaml, pathlib                      # doctest: +SKIP
-    >>> tcs = load_circuit_tracer_transcoders("mntss/transcoder-Llama-3.2-1B")   # doctest: +SKIP
-    >>> tcs[0]                                                      # doctest: +SKIP
-    SAE(transcoder, relu, d_in=2048, d_sae=131072, site='mlp_in.0', site_out='mlp_out.0', d_out=2048, ...)
+    >>> import pathlib, tempfile, torch, yaml
+    >>> from safetensors.torch import save_file
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "config.yaml").write_text(yaml.safe_dump({"model_kind": "transcoder_set",
+    ...     "feature_input_hook": "mlp.hook_in", "feature_output_hook": "mlp.hook_out"}))
+    >>> save_file({"W_enc": torch.eye(4), "W_dec": 2 * torch.eye(4), "b_enc": torch.zeros(4),
+    ...            "b_dec": torch.zeros(4)}, str(d / "layer_0.safetensors"))
+    >>> tcs = load_circuit_tracer_transcoders(d)
+    >>> tcs
+    [SAE(transcoder, relu, d_in=4, d_sae=4, site='mlp_in.0', site_out='mlp_out.0', d_out=4)]
+    >>> tcs[0].forward(torch.tensor([1., -1., 0., 3.]))
+    tensor([2., 0., 0., 6.])
     """
     import yaml
 
