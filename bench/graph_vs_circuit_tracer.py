@@ -20,6 +20,17 @@ comparison treats them: circuit-tracer zeroes every feature at position 0 (its B
 exist only in mechviz's graph and the position-0 error nodes differ by them: edges are compared on the nodes
 both graphs have (position-0 error rows/columns left out), scores and pruning are reported side by side.
 circuit-tracer accumulates its adjacency in float32; mechviz works in float64.
+
+Measured (2026-12-06, 2 shared CPU cores, circuit-tracer 0.5.0 with transformer-lens 3.2.1 / transformers 4.57.3;
+the prompt below, 7 tokens with BOS, and "When Mary and John went to the store, John gave a drink to", 18):
+same active features off position 0 (783 / 1735), activations within 3e-6 (float32 model; 3e-15 with
+--dtype float64), the same 10 logit targets, probabilities within 1e-7; edges on the common nodes, once
+mechviz's token edges are taken from the token embedding alone, within 2e-6 absolute (2e-7 of the largest
+edge; 2.4e-7 with --dtype float64, circuit-tracer's float32 edge matrix); in circuit-tracer's conventions,
+mechviz's replacement/completeness scores equal circuit-tracer's to 1e-7 and prune() keeps exactly the same
+nodes and edges. Raw (each library's own conventions) scores: mechviz 0.885/0.965 vs 0.919/0.976 (7 tokens).
+Seconds for one graph (noisy, shared cores): 7 tokens mechviz 9.7-10.9, circuit-tracer 6.4-9.8 (float32);
+18 tokens mechviz 23.8 vs 6.2 (float32), 33.4 vs 17.3 (float64).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def _repo_roots(repo_id: str, revision: str | None, root) -> list[Path]:
         return [root, root / repo_id]
     repo_dir = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}"
     snaps, revs = repo_dir / "snapshots", []
-    for ref in ([revision] if revision else []) + ["main"]:
+    for ref in [revision or "main"]:   # a revision asked for is never swapped for another
         p = repo_dir / "refs" / ref
         revs.append(p.read_text().strip() if p.exists() else ref)
     if snaps.is_dir() and not revision:
