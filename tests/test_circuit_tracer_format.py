@@ -103,6 +103,9 @@ def test_hub_cache_and_transcoders_list(tmp_path, monkeypatch):
                                           {"id": "a", "layer": 0, "filepath": str(snap / "layer_0.safetensors")}]}))
     tcs = load_circuit_tracer_transcoders(legacy)
     torch.testing.assert_close(tcs[0].encode(x).double(), ct_reference(raw[0], x)[0], atol=1e-6, rtol=1e-6)
+    with pytest.raises(SAEError, match="not available offline"):   # another revision: never swapped for r1
+        load_circuit_tracer_transcoders("org/set@other")
+    assert len(load_circuit_tracer_transcoders("org/set@r1")) == 2
     with pytest.raises(SAEError, match="not available offline.*hf download org/missing"):
         load_circuit_tracer_transcoders("org/missing")
 
