@@ -166,6 +166,10 @@ def test_mlp_norm_weights_give_the_mlp_input(arch):
     for h in hooks:
         h.remove()
     norms = mlp_norm_weights(model)
+    if arch == "gpt2":   # a mechviz adapter is unwrapped
+        import mechviz
+        norms_adapter = mlp_norm_weights(mechviz.wrap(model))
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(norms, norms_adapter))
     assert len(norms) == len(blocks)
     for i, (w, b) in enumerate(norms):
         x, norm = seen[(norm_name, i)][0].double(), getattr(blocks[i], norm_name)

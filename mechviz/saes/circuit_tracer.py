@@ -266,7 +266,8 @@ def mlp_norm_weights(model) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     mlp_norm=...)`` needs for sets that read ``ln2.hook_normalized``. GPT-2's ``ln_2``; Gemma-2/3's
     ``pre_feedforward_layernorm`` (weight ``1 + w``, as Gemma's RMSNorm applies it); otherwise the
     ``post_attention_layernorm`` (Llama, Qwen, Gemma 1, ...). Bias None for an RMSNorm."""
-    model = getattr(model, "model", model) if not hasattr(model, "config") else model
+    if not isinstance(model, torch.nn.Module) and isinstance(getattr(model, "model", None), torch.nn.Module):
+        model = model.model   # a mechviz adapter
     base = getattr(model, "transformer", None) or getattr(model, "model", None) or model
     layers = getattr(base, "h", None) if hasattr(base, "h") else getattr(base, "layers", None)
     if layers is None:
