@@ -9,6 +9,7 @@ hand (LayerNorm, RMSNorm, Gemma's (1 + w) RMSNorm; sandwich norms; GPT-J's paral
 only), each MLP's output fixed (a skip transcoder's ``mlp_in @ W_skip`` live)."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -33,6 +34,7 @@ REF = {
     "olmo2": dict(_LLAMA, pre=None, out_norm="post_attention_layernorm", mlp_in=None),
     "gptj": dict(pre="ln_1", v="attn.v_proj", o="attn.out_proj", out_norm=None, mlp_in="ln_1", mlp="mlp",
                  final="transformer.ln_f", form="ln", parallel=True),
+    "phi3": dict(_LLAMA, v="self_attn.qkv_proj"),
     "gpt2": dict(pre="ln_1", v="attn.c_attn", o="attn.c_proj", out_norm=None, mlp_in="ln_2", mlp="mlp",
                  final="transformer.ln_f", form="ln"),
 }
@@ -102,6 +104,8 @@ def reference(m, arch, ids):
             h = norm[("pre", l)](x) if ref["pre"] else x
             if arch == "gpt2":
                 v = (h @ blk.attn.c_attn.weight + blk.attn.c_attn.bias)[:, 2 * x.shape[-1]:]
+            elif arch == "phi3":  # fused [q | k | v]
+                v = blk.get_submodule(ref["v"])(h)[:, -Hkv * (x.shape[-1] // H):]
             else:
                 v = blk.get_submodule(ref["v"])(h)
             vh = v.unflatten(-1, (Hkv, -1)).transpose(0, 1).repeat_interleave(H // Hkv, 0)   # [H, T, dh]
@@ -147,7 +151,7 @@ def transcoders(mi, seed, jump=True, skip=False):
 
 CASES = [("llama", True, False), ("mistral", False, False), ("qwen3", True, True), ("gemma2", True, False),
          ("gemma3_text", False, False), ("gptj", True, False), ("gpt2", False, True), ("olmo2", True, False),
-         ("gemma", True, False), ("qwen2", False, False)]
+         ("gemma", True, False), ("qwen2", False, False), ("phi3", True, False)]
 
 
 @pytest.mark.parametrize("arch,jump,skip", CASES, ids=[c[0] + ("-skip" if c[2] else "") for c in CASES])
@@ -211,3 +215,40 @@ def test_graph_on_arch(arch, jump, skip):
         assert np.abs(out.activations - g.values[:nF]).max() < 1e-10
     if arch in ("gemma2", "gemma3_text"):  # the soft-cap bites: output logits are not the pre-cap ones
         assert np.abs(real.numpy() - pre["l"].numpy()).max() > 1e-2
+
+
+def test_refusals():
+    """A mixture-of-experts model, transcoders that normalise their input or are SAEs: a clear error."""
+    moe = HFAdapter(A.build("mixtral"))
+    mi = torch.randn(2, len(IDS), 48, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="mixture-of-experts"):
+        attribution_graph(moe, transcoders(mi, 0), IDS)
+    adapter = HFAdapter(build("qwen3"))
+    mi = torch.randn(3, len(IDS), 48, dtype=torch.float64)
+    tcs = transcoders(mi, 0)
+    normed = [dataclasses.replace(t, normalize="layer_norm") for t in tcs]
+    with pytest.raises(ValueError, match="no input normalisation"):
+        attribution_graph(adapter, normed, IDS)
+    sae = [dataclasses.replace(t, kind="sae", W_dec=torch.randn(F, 48), site_out=None) for t in tcs]
+    with pytest.raises(ValueError, match="one plain transcoder per layer"):
+        attribution_graph(adapter, sae, IDS)
+    with pytest.raises(ValueError, match="mechviz.wrap"):
+        attribution_graph(object(), tcs, IDS)
+
+
+def test_float32():
+    """dtype=float32 (big models): the decomposition still holds to float32 precision."""
+    model = build("gemma2")
+    f, mi, mo, emb = reference(model, "gemma2", IDS)
+    g64 = attribution_graph(HFAdapter(model), transcoders(mi, 1), IDS)
+    g = attribution_graph(HFAdapter(model), transcoders(mi, 1), IDS, dtype=torch.float32)
+    assert g.adjacency.dtype == np.float32
+    n = len(g.nodes)
+    rows = np.r_[0:g.n_features, n - g.n_logits:n]
+    assert np.abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-4
+    # features at a threshold may flip in float32 (moving their vectors into error nodes): compare the rest
+    common = [x for x in g.nodes if x in set(g64.nodes) and x[0] != "error"]
+    i, j = [g.nodes.index(x) for x in common], [g64.nodes.index(x) for x in common]
+    assert len(common) > 0.8 * len(g64.nodes)
+    assert np.abs(g.adjacency[np.ix_(i, i)] - g64.adjacency[np.ix_(j, j)]).max() < 1e-3 * np.abs(g64.adjacency).max()
+    assert np.abs(intervene(g, {}).probs - intervene(g64, {}).probs).max() < 1e-5

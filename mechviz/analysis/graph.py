@@ -1,28 +1,34 @@
 """Attribution graphs over a local replacement model (Ameisen et al. 2025, "Circuit tracing"; the
-open ``circuit-tracer`` library), for a GPT-2-style HF model with one per-layer transcoder per MLP.
+open ``circuit-tracer`` library), for any HF causal LM mechviz maps (GPT-2, GPT-J, Llama, Mistral, Qwen 2/3,
+Gemma 1/2/3, Phi-3, OLMo-2, GPT-NeoX; not mixture-of-experts models) with one transcoder (or skip transcoder) per MLP.
 
-**Local replacement model** of one prompt. The real model is run once (in float64, from its own weights);
-then, with every quantity below frozen at its value in that run, the model is linear:
+**Local replacement model** of one prompt (:mod:`.graph_model`). The real model is run once (a float64 copy
+by default, from its own weights, hooks placed from its :class:`~mechviz.models.archs.ArchSpec`); then, with
+every quantity below frozen at its value in that run, the model is linear:
 
-* attention patterns ``A[l]`` (queries and keys frozen: only the value/output path carries signal);
-* every LayerNorm's scale ``s`` (ln_1, ln_2, ln_f): ``LN(x) = w * (x - mean(x)) / s + b``;
-* each MLP is replaced by its transcoder's decoded features plus an **error node** per (layer, position)
-  ``e[l, t] = mlp_out[l, t] - transcoder.forward(mlp_in[l, t])``, so the replacement reproduces the
-  real run exactly (checked: its logits equal the model's);
+* attention patterns ``A[l]`` (queries and keys frozen: only the value/output path carries signal; sliding
+  windows, attention soft-caps and QK-norms live in the recorded patterns);
+* every norm's scale ``s`` outside attention (pre-norms, sandwich post-norms, the final norm): LayerNorm
+  ``w * (x - mean(x)) / s + b``, RMSNorm ``w * x / s`` or Gemma's ``(1 + w) * x / s``;
+* each MLP branch's output (after any post-norm) is replaced by its transcoder's decoded features plus an
+  **error node** per (layer, position) ``e[l, t] = mlp_out[l, t] - transcoder.forward(mlp_in[l, t])``, so
+  the replacement reproduces the real run exactly (checked: its logits equal the model's); a skip
+  transcoder's ``mlp_in @ W_skip`` stays live (it is linear), as in circuit-tracer;
 * each active feature ``(l, t, f)`` is a node with its activation ``a`` frozen: it writes
   ``a * W_dec[f]`` at ``mlp_out[l, t]`` and is not recomputed (its nonlinearity is not differentiated).
 
 **Nodes**, in the order of :attr:`Graph.adjacency`'s rows and columns: active features (``a > 0``; the
 ``max_features`` largest activations if given; the dropped ones' decoded vectors are added to their
 (layer, position)'s error node so the decomposition stays exact), error nodes ``L * T``, embedding nodes
-``T`` (token + position embedding) and target logits. A logit node's value is the **demeaned** logit
+``T`` (the residual stream entering block 0: token embedding plus positions, or Gemma's scaled embedding)
+and target logits. A logit node's value is the **demeaned** logit
 ``logit_c - mean_v logit_v`` (as circuit-tracer), default targets the most probable tokens at the last
 position up to cumulative probability 0.95, at most 10.
 
 **Edges** ``adjacency[target, source]``: the direct linear effect, in the frozen model, of the source's
 contribution (``a * W_dec[f]``, the error vector, the embedding) on the target's value (a feature's
-pre-activation ``W_enc[:, f] . LN2(resid_mid[l, t]) + b_enc[f]``, or a demeaned logit through frozen ln_f
-and the unembedding), through frozen attention and norms, never through another feature. Computed as
+pre-activation ``W_enc[:, f] . mlp_in[l, t] + b_enc[f]``, or a demeaned logit through the frozen final norm
+and the unembedding, before any final soft-cap), through frozen attention and norms, never through another feature. Computed as
 gradients of the frozen model (batched backward passes), times the source vectors. **Completeness**: a
 target's incoming edges plus :attr:`Graph.bias` (its value with every node's contribution at zero: the
 norms', attention's, decoders' and encoders' biases) equal its value exactly.
@@ -58,7 +64,8 @@ class Graph:
     :attr:`bias` ``[n]`` (each target's constant part), :attr:`target_values` ``[n]`` (feature
     pre-activations, demeaned logits; equal to ``adjacency.sum(1) + bias`` on feature and logit rows),
     :attr:`logit_probs` (softmax probabilities of the logit nodes), and the frozen model with its inputs
-    (``frozen``, ``emb`` ``[T, d]``, ``add`` ``[L, T, d]``) for interventions. Feature slices:
+    (``frozen``: a :class:`~.graph_model.Replacement`; ``emb`` ``[T, d]``; ``add`` ``[L, T, d]``, what each
+    MLP writes besides a skip transcoder's live ``mlp_in @ W_skip``) for interventions. Feature slices:
     ``n_features``, ``n_errors``, ``n_embeds``, ``n_logits`` in that order."""
 
     tokens: list[int]
@@ -73,7 +80,7 @@ class Graph:
     n_errors: int
     n_embeds: int
     n_logits: int
-    real_logits: np.ndarray      # the model's own last-position logits (float32 run), demeaned
+    real_logits: np.ndarray      # the model's own last-position logits (before any soft-cap), demeaned
     frozen: Replacement
     emb: torch.Tensor
     add: torch.Tensor
@@ -92,15 +99,17 @@ class Graph:
 def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
                       prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
                       scores: bool = True, progress=None, cancelled=None, dtype=torch.float64) -> Graph:
-    """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF GPT-2 model wrapped by
-    :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"``
-    per layer, ``mlp_in.L -> mlp_out.L``). ``targets``: token ids for the logit nodes (default: the most
+    """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF causal LM wrapped by
+    :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"`` or
+    ``"skip_transcoder"`` per layer, ``mlp_in.L -> mlp_out.L``, without input normalisation). ``targets``: token ids for the logit nodes (default: the most
     likely next tokens up to ``prob_mass``, at most ``max_logits``; ids or one-token texts). ``max_features``:
     keep only that many active features (largest activations, ties at the cut all kept; the rest go into
     the error nodes). ``batch``: target rows per batched backward pass. ``scores``: compute
     :func:`graph_scores`. ``progress(fraction, stage)``: called as the work advances (after the forward run,
     after each batch of backward rows, logit rows first). ``cancelled()``: polled between batches; when it
-    returns True, :class:`GraphCancelled` is raised. See the module docstring.
+    returns True, :class:`GraphCancelled` is raised. ``dtype``: of the model copy and the whole computation
+    (float64 by default; float32 halves the memory of a big model, edges then hold to ~1e-4). See the module
+    docstring.
 
     >>> import mechviz, mechviz.zoo
     >>> from mechviz.saes import load_sae
@@ -113,6 +122,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     >>> bool(abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-8)
     True
     """
+    if getattr(adapter, "spec", None) is None or not hasattr(adapter, "model"):
+        raise ValueError(f"attribution graphs need a HuggingFace causal LM wrapped by mechviz.wrap (its architecture "
+                         f"map places the hooks); got {type(adapter).__name__}")
     L = adapter.n_layers
     kinds = ("transcoder", "skip_transcoder")
     if len(transcoders) != L or any(t.kind not in kinds for t in transcoders):
@@ -154,16 +166,22 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         raise ValueError(f"targets must be distinct tokens, at least one; got {targets!r}")
 
     # sources: a contribution vector, where it enters (an "add" slot (l, t) or an embedding position)
-    src_vec = [acts[l, t, f] * dec[l, f] for l, t, f in feat] + [err[l, t] for l in range(L) for t in range(T)]
-    src_vec += [emb[t] for t in range(T)]
+    fi = torch.tensor(feat, dtype=torch.long).reshape(-1, 3)
+    fL, fT, fF = fi[:, 0], fi[:, 1], fi[:, 2]
+    src_vec = [acts[fL, fT, fF][:, None] * dec[fL, fF], err.flatten(0, 1), emb]
     nF, nE, nT, nL = len(feat), L * T, T, len(targets)
-    src_vec = torch.stack(src_vec)                                                       # [nF+nE+nT, d]
-    slot = torch.tensor([l * T + t for l, t, _ in feat] + list(range(L * T)))            # into add [L*T]
+    src_vec = torch.cat(src_vec)                                                         # [nF+nE+nT, d]
+    slot = torch.cat([fL * T + fT, torch.arange(L * T)])                                 # into add [L*T]
+    # gather[i, slot_i * d + k] = src_vec[i, k]: the MLP sources' edges are one sparse product with the gradients
+    d = emb.shape[1]
+    gather = torch.sparse_coo_tensor(
+        torch.stack([torch.arange(nF + nE).repeat_interleave(d), (slot[:, None] * d + torch.arange(d)).flatten()]),
+        src_vec[:nF + nE].flatten(), (nF + nE, L * T * d), check_invariants=True).coalesce()
 
     # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
-    enc = torch.stack([tcs[l].W_enc[:, f] for l, t, f in feat]) if nF else torch.zeros(0, emb.shape[1], dtype=emb.dtype)
-    b_enc = torch.tensor([float(tcs[l].b_enc[f]) for l, t, f in feat], dtype=dtype)
-    fl = torch.tensor([l * T + t for l, t, _ in feat], dtype=torch.long)
+    enc = torch.stack([tc.W_enc for tc in tcs])[fL, :, fF]                                # [nF, d]
+    b_enc = torch.stack([tc.b_enc for tc in tcs])[fL, fF]
+    fl = fL * T + fT
 
     def targets_of(e, a):
         ins, lg = fz.run(e, a)
@@ -183,10 +201,10 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
             if stop():
                 raise GraphCancelled("attribution_graph was cancelled")
             rows_i = order[i:i + batch]
-            eye = torch.eye(n_t, dtype=y.dtype)[rows_i]
+            eye = torch.zeros(len(rows_i), n_t, dtype=y.dtype)
+            eye[torch.arange(len(rows_i)), rows_i] = 1
             ge, ga = torch.autograd.grad(y, (e0, a0), eye, retain_graph=True, is_grads_batched=True)
-            ga = ga.flatten(1, 2)                                                       # [b, L*T, d]
-            mlp_part = (ga[:, slot] * src_vec[:nF + nE]).sum(-1)                         # [b, nF+nE]
+            mlp_part = (gather @ ga.flatten(1).T).T                                      # [b, nF+nE]
             emb_part = (ge * src_vec[nF + nE:]).sum(-1)                                  # [b, T]
             W[rows_i] = torch.cat([mlp_part, emb_part], 1)
             report(0.1 + 0.85 * min(i + batch, n_t) / n_t, "backward")
