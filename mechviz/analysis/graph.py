@@ -141,7 +141,8 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     T = len(ids)
     fz = Replacement(adapter, ids, dtype=dtype)
     emb, logits = fz.emb, fz.logits
-    tcs = [t.to(dtype=dtype) for t in transcoders]
+    dev = fz.emb.device
+    tcs = [t.to(device=dev, dtype=dtype) for t in transcoders]
     fz.skip = [tc.W_skip for tc in tcs]
     acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, fz.mlp_in)])                  # [L, T, F]
     keep = acts > 0
@@ -166,16 +167,17 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         raise ValueError(f"targets must be distinct tokens, at least one; got {targets!r}")
 
     # sources: a contribution vector, where it enters (an "add" slot (l, t) or an embedding position)
-    fi = torch.tensor(feat, dtype=torch.long).reshape(-1, 3)
+    fi = torch.tensor(feat, dtype=torch.long, device=dev).reshape(-1, 3)
     fL, fT, fF = fi[:, 0], fi[:, 1], fi[:, 2]
     src_vec = [acts[fL, fT, fF][:, None] * dec[fL, fF], err.flatten(0, 1), emb]
     nF, nE, nT, nL = len(feat), L * T, T, len(targets)
     src_vec = torch.cat(src_vec)                                                         # [nF+nE+nT, d]
-    slot = torch.cat([fL * T + fT, torch.arange(L * T)])                                 # into add [L*T]
+    slot = torch.cat([fL * T + fT, torch.arange(L * T, device=dev)])                                 # into add [L*T]
     # gather[i, slot_i * d + k] = src_vec[i, k]: the MLP sources' edges are one sparse product with the gradients
     d = emb.shape[1]
     gather = torch.sparse_coo_tensor(
-        torch.stack([torch.arange(nF + nE).repeat_interleave(d), (slot[:, None] * d + torch.arange(d)).flatten()]),
+        torch.stack([torch.arange(nF + nE, device=dev).repeat_interleave(d),
+                     (slot[:, None] * d + torch.arange(d, device=dev)).flatten()]),
         src_vec[:nF + nE].flatten(), (nF + nE, L * T * d), check_invariants=True).coalesce()
 
     # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
@@ -196,13 +198,13 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         n_t = len(y)
         report(0.1, "forward")
         order = list(range(nF, n_t)) + list(range(nF))                                   # logit rows first
-        W = torch.zeros(n_t, nF + nE + nT, dtype=dtype)
+        W = torch.zeros(n_t, nF + nE + nT, dtype=dtype, device=dev)
         for i in range(0, n_t, batch):
             if stop():
                 raise GraphCancelled("attribution_graph was cancelled")
             rows_i = order[i:i + batch]
-            eye = torch.zeros(len(rows_i), n_t, dtype=y.dtype)
-            eye[torch.arange(len(rows_i)), rows_i] = 1
+            eye = torch.zeros(len(rows_i), n_t, dtype=y.dtype, device=dev)
+            eye[torch.arange(len(rows_i), device=dev), torch.tensor(rows_i, device=dev)] = 1
             ge, ga = torch.autograd.grad(y, (e0, a0), eye, retain_graph=True, is_grads_batched=True)
             mlp_part = (gather @ ga.flatten(1).T).T                                      # [b, nF+nE]
             emb_part = (ge * src_vec[nF + nE:]).sum(-1)                                  # [b, T]
@@ -212,20 +214,21 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     with torch.no_grad():
         bias = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
     n = nF + nE + nT + nL
-    adj = torch.zeros(n, n, dtype=dtype)
+    adj = torch.zeros(n, n, dtype=dtype, device=dev)
     adj[:nF, :nF + nE + nT] = W[:nF]
     adj[nF + nE + nT:, :nF + nE + nT] = W[nF:]
     # no edges backwards in time: a target at layer l only sees features of earlier layers (the frozen model
     # is causal by construction; the gradient of a layer-l pre-activation w.r.t. add[l'] for l' >= l is 0)
-    rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype), v[nF:]])   # noqa: E731
+    rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype, device=dev), v[nF:]])   # noqa: E731
     nodes = [("feature", l, t, f) for l, t, f in feat] + [("error", l, t) for l in range(L) for t in range(T)]
     nodes += [("embed", t) for t in range(T)] + [("logit", c) for c in targets]
-    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=dtype), err.norm(dim=-1).flatten(),
+    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=dtype, device=dev), err.norm(dim=-1).flatten(),
                         emb.norm(dim=-1), y[nF:]])
     values, adj, bias = values.detach(), adj.detach(), bias.detach()
     real = fz._pre_cap[0].detach()
-    g = Graph(ids.tolist(), nodes, values.numpy(), adj.numpy(), rows(bias).numpy(), rows(y).numpy(), targets,
-              probs[targets].numpy(), nF, nE, nT, nL, (real - real.mean()).numpy(), fz, emb, add, src_vec,
+    npy = lambda v: v.detach().cpu().numpy()  # noqa: E731
+    g = Graph(ids.tolist(), nodes, npy(values), npy(adj), npy(rows(bias)), npy(rows(y)), targets,
+              npy(probs[targets]), nF, nE, nT, nL, npy(real - real.mean()), fz, emb, add, src_vec,
               transcoders=tcs, mlp_in=fz.mlp_in)
     if scores:
         g.replacement_score, g.completeness_score = graph_scores(g)

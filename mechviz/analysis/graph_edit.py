@@ -98,7 +98,7 @@ def intervene(graph: Graph, edits: dict[int, float], *, freeze_attention: bool =
     with torch.no_grad():
         _, lg, out = graph.frozen.forward(graph.emb, mlp, freeze=bool(freeze_attention))
     feats = np.array([float(acts[l][t, f]) for _, l, t, f in graph.nodes[:graph.n_features]])
-    return Intervention(dict(edits), bool(freeze_attention), lg.numpy(), out.softmax(-1).numpy(), feats)
+    return Intervention(dict(edits), bool(freeze_attention), lg.cpu().numpy(), out.softmax(-1).cpu().numpy(), feats)
 
 
 def _layer_of(graph: Graph, i: int, role: str) -> int:
@@ -140,7 +140,7 @@ def edge_heads(graph: Graph, target: int, source: int) -> np.ndarray:
     if not layers:
         return out
     B = 1 + len(layers) * H
-    mask = torch.ones(B, L, H, dtype=torch.float64)
+    mask = torch.ones(B, L, H, dtype=graph.emb.dtype, device=graph.emb.device)
     for k, (l, h) in enumerate((l, h) for l in layers for h in range(H)):
         mask[1 + k, l, h] = 0.0
     emb = graph.emb.expand(B, -1, -1).clone().requires_grad_(True)
@@ -157,5 +157,5 @@ def edge_heads(graph: Graph, target: int, source: int) -> np.ndarray:
     node = graph.nodes[source]
     g = ga[:, node[1], node[2]] if node[0] in ("feature", "error") else ge[:, node[1]]
     edges = (g * vec).sum(-1)
-    out[layers[0]:layers[-1] + 1] = (edges[0] - edges[1:]).reshape(len(layers), H).numpy()
+    out[layers[0]:layers[-1] + 1] = (edges[0] - edges[1:]).reshape(len(layers), H).cpu().numpy()
     return out

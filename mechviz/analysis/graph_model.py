@@ -106,7 +106,8 @@ class Replacement:
         for c in (getattr(m.config, "text_config", None),):
             if c is not None:
                 c._attn_implementation = _NAME
-        self.model, self.spec, self.ids = m, spec, ids.reshape(-1).cpu()
+        dev = next(m.parameters()).device
+        self.model, self.spec, self.ids = m, spec, ids.reshape(-1).to(dev)
         self.blocks = list(_get(m, spec.blocks))
         self.n_layers = len(self.blocks)
         self.n_heads = adapter.n_heads
