@@ -261,7 +261,11 @@ def test_progress_and_cancel(setup):
     fracs = [c[0] for c in calls]
     n_rows = g.n_features + g.n_logits
     assert calls[0][1] == "forward" and calls[-1] == (1.0, "done")
-    assert sum(s == "backward" for _, s in calls) == -(-n_rows // 8)
+    per_layer = [sum(1 for x in g.nodes[:g.n_features] if x[1] == l) for l in range(adapter.n_layers)]
+    backward = [c for c in calls if c[1] == "backward"]
+    assert len(backward) == -(-g.n_logits // 8) + sum(-(-k // 8) for k in per_layer)  # batches within a layer
+    first = min(8, g.n_logits)
+    assert abs(backward[0][0] - (0.1 + 0.85 * first / n_rows)) < 1e-12 and backward[-1][0] == 0.95  # logits first
     assert fracs == sorted(fracs) and 0 < fracs[0] < 1
     polls = []
 

@@ -183,36 +183,43 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
     enc = torch.stack([tc.W_enc for tc in tcs])[fL, :, fF]                                # [nF, d]
     b_enc = torch.stack([tc.b_enc for tc in tcs])[fL, fF]
-    fl = fL * T + fT
+    by_layer = [(fL == l).nonzero()[:, 0] for l in range(L)]  # noqa: E741  (features are sorted by layer)
 
     def targets_of(e, a):
-        ins, lg = fz.run(e, a)
-        pre = (ins.flatten(-3, -2)[..., fl, :] * enc).sum(-1) + b_enc
-        return torch.cat([pre, lg[..., targets]], -1)
+        """[logit rows, then each layer's feature rows]: separate tensors, so that a backward pass from a
+        layer's rows only traverses the layers below it."""
+        ins, lg = fz.run(e, a, stacked=False)
+        pre = [(ins[l][..., fT[i], :] * enc[i]).sum(-1) + b_enc[i] for l, i in enumerate(by_layer)]  # noqa: E741
+        return [lg[..., targets]] + pre
 
     report = progress or (lambda fraction, stage: None)
     stop = cancelled or (lambda: False)
     e0, a0 = emb.clone().requires_grad_(True), add.clone().requires_grad_(True)
     with torch.enable_grad():
-        y = targets_of(e0, a0)
-        n_t = len(y)
+        parts = targets_of(e0, a0)
+        n_t, done = nF + nL, 0
         report(0.1, "forward")
-        order = list(range(nF, n_t)) + list(range(nF))                                   # logit rows first
         W = torch.zeros(n_t, nF + nE + nT, dtype=dtype, device=dev)
-        for i in range(0, n_t, batch):
-            if stop():
-                raise GraphCancelled("attribution_graph was cancelled")
-            rows_i = order[i:i + batch]
-            eye = torch.zeros(len(rows_i), n_t, dtype=y.dtype, device=dev)
-            eye[torch.arange(len(rows_i), device=dev), torch.tensor(rows_i, device=dev)] = 1
-            ge, ga = torch.autograd.grad(y, (e0, a0), eye, retain_graph=True, is_grads_batched=True)
-            mlp_part = (gather @ ga.flatten(1).T).T                                      # [b, nF+nE]
-            emb_part = (ge * src_vec[nF + nE:]).sum(-1)                                  # [b, T]
-            W[rows_i] = torch.cat([mlp_part, emb_part], 1)
-            report(0.1 + 0.85 * min(i + batch, n_t) / n_t, "backward")
-    y = y.detach()
+        starts = [nF] + [int(i[0]) if len(i) else 0 for i in by_layer]                   # each part's first row
+        for part, start in zip(parts, starts):                                           # logit rows first
+            for i in range(0, len(part), batch):
+                if stop():
+                    raise GraphCancelled("attribution_graph was cancelled")
+                b = min(batch, len(part) - i)
+                eye = torch.zeros(b, len(part), dtype=dtype, device=dev)
+                eye[torch.arange(b, device=dev), torch.arange(i, i + b, device=dev)] = 1
+                ge, ga = torch.autograd.grad(part, (e0, a0), eye, retain_graph=True, is_grads_batched=True,
+                                             allow_unused=True, materialize_grads=True)
+                if ga.dim() == a0.dim():  # layer-0 rows do not reach add: unbatched zeros
+                    ga = ga.expand(b, *a0.shape)
+                mlp_part = (gather @ ga.flatten(1).T).T                                  # [b, nF+nE]
+                emb_part = (ge * src_vec[nF + nE:]).sum(-1)                              # [b, T]
+                W[start + i:start + i + b] = torch.cat([mlp_part, emb_part], 1)
+                done += b
+                report(0.1 + 0.85 * done / n_t, "backward")
+    y = torch.cat(parts[1:] + parts[:1]).detach()
     with torch.no_grad():
-        bias = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
+        bias = torch.cat((lambda p: p[1:] + p[:1])(targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))))
     n = nF + nE + nT + nL
     adj = torch.zeros(n, n, dtype=dtype, device=dev)
     adj[:nF, :nF + nE + nT] = W[:nF]

@@ -196,18 +196,23 @@ class Replacement:
         try:
             out = self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
             pre = self._rec.pop("logits")
-            ins = torch.stack([self._mi[l] for l in range(self.n_layers)], 1)           # [B, L, T, d]
+            ins = [self._mi[l] for l in range(self.n_layers)]                          # L x [B, T, d]
         finally:
             self._mode, self._emb, self._mlp, self._head_mask = "record-done", None, None, None
             self._mi.clear()
         pre = pre - pre.mean(-1, keepdim=True)
-        res = ins, pre, out.logits[:, -1]
-        return res if batched else tuple(r[0] for r in res)
+        if not batched:
+            ins, pre, out = [x[0] for x in ins], pre[0], out.logits[0, -1]
+        else:
+            out = out.logits[:, -1]
+        return ins, pre, out
 
-    def run(self, emb: torch.Tensor, add: torch.Tensor, head_mask: torch.Tensor | None = None, skip=None):
+    def run(self, emb: torch.Tensor, add: torch.Tensor, head_mask: torch.Tensor | None = None, skip=None,
+            stacked: bool = True):
         """The frozen linear model: ``emb [..., T, d]``, each MLP's output ``add [..., L, T, d]`` (plus
         ``mlp_in @ skip[l]`` where ``skip[l]`` is a skip transcoder's ``W_skip``), ``head_mask [..., L, H]``.
-        Returns (mlp_in ``[..., L, T, d]``, demeaned last-position logits before any soft-cap ``[..., V]``)."""
+        Returns (mlp_in ``[..., L, T, d]`` (a list of L ``[..., T, d]`` unless ``stacked``), demeaned last-position
+        logits before any soft-cap ``[..., V]``)."""
         skip = skip if skip is not None else getattr(self, "skip", None)
 
         def mlp(l, mi):  # noqa: E741
@@ -215,10 +220,11 @@ class Replacement:
             return y + mi @ skip[l] if skip is not None and skip[l] is not None else y
 
         ins, pre, _ = self._call(emb, mlp, "frozen", head_mask)
-        return ins, pre
+        return (torch.stack(ins, -3) if stacked else ins), pre
 
     def forward(self, emb: torch.Tensor, mlp, freeze: bool = True):
         """The model on ``emb [T, d]`` with each MLP's output ``mlp(layer, mlp_in [T, d]) -> [T, d]`` (any
         function), attention patterns and norm scales frozen (``freeze``) or recomputed. Returns (mlp_in
         ``[L, T, d]``, demeaned last logits before any soft-cap ``[V]``, output logits ``[V]``)."""
-        return self._call(emb, mlp, "frozen" if freeze else "free")
+        ins, pre, out = self._call(emb, mlp, "frozen" if freeze else "free")
+        return torch.stack(ins, -3), pre, out
