@@ -234,6 +234,11 @@ def test_refusals():
         attribution_graph(adapter, sae, IDS)
     with pytest.raises(ValueError, match="mechviz.wrap"):
         attribution_graph(object(), tcs, IDS)
+    # a norm of a form it does not know (here: an RMSNorm whose output a hook scales by 1.5) is refused by name
+    model = build("qwen3")
+    model.model.layers[1].post_attention_layernorm.register_forward_hook(lambda mod, a, out: 1.5 * out)
+    with pytest.raises(NotImplementedError, match=r"layers.1.post_attention_layernorm \(Qwen3RMSNorm\) is not a"):
+        attribution_graph(HFAdapter(model), tcs, IDS)
 
 
 def test_float32():

@@ -28,8 +28,9 @@ position up to cumulative probability 0.95, at most 10.
 **Edges** ``adjacency[target, source]``: the direct linear effect, in the frozen model, of the source's
 contribution (``a * W_dec[f]``, the error vector, the embedding) on the target's value (a feature's
 pre-activation ``W_enc[:, f] . mlp_in[l, t] + b_enc[f]``, or a demeaned logit through the frozen final norm
-and the unembedding, before any final soft-cap), through frozen attention and norms, never through another feature. Computed as
-gradients of the frozen model (batched backward passes), times the source vectors. **Completeness**: a
+and the unembedding, before any final soft-cap), through frozen attention and norms, never through another
+feature. Computed as gradients of the frozen model (batched backward passes, each layer's feature rows from
+their own tensor so a pass only traverses the layers below), times the source vectors. **Completeness**: a
 target's incoming edges plus :attr:`Graph.bias` (its value with every node's contribution at zero: the
 norms', attention's, decoders' and encoders' biases) equal its value exactly.
 
@@ -101,8 +102,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
                       scores: bool = True, progress=None, cancelled=None, dtype=torch.float64) -> Graph:
     """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF causal LM wrapped by
     :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"`` or
-    ``"skip_transcoder"`` per layer, ``mlp_in.L -> mlp_out.L``, without input normalisation). ``targets``: token ids for the logit nodes (default: the most
-    likely next tokens up to ``prob_mass``, at most ``max_logits``; ids or one-token texts). ``max_features``:
+    ``"skip_transcoder"`` per layer, ``mlp_in.L -> mlp_out.L``, without input normalisation). ``targets``:
+    token ids for the logit nodes (default: the most likely next tokens up to ``prob_mass``, at most
+    ``max_logits``; ids or one-token texts). ``max_features``:
     keep only that many active features (largest activations, ties at the cut all kept; the rest go into
     the error nodes). ``batch``: target rows per batched backward pass. ``scores``: compute
     :func:`graph_scores`. ``progress(fraction, stage)``: called as the work advances (after the forward run,
@@ -219,7 +221,8 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
                 report(0.1 + 0.85 * done / n_t, "backward")
     y = torch.cat(parts[1:] + parts[:1]).detach()
     with torch.no_grad():
-        bias = torch.cat((lambda p: p[1:] + p[:1])(targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))))
+        zero = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
+        bias = torch.cat(zero[1:] + zero[:1])
     n = nF + nE + nT + nL
     adj = torch.zeros(n, n, dtype=dtype, device=dev)
     adj[:nF, :nF + nE + nT] = W[:nF]

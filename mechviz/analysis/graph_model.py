@@ -64,15 +64,15 @@ def _register():
     ALL_MASK_ATTENTION_FUNCTIONS.register(_NAME, eager_mask)
 
 
-def _norm_form(mod, x, y):
+def _norm_form(mod, x, y, key: str = ""):
     """``(kind, weight, bias, scale [T, 1], correction)`` of a norm module from its input and output on the recording
     run. ``correction``: the module's output minus the formula's (HF's RMSNorms compute in float32 even in a
     float64 model: ~1e-7), a constant added so the frozen norm passes exactly through the real run."""
     w, b = getattr(mod, "weight", None), getattr(mod, "bias", None)
     eps = getattr(mod, "eps", getattr(mod, "variance_epsilon", None))
     if eps is None:
-        raise NotImplementedError(f"norm module {type(mod).__name__} has no eps: attribution graphs cannot "
-                                  "freeze its scale")
+        raise NotImplementedError(f"norm module {key} ({type(mod).__name__}) has no eps: attribution graphs "
+                                  "cannot freeze its scale")
     w1 = 1 if w is None else w
     b1 = 0 if b is None else b
     xc = x - x.mean(-1, keepdim=True)
@@ -85,8 +85,8 @@ def _norm_form(mod, x, y):
     for kind, ww, bb, s, yc in cands:
         if (yc - y).abs().max() <= tol * (1 + y.abs().max()):
             return kind, ww, bb, s.detach(), (y - yc).detach()[0]
-    raise NotImplementedError(f"norm module {type(mod).__name__} is not a LayerNorm, an RMSNorm (w * x / rms) or "
-                              "Gemma's (1 + w) RMSNorm: attribution graphs cannot freeze its scale")
+    raise NotImplementedError(f"norm module {key} ({type(mod).__name__}) is not a LayerNorm, an RMSNorm (w * x / rms) "
+                              "or Gemma's (1 + w) RMSNorm: attribution graphs cannot freeze its scale")
 
 
 class Replacement:
@@ -174,7 +174,7 @@ class Replacement:
                     raise NotImplementedError(f"norm {key} runs twice per forward pass: attribution graphs "
                                               "cannot freeze its scale")
                 self._rec[key] = True
-                self._norms[key] = _norm_form(mod, x.detach(), out.detach())
+                self._norms[key] = _norm_form(mod, x.detach(), out.detach(), key)
                 return None
             if self._mode == "free":
                 return None
