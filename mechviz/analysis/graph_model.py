@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 import weakref
 
 import torch
@@ -116,6 +117,7 @@ class Replacement:
         self._mode, self._head_mask, self._emb, self._mlp = "record", None, None, None
         self._mi: dict[int, torch.Tensor] = {}
         self._rec: dict = {}
+        self._lock = threading.Lock()  # the hooks read per-run state: one run at a time (widget workers are threads)
         self._norms: dict[int, tuple] = {}
         for l, blk in enumerate(self.blocks):  # noqa: E741
             attn = _get(blk, spec.attn)
@@ -187,6 +189,10 @@ class Replacement:
 
     # runs --------------------------------------------------------------------------------------------
     def _call(self, emb, mlp, mode, head_mask=None):
+        with self._lock:
+            return self._call_locked(emb, mlp, mode, head_mask)
+
+    def _call_locked(self, emb, mlp, mode, head_mask):
         batched = emb.ndim == 3
         emb = emb if batched else emb[None]
         self._mode, self._emb = mode, emb
