@@ -162,6 +162,7 @@ def test_graph_on_arch(arch, jump, skip):
     f, mi, mo, emb = reference(model, arch, IDS)
     tcs = transcoders(mi, seed=len(arch), jump=jump, skip=skip)
     g = attribution_graph(adapter, tcs, IDS)
+    assert model.config._attn_implementation == "eager"  # the user's model is untouched (the graph has a copy)
     n, nF, nE, nT = len(g.nodes), g.n_features, g.n_errors, g.n_embeds
     assert 5 < nF < 0.5 * F * len(IDS) * len(tcs)
     # (a) completeness: every feature and logit row
