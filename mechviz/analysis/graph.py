@@ -1,29 +1,36 @@
 """Attribution graphs over a local replacement model (Ameisen et al. 2025, "Circuit tracing"; the
-open ``circuit-tracer`` library), for a GPT-2-style HF model with one per-layer transcoder per MLP.
+open ``circuit-tracer`` library), for any HF causal LM mechviz maps (GPT-2, GPT-J, Llama, Mistral, Qwen 2/3,
+Gemma 1/2/3, Phi-3, OLMo-2, GPT-NeoX; not mixture-of-experts models) with one transcoder (or skip transcoder) per MLP.
 
-**Local replacement model** of one prompt. The real model is run once (in float64, from its own weights);
-then, with every quantity below frozen at its value in that run, the model is linear:
+**Local replacement model** of one prompt (:mod:`.graph_model`). The real model is run once (a float64 copy
+by default, from its own weights, hooks placed from its :class:`~mechviz.models.archs.ArchSpec`); then, with
+every quantity below frozen at its value in that run, the model is linear:
 
-* attention patterns ``A[l]`` (queries and keys frozen: only the value/output path carries signal);
-* every LayerNorm's scale ``s`` (ln_1, ln_2, ln_f): ``LN(x) = w * (x - mean(x)) / s + b``;
-* each MLP is replaced by its transcoder's decoded features plus an **error node** per (layer, position)
-  ``e[l, t] = mlp_out[l, t] - transcoder.forward(mlp_in[l, t])``, so the replacement reproduces the
-  real run exactly (checked: its logits equal the model's);
+* attention patterns ``A[l]`` (queries and keys frozen: only the value/output path carries signal; sliding
+  windows, attention soft-caps and QK-norms live in the recorded patterns);
+* every norm's scale ``s`` outside attention (pre-norms, sandwich post-norms, the final norm): LayerNorm
+  ``w * (x - mean(x)) / s + b``, RMSNorm ``w * x / s`` or Gemma's ``(1 + w) * x / s``;
+* each MLP branch's output (after any post-norm) is replaced by its transcoder's decoded features plus an
+  **error node** per (layer, position) ``e[l, t] = mlp_out[l, t] - transcoder.forward(mlp_in[l, t])``, so
+  the replacement reproduces the real run exactly (checked: its logits equal the model's); a skip
+  transcoder's ``mlp_in @ W_skip`` stays live (it is linear), as in circuit-tracer;
 * each active feature ``(l, t, f)`` is a node with its activation ``a`` frozen: it writes
   ``a * W_dec[f]`` at ``mlp_out[l, t]`` and is not recomputed (its nonlinearity is not differentiated).
 
 **Nodes**, in the order of :attr:`Graph.adjacency`'s rows and columns: active features (``a > 0``; the
 ``max_features`` largest activations if given; the dropped ones' decoded vectors are added to their
 (layer, position)'s error node so the decomposition stays exact), error nodes ``L * T``, embedding nodes
-``T`` (token + position embedding) and target logits. A logit node's value is the **demeaned** logit
+``T`` (the residual stream entering block 0: token embedding plus positions, or Gemma's scaled embedding)
+and target logits. A logit node's value is the **demeaned** logit
 ``logit_c - mean_v logit_v`` (as circuit-tracer), default targets the most probable tokens at the last
 position up to cumulative probability 0.95, at most 10.
 
 **Edges** ``adjacency[target, source]``: the direct linear effect, in the frozen model, of the source's
 contribution (``a * W_dec[f]``, the error vector, the embedding) on the target's value (a feature's
-pre-activation ``W_enc[:, f] . LN2(resid_mid[l, t]) + b_enc[f]``, or a demeaned logit through frozen ln_f
-and the unembedding), through frozen attention and norms, never through another feature. Computed as
-gradients of the frozen model (batched backward passes), times the source vectors. **Completeness**: a
+pre-activation ``W_enc[:, f] . mlp_in[l, t] + b_enc[f]``, or a demeaned logit through the frozen final norm
+and the unembedding, before any final soft-cap), through frozen attention and norms, never through another
+feature. Computed as gradients of the frozen model (batched backward passes, each layer's feature rows from
+their own tensor so a pass only traverses the layers below), times the source vectors. **Completeness**: a
 target's incoming edges plus :attr:`Graph.bias` (its value with every node's contribution at zero: the
 norms', attention's, decoders' and encoders' biases) equal its value exactly.
 
@@ -36,44 +43,17 @@ node's normalised input not from error nodes, averaged with weights ``influence 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .checks import token_id
+from .graph_model import Replacement
 
 
-@dataclass
-class Frozen:
-    """The frozen replacement model of one prompt (float64). ``run(emb, add)`` maps the embedding
-    contributions ``[..., T, d]`` and what each MLP writes ``[..., L, T, d]`` to (mlp_in ``[..., L, T, d]``,
-    demeaned logits at the last position ``[..., V]``); it is linear in both (affine through biases)."""
-
-    ln1: list          # (w, b, s[T]) per layer
-    ln2: list
-    lnf: tuple
-    A: list            # [H, T, T] per layer
-    W_V: list          # [d, d], b_V [d] (heads concatenated)
-    b_V: list
-    W_O: list
-    b_O: list
-    W_U: torch.Tensor  # [V, d], demeaned over the vocab
-    n_heads: int
-
-    def run(self, emb: torch.Tensor, add: torch.Tensor):
-        ln = lambda x, p: (x - x.mean(-1, keepdim=True)) / p[2][:, None] * p[0] + p[1]  # noqa: E731
-        x, ins = emb, []
-        for l in range(len(self.A)):  # noqa: E741
-            v = ln(x, self.ln1[l]) @ self.W_V[l] + self.b_V[l]                            # [..., T, d]
-            vh = v.unflatten(-1, (self.n_heads, -1)).transpose(-2, -3)                    # [..., H, T, dh]
-            z = (self.A[l] @ vh).transpose(-2, -3).flatten(-2)                            # [..., T, d]
-            x = x + z @ self.W_O[l] + self.b_O[l]
-            ins.append(ln(x, self.ln2[l]))
-            x = x + add[..., l, :, :]
-        logits = ln(x[..., -1:, :], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[..., 0, :] @ self.W_U.T
-        return torch.stack(ins, -3), logits
+class GraphCancelled(RuntimeError):
+    """:func:`attribution_graph` stopped because its ``cancelled()`` callback returned True."""
 
 
 @dataclass
@@ -85,7 +65,8 @@ class Graph:
     :attr:`bias` ``[n]`` (each target's constant part), :attr:`target_values` ``[n]`` (feature
     pre-activations, demeaned logits; equal to ``adjacency.sum(1) + bias`` on feature and logit rows),
     :attr:`logit_probs` (softmax probabilities of the logit nodes), and the frozen model with its inputs
-    (``frozen``, ``emb`` ``[T, d]``, ``add`` ``[L, T, d]``) for interventions. Feature slices:
+    (``frozen``: a :class:`~.graph_model.Replacement`; ``emb`` ``[T, d]``; ``add`` ``[L, T, d]``, what each
+    MLP writes besides a skip transcoder's live ``mlp_in @ W_skip``) for interventions. Feature slices:
     ``n_features``, ``n_errors``, ``n_embeds``, ``n_logits`` in that order."""
 
     tokens: list[int]
@@ -100,13 +81,15 @@ class Graph:
     n_errors: int
     n_embeds: int
     n_logits: int
-    real_logits: np.ndarray      # the model's own last-position logits (float32 run), demeaned
-    frozen: Frozen
+    real_logits: np.ndarray      # the model's own last-position logits (before any soft-cap), demeaned
+    frozen: Replacement
     emb: torch.Tensor
     add: torch.Tensor
     sources: torch.Tensor        # [n_features + n_errors + n_embeds, d]: each source node's contribution
     replacement_score: float = float("nan")
     completeness_score: float = float("nan")
+    transcoders: list | None = None  # the transcoders (float64 copies), for interventions
+    mlp_in: torch.Tensor | None = None  # [L, T, d] each MLP's input in the real run
 
     def __repr__(self) -> str:
         return (f"Graph({len(self.tokens)} tokens: {self.n_features} features, {self.n_errors} errors, "
@@ -114,57 +97,21 @@ class Graph:
                 f"completeness {self.completeness_score:.3f})")
 
 
-def _ln(mod, x):
-    """A LayerNorm's (w, b, s) with ``s = sqrt(var(x) + eps)`` per row of ``x``."""
-    s = (x.var(-1, unbiased=False) + mod.eps).sqrt()
-    return mod.weight.double(), mod.bias.double(), s
-
-
-def _real_run(model, ids: torch.Tensor):
-    """The real model in float64 from its own modules, recording what the replacement freezes."""
-    m = copy.deepcopy(model).double().eval().requires_grad_(False)
-    tr, cfg = m.transformer, m.config
-    H, d, T = cfg.n_head, cfg.n_embd, len(ids)
-    emb = tr.wte.weight[ids] + tr.wpe.weight[:T]
-    x, rec = emb, dict(ln1=[], ln2=[], A=[], W_V=[], b_V=[], W_O=[], b_O=[], mlp_in=[], mlp_out=[])
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    for blk in tr.h:
-        rec["ln1"].append(_ln(blk.ln_1, x))
-        h = blk.ln_1(x)
-        q, k, v = (h @ blk.attn.c_attn.weight + blk.attn.c_attn.bias).split(d, -1)
-        heads = lambda t: t.unflatten(-1, (H, -1)).transpose(0, 1)  # noqa: E731
-        sc = heads(q) @ heads(k).transpose(-1, -2) / (d // H) ** 0.5
-        A = sc.masked_fill(~causal, float("-inf")).softmax(-1)
-        z = (A @ heads(v)).transpose(0, 1).flatten(-2)
-        x = x + blk.attn.c_proj(z)
-        rec["A"].append(A)
-        rec["W_V"].append(blk.attn.c_attn.weight[:, 2 * d:])
-        rec["b_V"].append(blk.attn.c_attn.bias[2 * d:])
-        rec["W_O"].append(blk.attn.c_proj.weight)
-        rec["b_O"].append(blk.attn.c_proj.bias)
-        rec["ln2"].append(_ln(blk.ln_2, x))
-        mi = blk.ln_2(x)
-        mo = blk.mlp(mi)
-        rec["mlp_in"].append(mi)
-        rec["mlp_out"].append(mo)
-        x = x + mo
-    rec["lnf"] = _ln(tr.ln_f, x)
-    W_U = m.get_output_embeddings().weight
-    logits = tr.ln_f(x[-1]) @ W_U.T
-    return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in rec.items()}, emb.detach(), \
-        (W_U - W_U.mean(0)).detach(), logits.detach()
-
-
 def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
                       prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
-                      scores: bool = True) -> Graph:
-    """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF GPT-2 model wrapped by
-    :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"``
-    per layer, ``mlp_in.L -> mlp_out.L``). ``targets``: token ids for the logit nodes (default: the most
-    likely next tokens up to ``prob_mass``, at most ``max_logits``; ids or one-token texts). ``max_features``:
+                      scores: bool = True, progress=None, cancelled=None, dtype=torch.float64) -> Graph:
+    """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF causal LM wrapped by
+    :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"`` or
+    ``"skip_transcoder"`` per layer, ``mlp_in.L -> mlp_out.L``, without input normalisation). ``targets``:
+    token ids for the logit nodes (default: the most likely next tokens up to ``prob_mass``, at most
+    ``max_logits``; ids or one-token texts). ``max_features``:
     keep only that many active features (largest activations, ties at the cut all kept; the rest go into
     the error nodes). ``batch``: target rows per batched backward pass. ``scores``: compute
-    :func:`graph_scores`. See the module docstring.
+    :func:`graph_scores`. ``progress(fraction, stage)``: called as the work advances (after the forward run,
+    after each batch of backward rows, logit rows first). ``cancelled()``: polled between batches; when it
+    returns True, :class:`GraphCancelled` is raised. ``dtype``: of the model copy and the whole computation
+    (float64 by default; float32 halves the memory of a big model, edges then hold to ~1e-4). See the module
+    docstring.
 
     >>> import mechviz, mechviz.zoo
     >>> from mechviz.saes import load_sae
@@ -177,19 +124,29 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     >>> bool(abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-8)
     True
     """
-    model = adapter.model
-    if model.config.model_type != "gpt2":
-        raise NotImplementedError("attribution_graph freezes GPT-2's blocks itself: only model_type 'gpt2'")
-    L = model.config.n_layer
-    if len(transcoders) != L or any(t.kind != "transcoder" for t in transcoders):
-        raise ValueError(f"need one plain transcoder per layer ({L}); skip transcoders are not supported")
+    if getattr(adapter, "spec", None) is None or not hasattr(adapter, "model"):
+        raise ValueError(f"attribution graphs need a HuggingFace causal LM wrapped by mechviz.wrap (its architecture "
+                         f"map places the hooks); got {type(adapter).__name__}")
+    L = adapter.n_layers
+    kinds = ("transcoder", "skip_transcoder")
+    if len(transcoders) != L or any(t.kind not in kinds for t in transcoders):
+        raise ValueError(f"need one plain transcoder per layer ({L}) (kind 'transcoder' or 'skip_transcoder'), got "
+                         f"{[t.kind for t in transcoders]}")
+    for l, tc in enumerate(transcoders):  # noqa: E741
+        if tc.normalize != "none" or tc.d_in != adapter.d_model or tc.d_out != adapter.d_model:
+            raise ValueError(f"transcoder {l} cannot be attributed through: it needs d_in = d_out = d_model "
+                             f"({adapter.d_model}) and no input normalisation (got d_in={tc.d_in}, d_out={tc.d_out}, "
+                             f"normalize={tc.normalize!r})")
     if max_features is not None and max_features < 1:
         raise ValueError(f"max_features must be at least 1 (or None for every active feature), got {max_features}")
     ids = adapter.to_tokens(prompt).reshape(-1).cpu()
     T = len(ids)
-    rec, emb, W_U, logits = _real_run(model, ids)
-    tcs = [t.to(dtype=torch.float64) for t in transcoders]
-    acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, rec["mlp_in"])])          # [L, T, F]
+    fz = Replacement(adapter, ids, dtype=dtype)
+    emb, logits = fz.emb, fz.logits
+    dev = fz.emb.device
+    tcs = [t.to(device=dev, dtype=dtype) for t in transcoders]
+    fz.skip = [tc.W_skip for tc in tcs]
+    acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, fz.mlp_in)])                  # [L, T, F]
     keep = acts > 0
     if max_features is not None and int(keep.sum()) > max_features:
         thr = acts[keep].sort(descending=True).values[max_features - 1]
@@ -198,11 +155,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     dec = torch.stack([tc.directions() for tc in tcs])                                  # [L, F, d]
     kept_out = torch.einsum("ltf,lfd->ltd", acts * keep, dec)
     b_dec = torch.stack([tc.b_dec for tc in tcs])                                        # [L, d]
-    mlp_out = torch.stack(rec["mlp_out"])
-    err = mlp_out - kept_out - b_dec[:, None]                                           # [L, T, d]
-    add = mlp_out.clone()
-    fz = Frozen(rec["ln1"], rec["ln2"], rec["lnf"], rec["A"], rec["W_V"], rec["b_V"], rec["W_O"], rec["b_O"],
-                W_U, model.config.n_head)
+    add = torch.stack([mo - (mi @ tc.W_skip if tc.W_skip is not None else 0)            # what the hook adds
+                       for tc, mi, mo in zip(tcs, fz.mlp_in, fz.mlp_out)])
+    err = add - kept_out - b_dec[:, None]                                               # [L, T, d]
 
     probs = logits.softmax(-1)
     if targets is None:
@@ -214,54 +169,80 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         raise ValueError(f"targets must be distinct tokens, at least one; got {targets!r}")
 
     # sources: a contribution vector, where it enters (an "add" slot (l, t) or an embedding position)
-    src_vec = [acts[l, t, f] * dec[l, f] for l, t, f in feat] + [err[l, t] for l in range(L) for t in range(T)]
-    src_vec += [emb[t] for t in range(T)]
+    fi = torch.tensor(feat, dtype=torch.long, device=dev).reshape(-1, 3)
+    fL, fT, fF = fi[:, 0], fi[:, 1], fi[:, 2]
+    src_vec = [acts[fL, fT, fF][:, None] * dec[fL, fF], err.flatten(0, 1), emb]
     nF, nE, nT, nL = len(feat), L * T, T, len(targets)
-    src_vec = torch.stack(src_vec)                                                       # [nF+nE+nT, d]
-    slot = torch.tensor([l * T + t for l, t, _ in feat] + list(range(L * T)))            # into add [L*T]
+    src_vec = torch.cat(src_vec)                                                         # [nF+nE+nT, d]
+    slot = torch.cat([fL * T + fT, torch.arange(L * T, device=dev)])                                 # into add [L*T]
+    # gather[i, slot_i * d + k] = src_vec[i, k]: the MLP sources' edges are one sparse product with the gradients
+    d = emb.shape[1]
+    gather = torch.sparse_coo_tensor(
+        torch.stack([torch.arange(nF + nE, device=dev).repeat_interleave(d),
+                     (slot[:, None] * d + torch.arange(d, device=dev)).flatten()]),
+        src_vec[:nF + nE].flatten(), (nF + nE, L * T * d), check_invariants=True).coalesce()
 
     # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
-    enc = torch.stack([tcs[l].W_enc[:, f] for l, t, f in feat]) if nF else torch.zeros(0, emb.shape[1], dtype=emb.dtype)
-    b_enc = torch.tensor([float(tcs[l].b_enc[f]) for l, t, f in feat], dtype=torch.float64)
-    fl = torch.tensor([l * T + t for l, t, _ in feat], dtype=torch.long)
+    enc = torch.stack([tc.W_enc for tc in tcs])[fL, :, fF]                                # [nF, d]
+    b_enc = torch.stack([tc.b_enc for tc in tcs])[fL, fF]
+    by_layer = [(fL == l).nonzero()[:, 0] for l in range(L)]  # noqa: E741  (features are sorted by layer)
 
     def targets_of(e, a):
-        ins, lg = fz.run(e, a)
-        pre = (ins.flatten(-3, -2)[..., fl, :] * enc).sum(-1) + b_enc
-        return torch.cat([pre, lg[..., targets]], -1)
+        """[logit rows, then each layer's feature rows]: separate tensors, so that a backward pass from a
+        layer's rows only traverses the layers below it."""
+        ins, lg = fz.run(e, a, stacked=False)
+        pre = [(ins[l][..., fT[i], :] * enc[i]).sum(-1) + b_enc[i] for l, i in enumerate(by_layer)]  # noqa: E741
+        return [lg[..., targets]] + pre
 
+    report = progress or (lambda fraction, stage: None)
+    stop = cancelled or (lambda: False)
     e0, a0 = emb.clone().requires_grad_(True), add.clone().requires_grad_(True)
     with torch.enable_grad():
-        y = targets_of(e0, a0)
-        n_t = len(y)
-        adj_rows = []
-        for i in range(0, n_t, batch):
-            eye = torch.eye(n_t, dtype=y.dtype)[i:i + batch]
-            ge, ga = torch.autograd.grad(y, (e0, a0), eye, retain_graph=True, is_grads_batched=True)
-            ga = ga.flatten(1, 2)                                                       # [b, L*T, d]
-            mlp_part = (ga[:, slot] * src_vec[:nF + nE]).sum(-1)                         # [b, nF+nE]
-            emb_part = (ge * src_vec[nF + nE:]).sum(-1)                                  # [b, T]
-            adj_rows.append(torch.cat([mlp_part, emb_part], 1))
-    y = y.detach()
-    W = torch.cat(adj_rows) if adj_rows else torch.zeros(0, nF + nE + nT, dtype=torch.float64)
+        parts = targets_of(e0, a0)
+        n_t, done = nF + nL, 0
+        report(0.1, "forward")
+        W = torch.zeros(n_t, nF + nE + nT, dtype=dtype, device=dev)
+        starts = [nF] + [int(i[0]) if len(i) else 0 for i in by_layer]                   # each part's first row
+        for part, start in zip(parts, starts):                                           # logit rows first
+            for i in range(0, len(part), batch):
+                if stop():
+                    raise GraphCancelled("attribution_graph was cancelled")
+                b = min(batch, len(part) - i)
+                eye = torch.zeros(b, len(part), dtype=dtype, device=dev)
+                eye[torch.arange(b, device=dev), torch.arange(i, i + b, device=dev)] = 1
+                ge, ga = torch.autograd.grad(part, (e0, a0), eye, retain_graph=True, is_grads_batched=True,
+                                             allow_unused=True, materialize_grads=True)
+                if ga.dim() == a0.dim():  # layer-0 rows do not reach add: unbatched zeros
+                    ga = ga.expand(b, *a0.shape)
+                mlp_part = (gather @ ga.flatten(1).T).T                                  # [b, nF+nE]
+                emb_part = (ge * src_vec[nF + nE:]).sum(-1)                              # [b, T]
+                W[start + i:start + i + b] = torch.cat([mlp_part, emb_part], 1)
+                done += b
+                report(0.1 + 0.85 * done / n_t, "backward")
+    y = torch.cat(parts[1:] + parts[:1]).detach()
     with torch.no_grad():
-        bias = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
+        zero = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
+        bias = torch.cat(zero[1:] + zero[:1])
     n = nF + nE + nT + nL
-    adj = torch.zeros(n, n, dtype=torch.float64)
+    adj = torch.zeros(n, n, dtype=dtype, device=dev)
     adj[:nF, :nF + nE + nT] = W[:nF]
     adj[nF + nE + nT:, :nF + nE + nT] = W[nF:]
     # no edges backwards in time: a target at layer l only sees features of earlier layers (the frozen model
     # is causal by construction; the gradient of a layer-l pre-activation w.r.t. add[l'] for l' >= l is 0)
-    rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype), v[nF:]])   # noqa: E731
+    rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype, device=dev), v[nF:]])   # noqa: E731
     nodes = [("feature", l, t, f) for l, t, f in feat] + [("error", l, t) for l in range(L) for t in range(T)]
     nodes += [("embed", t) for t in range(T)] + [("logit", c) for c in targets]
-    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=torch.float64), err.norm(dim=-1).flatten(),
+    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=dtype, device=dev), err.norm(dim=-1).flatten(),
                         emb.norm(dim=-1), y[nF:]])
     values, adj, bias = values.detach(), adj.detach(), bias.detach()
-    g = Graph(ids.tolist(), nodes, values.numpy(), adj.numpy(), rows(bias).numpy(), rows(y).numpy(), targets,
-              probs[targets].numpy(), nF, nE, nT, nL, (logits - logits.mean()).numpy(), fz, emb, add, src_vec)
+    real = fz._pre_cap[0].detach()
+    npy = lambda v: v.detach().cpu().numpy()  # noqa: E731
+    g = Graph(ids.tolist(), nodes, npy(values), npy(adj), npy(rows(bias)), npy(rows(y)), targets,
+              npy(probs[targets]), nF, nE, nT, nL, npy(real - real.mean()), fz, emb, add, src_vec,
+              transcoders=tcs, mlp_in=fz.mlp_in)
     if scores:
         g.replacement_score, g.completeness_score = graph_scores(g)
+    report(1.0, "done")
     return g
 
 
