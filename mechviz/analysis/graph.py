@@ -17,7 +17,8 @@ every quantity below frozen at its value in that run, the model is linear:
 * each active feature ``(l, t, f)`` is a node with its activation ``a`` frozen: it writes
   ``a * W_dec[f]`` at ``mlp_out[l, t]`` and is not recomputed (its nonlinearity is not differentiated).
 
-**Nodes**, in the order of :attr:`Graph.adjacency`'s rows and columns: active features (``a > 0``; the
+**Nodes**, in the order of :attr:`Graph.adjacency`'s rows and columns: active features (``a > 0``, none at a
+leading BOS token, whose MLP outputs are the same for every prompt and so constant, as in circuit-tracer; the
 ``max_features`` largest activations if given; the dropped ones' decoded vectors are added to their
 (layer, position)'s error node so the decomposition stays exact), error nodes ``L * T``, embedding nodes
 ``T`` (the residual stream entering block 0: token embedding plus positions, or Gemma's scaled embedding)
@@ -99,7 +100,8 @@ class Graph:
 
 def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
                       prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
-                      scores: bool = True, progress=None, cancelled=None, dtype=torch.float64) -> Graph:
+                      scores: bool = True, progress=None, cancelled=None, dtype=torch.float64,
+                      constant_bos: bool = True) -> Graph:
     """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF causal LM wrapped by
     :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"`` or
     ``"skip_transcoder"`` per layer, ``mlp_in.L -> mlp_out.L``, without input normalisation). ``targets``:
@@ -110,8 +112,10 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     :func:`graph_scores`. ``progress(fraction, stage)``: called as the work advances (after the forward run,
     after each batch of backward rows, logit rows first). ``cancelled()``: polled between batches; when it
     returns True, :class:`GraphCancelled` is raised. ``dtype``: of the model copy and the whole computation
-    (float64 by default; float32 halves the memory of a big model, edges then hold to ~1e-4). See the module
-    docstring.
+    (float64 by default; float32 halves the memory of a big model, edges then hold to ~1e-4).
+    ``constant_bos``: circuit-tracer's convention: when the prompt starts with the model's BOS token, what the
+    MLPs write there is the same for every prompt, so it is a constant (part of :attr:`Graph.bias`): no feature
+    nodes at position 0 and zero error nodes there. ``False`` keeps them as nodes. See the module docstring.
 
     >>> import mechviz, mechviz.zoo
     >>> from mechviz.saes import load_sae
@@ -148,6 +152,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     fz.skip = [tc.W_skip for tc in tcs]
     acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, fz.mlp_in)])                  # [L, T, F]
     keep = acts > 0
+    bos = constant_bos and adapter.bos_id() is not None and int(ids[0]) == adapter.bos_id()
+    if bos:
+        keep[:, 0] = False
     if max_features is not None and int(keep.sum()) > max_features:
         thr = acts[keep].sort(descending=True).values[max_features - 1]
         keep &= acts >= thr  # ties at the threshold are all kept
@@ -158,6 +165,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     add = torch.stack([mo - (mi @ tc.W_skip if tc.W_skip is not None else 0)            # what the hook adds
                        for tc, mi, mo in zip(tcs, fz.mlp_in, fz.mlp_out)])
     err = add - kept_out - b_dec[:, None]                                               # [L, T, d]
+    const = b_dec[:, None].expand(L, T, -1).clone()           # what the MLPs add when every node is zero
+    if bos:   # the MLPs' whole output at a leading BOS is constant
+        const[:, 0], err[:, 0] = add[:, 0], 0
 
     probs = logits.softmax(-1)
     if targets is None:
@@ -221,7 +231,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
                 report(0.1 + 0.85 * done / n_t, "backward")
     y = torch.cat(parts[1:] + parts[:1]).detach()
     with torch.no_grad():
-        zero = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
+        zero = targets_of(torch.zeros_like(emb), const)
         bias = torch.cat(zero[1:] + zero[:1])
     n = nF + nE + nT + nL
     adj = torch.zeros(n, n, dtype=dtype, device=dev)
