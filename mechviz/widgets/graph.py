@@ -1,0 +1,301 @@
+"""The attribution graph of the Lab's prompt in a view (:mod:`mechviz.analysis.graph`): features, error nodes,
+embeddings and target logits laid out by position (columns) and layer (rows), edges coloured by sign.
+
+Bound with ``lab.add(mechviz.GraphView(), transcoders=None, targets=None, max_features=None,
+node_threshold=0.8, edge_threshold=0.98, max_nodes=400, max_edges=3000)``. The graph is computed once per
+prompt (and options): in a worker thread with a progress bar and a Cancel button when a kernel loop runs
+(a newer prompt supersedes it), at once from a script. Only the pruned subgraph is sent (a binary node
+table and edge list, see :mod:`~mechviz.widgets.graph_payload`), within the ``max_nodes`` / ``max_edges``
+budget (a visible ``notice`` says what it left out). The view's threshold sliders, pins, groups and labels
+are widget state: the kernel re-prunes the cached graph (no recomputation) and a saved notebook keeps them.
+A clicked feature asks the kernel for its top output tokens and activations and selects it in the Lab
+(``dictionary``, ``feature``), so the feature view and the dashboard follow. The graph is of the unsteered
+model, whatever the Lab steers.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import traitlets as t
+import torch
+
+from ..analysis.graph import attribution_graph, influence
+from ._esm import bundle
+from .base import Feed, Shown, View
+from .graph_payload import feature_detail, node_key, parse_key, payload, select
+from .runner import live
+from .transport import Array
+
+_KEEP = object()   # a Shown that only updates status traits: the graph shown stays
+_CACHE = 4         # graphs kept per view (prompt + options)
+
+
+class GraphView(View):
+    """An attribution graph (see the module docstring).
+
+    Node table (binary, one row per node sent): ``node_kind`` (0 feature, 1 error, 2 embedding, 3 logit),
+    ``node_layer`` (embeddings -1, logits ``n_layers``), ``node_pos``, ``node_feature`` (the feature index;
+    a logit node's token id; -1 otherwise), ``node_value`` float32 (activation, error norm, embedding norm,
+    demeaned logit), ``node_influence`` float32, ``node_index`` (row in ``Graph.nodes``), ``logit_token``
+    (index of ``strings``, -1 none) and ``logit_prob`` float32. Edges: ``edge_src``, ``edge_dst`` (indexes
+    into the node table) and ``edge_weight`` float16, largest ``|weight|`` first. ``tokens``: the prompt's
+    token strings. ``notice``: what the budget left out; ``sent_bytes``: bytes of one payload; ``totals``:
+    [pruned nodes, pruned edges, graph nodes, graph edges]. Widget state: ``node_threshold``,
+    ``edge_threshold``, ``pinned`` (node keys), ``groups`` ([{"name", "members"}]), ``labels`` ({key: text}).
+    Requests from the browser, answered by the kernel: ``detail_request`` {"key", "id"} -> ``detail``.
+    ``status``: "" | "computing" (``progress``, ``stage``) | "ready" | "cancelled" | "error".
+    """
+
+    _esm = bundle("graph")
+    node_kind = Array("int32")
+    node_layer = Array("int32")
+    node_pos = Array("int32")
+    node_feature = Array("int32")
+    node_value = Array("float32")
+    node_influence = Array("float32")
+    node_index = Array("int32")
+    logit_token = Array("int32")
+    logit_prob = Array("float32")
+    edge_src = Array("int32")
+    edge_dst = Array("int32")
+    edge_weight = Array("float16")
+    strings = t.List(t.Unicode(), default_value=[]).tag(sync=True)
+    tokens = t.List(t.Unicode(), default_value=[]).tag(sync=True)
+    n_layers = t.Int(0).tag(sync=True)
+    totals = t.List(t.Int(), default_value=[]).tag(sync=True)
+    notice = t.Unicode("").tag(sync=True)
+    sent_bytes = t.Int(0).tag(sync=True)
+    status = t.Unicode("").tag(sync=True)
+    progress = t.Float(0.0).tag(sync=True)
+    stage = t.Unicode("").tag(sync=True)
+    cancel_request = t.Int(0).tag(sync=True)
+    node_threshold = t.Float(0.8).tag(sync=True)
+    edge_threshold = t.Float(0.98).tag(sync=True)
+    max_nodes = t.Int(400).tag(sync=True)
+    max_edges = t.Int(3000).tag(sync=True)
+    pinned = t.List(t.Unicode(), default_value=[]).tag(sync=True)
+    groups = t.List(t.Dict(), default_value=[]).tag(sync=True)
+    labels = t.Dict(default_value={}).tag(sync=True)
+    detail_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
+    detail = t.Dict(default_value={}).tag(sync=True)
+    title = t.Unicode("Attribution graph").tag(sync=True)
+
+    def feed(self, lab, transcoders=None, targets=None, max_features: int | None = None, node_threshold: float = 0.8,
+             edge_threshold: float = 0.98, max_nodes: int = 400, max_edges: int = 3000) -> Feed:
+        """The graph of the Lab's prompt on ``transcoders`` (default: the Lab's transcoders, one per layer);
+        ``targets`` and ``max_features`` go to :func:`~mechviz.analysis.graph.attribution_graph`."""
+        self._lab = lab
+        self._tcs, self._names = transcoders_of(lab, transcoders)
+        if max_features is not None and (isinstance(max_features, bool) or int(max_features) < 1):
+            raise ValueError(f"max_features must be a positive int or None, got {max_features!r}")
+        if not (0 <= node_threshold <= 1 and 0 <= edge_threshold <= 1):
+            raise ValueError("node_threshold and edge_threshold must be in [0, 1]")
+        if int(max_nodes) < 1 or int(max_edges) < 0:
+            raise ValueError(f"max_nodes must be at least 1 and max_edges at least 0, got {max_nodes}, {max_edges}")
+        self._options = {"targets": None if targets is None else list(targets), "max_features": max_features}
+        self._cache: dict = {}
+        self._job = None            # (key, threading.Event) of the graph being computed in a worker
+        self._jobs_lock = threading.Lock()
+        self._entry = None          # the cached (graph, influence, token strs, logit strs) shown
+        with self.hold_trait_notifications():
+            self.node_threshold, self.edge_threshold = float(node_threshold), float(edge_threshold)
+            self.max_nodes, self.max_edges = int(max_nodes), int(max_edges)
+        names = ["node_threshold", "edge_threshold", "max_nodes", "max_edges", "pinned"]
+        for fn, on in ((self._on_prune, names), (self._on_detail, ["detail_request"]),
+                       (self._on_cancel, ["cancel_request"])):
+            self.unobserve(fn, names=on)   # (bound again: one observer each)
+            self.observe(fn, names=on)
+
+        def graph_payload(p):
+            key = (p.prompt, repr(self._options))
+            with self._jobs_lock:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    return {"entry": entry, "prompt": p.prompt}
+                if live(lab._loop):
+                    self._start(key, p.prompt)
+                    return {"status": "computing", "prompt": p.prompt}
+            try:
+                entry = self._compute(p.prompt, None, None)
+            except Exception as exc:   # shown in this view only; the last good graph stays
+                return {"status": "error", "error": f"attribution graph: {type(exc).__name__}: {exc}",
+                        "prompt": p.prompt}
+            self._remember(key, entry)
+            return {"entry": entry, "prompt": p.prompt}
+        return Feed(lambda: [], graph_payload)
+
+    # -- computing the graph --------------------------------------------------------------------------
+    def _compute(self, prompt: str, progress, cancelled):
+        lab = self._lab
+        g = attribution_graph(lab.model, self._tcs, prompt, **self._options)
+        inf = influence(g)
+        strs = lab.model.to_str_tokens
+        return g, inf, strs(torch.tensor(g.tokens)), strs(torch.tensor(g.logit_tokens))
+
+    def _remember(self, key, entry) -> None:
+        self._cache[key] = entry
+        while len(self._cache) > _CACHE:
+            self._cache.pop(next(iter(self._cache)))
+
+    def _start(self, key, prompt: str) -> None:
+        """A worker for ``key`` (called holding ``_jobs_lock``): a running one for another key is cancelled."""
+        if self._job is not None:
+            if self._job[0] == key:
+                return
+            self._job[1].set()
+        cancel = threading.Event()
+        self._job = (key, cancel)
+        threading.Thread(target=self._work, args=(key, prompt, cancel), daemon=True, name="mechviz-graph").start()
+
+    def _work(self, key, prompt: str, cancel: threading.Event) -> None:
+        def progress(done, total, stage=""):
+            self._set_on_loop({"status": "computing", "progress": done / max(total, 1), "stage": str(stage)})
+        self._set_on_loop({"status": "computing", "progress": 0.0, "stage": "running the model"})
+        try:
+            with self._lab.lock.background():
+                entry = self._compute(prompt, progress, cancel.is_set)
+            with self._jobs_lock:
+                self._remember(key, entry)
+                latest = self._job is not None and self._job[0] == key and not cancel.is_set()
+            if latest:
+                shown = self.prepare(entry=entry, prompt=prompt)
+                self._lab._loop.call_soon_threadsafe(lambda: self.apply(shown))
+        except Exception as exc:
+            if not cancel.is_set():
+                self._set_on_loop({"status": "error", "error": f"attribution graph: {type(exc).__name__}: {exc}"})
+        finally:
+            with self._jobs_lock:
+                if self._job is not None and self._job[1] is cancel:
+                    self._job = None
+
+    def _on_cancel(self, change) -> None:
+        with self._jobs_lock:
+            job, self._job = self._job, None
+        if job is not None:
+            job[1].set()
+            self._set_on_loop({"status": "cancelled", "stage": "cancelled: edit the prompt to compute again"})
+
+    # -- payloads -----------------------------------------------------------------------------------
+    def prepare(self, entry=None, prompt: str = "", status: str = "", error: str = "") -> Shown:
+        """The traits showing ``entry`` (a cached graph) pruned at the view's thresholds, budget and pins;
+        without one, only ``status`` / ``error`` (the graph shown stays)."""
+        if entry is None:
+            return Shown({"status": status, "error": error, "progress": 0.0}, _KEEP, prompt)
+        g, inf, toks, lstrs = entry
+        sel = select(g, self.node_threshold, self.edge_threshold, self.max_nodes, self.max_edges, self.pinned, inf)
+        traits = payload(g, sel, inf, toks, lstrs)
+        traits.update(status="ready", progress=1.0, stage="")
+        self._entry = entry
+        return Shown(traits, g, prompt)
+
+    def apply(self, shown: Shown) -> None:
+        if shown.result is _KEEP:
+            with self.hold_sync():
+                for name, value in shown.traits.items():
+                    setattr(self, name, value)
+            return
+        super().apply(shown)
+
+    def _on_prune(self, change) -> None:
+        if self._entry is None:
+            return
+        entry, prompt = self._entry, self.prompt
+
+        def now():
+            try:
+                shown = self.prepare(entry=entry, prompt=prompt)
+            except ValueError as exc:
+                self._set_on_loop({"error": str(exc)})
+                return
+            if live(self._loop):
+                self._loop.call_soon_threadsafe(lambda: self.apply(shown))
+            else:
+                self.apply(shown)
+        self._off_loop(now)
+
+    # -- requests from the browser --------------------------------------------------------------------
+    def _on_detail(self, change) -> None:
+        request = change["new"]
+        if request and request.get("key"):
+            self._off_loop(lambda: self._detail_now(request))
+
+    def _detail_now(self, request) -> None:
+        try:
+            node = parse_key(request["key"])
+            if node[0] != "feature" or self._entry is None:
+                raise ValueError(f"details come for feature nodes of the graph shown, not {request['key']!r}")
+            g = self._entry[0]
+            if node not in g.nodes:
+                raise ValueError(f"{request['key']!r} is not a node of the graph shown")
+            _, layer, pos, f = node
+            with self._lab.lock:
+                d = feature_detail(self._lab.model, self._tcs[layer], g, layer, f)
+            d.update(key=request["key"], id=request.get("id", 0), layer=layer, pos=pos, feature=f,
+                     activation=float(g.values[g.nodes.index(node)]), dictionary=self._names[layer] or "")
+            answer = {"detail": d, "error": ""}
+        except (ValueError, KeyError) as exc:
+            answer, d = {"error": f"detail: {exc.args[0] if exc.args else exc}"}, None
+        self._set_on_loop(answer)
+        if d is not None and d["dictionary"]:
+            self._on_loop(lambda: self._select(d["dictionary"], d["feature"]))
+
+    def _select(self, dictionary: str, feature: int) -> None:
+        sel = self._lab.selection
+        if sel.dictionary != dictionary:
+            sel.dictionary = dictionary    # (resets the feature: set it after)
+        sel.feature = int(feature)
+
+    # -- threads and the loop -------------------------------------------------------------------------
+    def _off_loop(self, fn) -> None:
+        if live(self._loop):
+            threading.Thread(target=fn, daemon=True, name="mechviz-graph-request").start()
+        else:
+            fn()
+
+    def _on_loop(self, fn) -> None:
+        if live(self._loop):
+            self._loop.call_soon_threadsafe(fn)
+        else:
+            fn()
+
+    def _set_on_loop(self, traits: dict) -> None:
+        def put():
+            with self.hold_sync():
+                for name, value in traits.items():
+                    setattr(self, name, value)
+        self._on_loop(put)
+
+    def __repr__(self) -> str:
+        n = 0 if self.node_kind is None else len(self.node_kind)
+        m = 0 if self.edge_src is None else len(self.edge_src)
+        return f"GraphView({n} nodes, {m} edges, status={self.status!r}, {self.sent_bytes:,} bytes sent)"
+
+
+def transcoders_of(lab, transcoders=None) -> tuple[list, list]:
+    """``(transcoders, their names in lab.saes or None)``, one per layer in layer order: ``transcoders``
+    (SAEs or names in ``lab.saes``) or, by default, the Lab's dictionaries of kind ``"transcoder"``."""
+    L = lab.model.n_layers
+    how = (f'use mechviz.Lab.default(sae="all") (the bundled model\'s transcoders) or lab.add_sae(transcoder) '
+           f"for each layer")
+    by_id = {id(s): n for n, s in lab.saes.items()}
+    if transcoders is None:
+        found = [(n, s) for n, s in lab.saes.items() if s.kind == "transcoder"]
+        by_site = {s.site: (n, s) for n, s in found}
+        missing = [f"mlp_in.{l}" for l in range(L) if f"mlp_in.{l}" not in by_site]
+        if missing:
+            raise ValueError(f"the graph view needs one transcoder per layer ({L}, mlp_in.L -> mlp_out.L); this Lab "
+                             f"has {len(found)}, none reading {', '.join(missing)}: {how}")
+        pairs = [by_site[f"mlp_in.{l}"] for l in range(L)]
+        return [s for _, s in pairs], [n for n, _ in pairs]
+    sae_list = [lab.saes[x] if isinstance(x, str) else x for x in transcoders]
+    if len(sae_list) != L:
+        raise ValueError(f"transcoders: need one per layer ({L}) in layer order, got {len(sae_list)}: {how}")
+    for l, s in enumerate(sae_list):  # noqa: E741
+        if getattr(s, "kind", None) != "transcoder" or s.site != f"mlp_in.{l}":
+            raise ValueError(f"transcoders[{l}] must be a transcoder reading mlp_in.{l}, got "
+                             f"{getattr(s, 'kind', type(s).__name__)} on {getattr(s, 'site', '?')}: {how}")
+    return sae_list, [by_id.get(id(s)) for s in sae_list]
+
+
+__all__ = ["GraphView", "node_key", "transcoders_of"]
