@@ -62,18 +62,57 @@ class Frozen:
     W_U: torch.Tensor  # [V, d], demeaned over the vocab
     n_heads: int
 
-    def run(self, emb: torch.Tensor, add: torch.Tensor):
-        ln = lambda x, p: (x - x.mean(-1, keepdim=True)) / p[2][:, None] * p[0] + p[1]  # noqa: E731
+    model: object = None  # the float64 HF model copy, for :meth:`forward`'s unfrozen mode
+
+    def run(self, emb: torch.Tensor, add: torch.Tensor, head_mask: torch.Tensor | None = None):
+        """``head_mask [..., L, H]``: each head's value/output path scaled (0 removes it), for :func:`edge_heads`."""
         x, ins = emb, []
         for l in range(len(self.A)):  # noqa: E741
-            v = ln(x, self.ln1[l]) @ self.W_V[l] + self.b_V[l]                            # [..., T, d]
+            v = _ln_frozen(x, self.ln1[l]) @ self.W_V[l] + self.b_V[l]                    # [..., T, d]
             vh = v.unflatten(-1, (self.n_heads, -1)).transpose(-2, -3)                    # [..., H, T, dh]
-            z = (self.A[l] @ vh).transpose(-2, -3).flatten(-2)                            # [..., T, d]
+            zh = self.A[l] @ vh
+            if head_mask is not None:
+                zh = zh * head_mask[..., l, :, None, None]
+            z = zh.transpose(-2, -3).flatten(-2)                                          # [..., T, d]
             x = x + z @ self.W_O[l] + self.b_O[l]
-            ins.append(ln(x, self.ln2[l]))
+            ins.append(_ln_frozen(x, self.ln2[l]))
             x = x + add[..., l, :, :]
-        logits = ln(x[..., -1:, :], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[..., 0, :] @ self.W_U.T
+        logits = _ln_frozen(x[..., -1:, :], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[..., 0, :] @ self.W_U.T
         return torch.stack(ins, -3), logits
+
+    def forward(self, emb: torch.Tensor, mlp, freeze: bool = True):
+        """The model on ``emb [T, d]`` with each MLP's output given by ``mlp(layer, mlp_in [T, d]) -> [T, d]``
+        (nonlinear allowed), attention patterns and norm scales frozen (``freeze``) or recomputed.
+        Returns (mlp_in ``[L, T, d]``, demeaned last logits before any soft-cap ``[V]``, output logits ``[V]``)."""
+        tr, H = self.model.transformer, self.n_heads
+        T, d = emb.shape
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        x, ins = emb, []
+        for l, blk in enumerate(tr.h):  # noqa: E741
+            h = _ln_frozen(x, self.ln1[l]) if freeze else blk.ln_1(x)
+            q, k, v = (h @ blk.attn.c_attn.weight + blk.attn.c_attn.bias).split(d, -1)
+            heads = lambda t: t.unflatten(-1, (H, -1)).transpose(0, 1)  # noqa: E731
+            if freeze:
+                A = self.A[l]
+            else:
+                sc = heads(q) @ heads(k).transpose(-1, -2) / (d // H) ** 0.5
+                A = sc.masked_fill(~causal, float("-inf")).softmax(-1)
+            x = x + blk.attn.c_proj((A @ heads(v)).transpose(0, 1).flatten(-2))
+            mi = _ln_frozen(x, self.ln2[l]) if freeze else blk.ln_2(x)
+            ins.append(mi)
+            x = x + mlp(l, mi)
+        xf = _ln_frozen(x[-1:], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[0] if freeze else tr.ln_f(x[-1])
+        out = xf @ self.model.get_output_embeddings().weight.T
+        return torch.stack(ins), out - out.mean(), out
+
+
+def _ln_frozen(x, p):
+    """LayerNorm with its scale frozen: ``p = (w, b, s[T])``."""
+    return (x - x.mean(-1, keepdim=True)) / p[2][:, None] * p[0] + p[1]
+
+
+class GraphCancelled(RuntimeError):
+    """:func:`attribution_graph` stopped because its ``cancelled()`` callback returned True."""
 
 
 @dataclass
@@ -107,6 +146,8 @@ class Graph:
     sources: torch.Tensor        # [n_features + n_errors + n_embeds, d]: each source node's contribution
     replacement_score: float = float("nan")
     completeness_score: float = float("nan")
+    transcoders: list | None = None  # the transcoders (float64 copies), for interventions
+    mlp_in: torch.Tensor | None = None  # [L, T, d] each MLP's input in the real run
 
     def __repr__(self) -> str:
         return (f"Graph({len(self.tokens)} tokens: {self.n_features} features, {self.n_errors} errors, "
@@ -152,19 +193,21 @@ def _real_run(model, ids: torch.Tensor):
     W_U = m.get_output_embeddings().weight
     logits = tr.ln_f(x[-1]) @ W_U.T
     return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in rec.items()}, emb.detach(), \
-        (W_U - W_U.mean(0)).detach(), logits.detach()
+        (W_U - W_U.mean(0)).detach(), logits.detach(), m
 
 
 def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
                       prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
-                      scores: bool = True) -> Graph:
+                      scores: bool = True, progress=None, cancelled=None) -> Graph:
     """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF GPT-2 model wrapped by
     :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"``
     per layer, ``mlp_in.L -> mlp_out.L``). ``targets``: token ids for the logit nodes (default: the most
     likely next tokens up to ``prob_mass``, at most ``max_logits``; ids or one-token texts). ``max_features``:
     keep only that many active features (largest activations, ties at the cut all kept; the rest go into
     the error nodes). ``batch``: target rows per batched backward pass. ``scores``: compute
-    :func:`graph_scores`. See the module docstring.
+    :func:`graph_scores`. ``progress(fraction, stage)``: called as the work advances (after the forward run,
+    after each batch of backward rows, logit rows first). ``cancelled()``: polled between batches; when it
+    returns True, :class:`GraphCancelled` is raised. See the module docstring.
 
     >>> import mechviz, mechviz.zoo
     >>> from mechviz.saes import load_sae
@@ -187,7 +230,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         raise ValueError(f"max_features must be at least 1 (or None for every active feature), got {max_features}")
     ids = adapter.to_tokens(prompt).reshape(-1).cpu()
     T = len(ids)
-    rec, emb, W_U, logits = _real_run(model, ids)
+    rec, emb, W_U, logits, m64 = _real_run(model, ids)
     tcs = [t.to(dtype=torch.float64) for t in transcoders]
     acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, rec["mlp_in"])])          # [L, T, F]
     keep = acts > 0
@@ -202,7 +245,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     err = mlp_out - kept_out - b_dec[:, None]                                           # [L, T, d]
     add = mlp_out.clone()
     fz = Frozen(rec["ln1"], rec["ln2"], rec["lnf"], rec["A"], rec["W_V"], rec["b_V"], rec["W_O"], rec["b_O"],
-                W_U, model.config.n_head)
+                W_U, model.config.n_head, m64)
 
     probs = logits.softmax(-1)
     if targets is None:
@@ -230,20 +273,27 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         pre = (ins.flatten(-3, -2)[..., fl, :] * enc).sum(-1) + b_enc
         return torch.cat([pre, lg[..., targets]], -1)
 
+    report = progress or (lambda fraction, stage: None)
+    stop = cancelled or (lambda: False)
     e0, a0 = emb.clone().requires_grad_(True), add.clone().requires_grad_(True)
     with torch.enable_grad():
         y = targets_of(e0, a0)
         n_t = len(y)
-        adj_rows = []
+        report(0.1, "forward")
+        order = list(range(nF, n_t)) + list(range(nF))                                   # logit rows first
+        W = torch.zeros(n_t, nF + nE + nT, dtype=torch.float64)
         for i in range(0, n_t, batch):
-            eye = torch.eye(n_t, dtype=y.dtype)[i:i + batch]
+            if stop():
+                raise GraphCancelled("attribution_graph was cancelled")
+            rows_i = order[i:i + batch]
+            eye = torch.eye(n_t, dtype=y.dtype)[rows_i]
             ge, ga = torch.autograd.grad(y, (e0, a0), eye, retain_graph=True, is_grads_batched=True)
             ga = ga.flatten(1, 2)                                                       # [b, L*T, d]
             mlp_part = (ga[:, slot] * src_vec[:nF + nE]).sum(-1)                         # [b, nF+nE]
             emb_part = (ge * src_vec[nF + nE:]).sum(-1)                                  # [b, T]
-            adj_rows.append(torch.cat([mlp_part, emb_part], 1))
+            W[rows_i] = torch.cat([mlp_part, emb_part], 1)
+            report(0.1 + 0.85 * min(i + batch, n_t) / n_t, "backward")
     y = y.detach()
-    W = torch.cat(adj_rows) if adj_rows else torch.zeros(0, nF + nE + nT, dtype=torch.float64)
     with torch.no_grad():
         bias = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
     n = nF + nE + nT + nL
@@ -259,9 +309,11 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
                         emb.norm(dim=-1), y[nF:]])
     values, adj, bias = values.detach(), adj.detach(), bias.detach()
     g = Graph(ids.tolist(), nodes, values.numpy(), adj.numpy(), rows(bias).numpy(), rows(y).numpy(), targets,
-              probs[targets].numpy(), nF, nE, nT, nL, (logits - logits.mean()).numpy(), fz, emb, add, src_vec)
+              probs[targets].numpy(), nF, nE, nT, nL, (logits - logits.mean()).numpy(), fz, emb, add, src_vec,
+              transcoders=tcs, mlp_in=torch.stack(rec["mlp_in"]))
     if scores:
         g.replacement_score, g.completeness_score = graph_scores(g)
+    report(1.0, "done")
     return g
 
 
