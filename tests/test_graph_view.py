@@ -195,3 +195,78 @@ def test_live_the_graph_computes_in_a_worker(lab, tcs):
     v, first, seen = asyncio.run(scenario())
     assert v.error == "" and first is not None and v.result is not first and seen[:2] == ["computing", "ready"]
     assert v.result.tokens == lab.model.to_tokens("The cat sat on").tolist()
+
+
+def test_intervention_equals_intervene(lab):
+    from mechviz.analysis.graph_edit import intervene
+
+    v = lab.add(GraphView(), max_features=MAXF)
+    g = v.result
+    rows = [int(r) for r in v.node_index if r < g.n_features][:2]
+    keys = [node_key(g.nodes[r]) for r in rows]
+    v.intervention_request = {"edits": {keys[0]: 0.0, keys[1]: 3.5}, "id": 7}
+    res = v.intervention_result
+    assert v.error == "" and res["id"] == 7 and res["edits"] == {keys[0]: 0.0, keys[1]: 3.5}
+    edits = {rows[0]: 0.0, rows[1]: 3.5}
+    for name, want in (("base", intervene(g, {})), ("frozen", intervene(g, edits, freeze_attention=True)),
+                       ("unfrozen", intervene(g, edits, freeze_attention=False))):
+        top = want.top(10)
+        assert [p for _, p in res[name]] == [p for _, p in top]
+        assert [s for s, _ in res[name]] == [lab.model.tokenizer.decode([i]) for i, _ in top]
+    fz, un = intervene(g, edits, freeze_attention=True), intervene(g, edits, freeze_attention=False)
+    want = {node_key(g.nodes[r]): [fz.activations[r] - g.values[r], un.activations[r] - g.values[r]]
+            for r in map(int, v.node_index) if r < g.n_features}
+    want = {k: d for k, d in want.items() if max(map(abs, d)) > 1e-6}
+    assert res["changes"].keys() == want.keys() and keys[0] in want
+    for k, d in want.items():
+        assert res["changes"][k] == pytest.approx(d, rel=1e-9, abs=1e-12)
+    assert res["changes"][keys[0]][0] == pytest.approx(-g.values[rows[0]])   # ablated: its whole activation
+    v.intervention_request = {"edits": {"e:0:1": 1.0}, "id": 8}
+    assert v.error.startswith("intervention: node") and "only feature nodes" in v.error
+    v.intervention_request = {"edits": {keys[0]: "lots"}, "id": 9}
+    assert v.error == f"intervention: the value for {keys[0]!r} must be a number, got 'lots'"
+    v.close()
+
+
+def test_edge_click_splits_by_head_and_selects(lab):
+    from mechviz.analysis.graph_edit import edge_heads
+
+    attn = lab.attention()
+    v = lab.add(GraphView(), max_features=MAXF)
+    g = v.result
+    rows = v.node_index
+    pos = v.node_pos
+    e = next(e for e in range(len(v.edge_src)) if pos[v.edge_src[e]] != pos[v.edge_dst[e]])   # the largest such
+    s, d = int(rows[v.edge_src[e]]), int(rows[v.edge_dst[e]])
+    v.edge_request = {"src": node_key(g.nodes[s]), "dst": node_key(g.nodes[d]), "id": 1}
+    res = v.edge_result
+    heads = edge_heads(g, d, s)
+    share = heads / g.adjacency[d, s]
+    L, H = np.unravel_index(np.argmax(share), share.shape)
+    assert v.error == "" and res["heads"][0][:2] == [L, H] and res["edge"] == g.adjacency[d, s]
+    assert res["heads"][0][2:] == [pytest.approx(heads[L, H], rel=1e-12), pytest.approx(share[L, H], rel=1e-12)]
+    assert (lab.selection.layer, lab.selection.head) == (L, H) and (attn.layer, attn.head) == (L, H)
+    same = next(e for e in range(len(v.edge_src)) if pos[v.edge_src[e]] == pos[v.edge_dst[e]])
+    v.edge_request = {"src": node_key(g.nodes[rows[v.edge_src[same]]]),
+                      "dst": node_key(g.nodes[rows[v.edge_dst[same]]]), "id": 2}
+    assert "stays at one position" in v.error
+    v.close()
+    attn.close()
+
+
+def test_live_cancel(lab, tcs):
+    async def scenario():
+        live = mechviz.Lab(lab.model, prompt=PROMPT, sae=tcs)
+        v = GraphView()
+        progress = []
+        v.observe(lambda ch: progress.append(ch["new"]), names="progress")
+        live.add(v)                           # every active feature: a few seconds of work
+        await asyncio.sleep(0.3)
+        assert v.status == "computing"
+        v.cancel_request = 1                  # the Cancel button
+        await asyncio.sleep(3.0)              # the worker stops at its next batch; nothing is applied
+        return v, progress
+
+    v, progress = asyncio.run(scenario())
+    assert v.status == "cancelled" and v.node_kind is None and v.error == ""
+    assert progress and max(progress) < 1.0

@@ -23,7 +23,7 @@ import torch
 from ..analysis.graph import attribution_graph, influence
 from ._esm import bundle
 from .base import Feed, Shown, View
-from .graph_payload import feature_detail, node_key, parse_key, payload, select
+from .graph_payload import edge_answer, feature_detail, intervention_answer, node_key, node_rows, payload, select
 from .runner import live
 from .transport import Array
 
@@ -43,7 +43,12 @@ class GraphView(View):
     token strings. ``notice``: what the budget left out; ``sent_bytes``: bytes of one payload; ``totals``:
     [pruned nodes, pruned edges, graph nodes, graph edges]. Widget state: ``node_threshold``,
     ``edge_threshold``, ``pinned`` (node keys), ``groups`` ([{"name", "members"}]), ``labels`` ({key: text}).
-    Requests from the browser, answered by the kernel: ``detail_request`` {"key", "id"} -> ``detail``.
+    Requests from the browser, answered by the kernel: ``detail_request`` {"key", "id"} -> ``detail`` (a
+    feature's top output tokens and activations; it also selects the feature in the Lab);
+    ``intervention_request`` {"edits": {key: value}, "id"} -> ``intervention_result`` (top tokens of the
+    model as it is and with the edits, attention frozen and recomputed; shown features' activation changes:
+    :func:`~mechviz.widgets.graph_payload.intervention_answer`); ``edge_request`` {"src", "dst", "id"} ->
+    ``edge_result`` (the heads carrying the edge; the largest share is selected in the Lab's layer / head).
     ``status``: "" | "computing" (``progress``, ``stage``) | "ready" | "cancelled" | "error".
     """
 
@@ -79,6 +84,10 @@ class GraphView(View):
     labels = t.Dict(default_value={}).tag(sync=True)
     detail_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
     detail = t.Dict(default_value={}).tag(sync=True)
+    intervention_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
+    intervention_result = t.Dict(default_value={}).tag(sync=True)
+    edge_request = t.Dict(default_value=None, allow_none=True).tag(sync=True)
+    edge_result = t.Dict(default_value={}).tag(sync=True)
     title = t.Unicode("Attribution graph").tag(sync=True)
 
     def feed(self, lab, transcoders=None, targets=None, max_features: int | None = None, node_threshold: float = 0.8,
@@ -102,7 +111,8 @@ class GraphView(View):
             self.node_threshold, self.edge_threshold = float(node_threshold), float(edge_threshold)
             self.max_nodes, self.max_edges = int(max_nodes), int(max_edges)
         names = ["node_threshold", "edge_threshold", "max_nodes", "max_edges", "pinned"]
-        for fn, on in ((self._on_prune, names), (self._on_detail, ["detail_request"]),
+        for fn, on in ((self._on_prune, names), (self._on_request, ["detail_request", "intervention_request",
+                                                                    "edge_request"]),
                        (self._on_cancel, ["cancel_request"])):
             self.unobserve(fn, names=on)   # (bound again: one observer each)
             self.observe(fn, names=on)
@@ -128,7 +138,7 @@ class GraphView(View):
     # -- computing the graph --------------------------------------------------------------------------
     def _compute(self, prompt: str, progress, cancelled):
         lab = self._lab
-        g = attribution_graph(lab.model, self._tcs, prompt, **self._options)
+        g = attribution_graph(lab.model, self._tcs, prompt, progress=progress, cancelled=cancelled, **self._options)
         inf = influence(g)
         strs = lab.model.to_str_tokens
         return g, inf, strs(torch.tensor(g.tokens)), strs(torch.tensor(g.logit_tokens))
@@ -149,9 +159,12 @@ class GraphView(View):
         threading.Thread(target=self._work, args=(key, prompt, cancel), daemon=True, name="mechviz-graph").start()
 
     def _work(self, key, prompt: str, cancel: threading.Event) -> None:
-        def progress(done, total, stage=""):
-            self._set_on_loop({"status": "computing", "progress": done / max(total, 1), "stage": str(stage)})
-        self._set_on_loop({"status": "computing", "progress": 0.0, "stage": "running the model"})
+        def report(traits):   # dropped once cancelled (checked on the loop: none lands after "cancelled")
+            self._on_loop(lambda: None if cancel.is_set() else self._set_traits(traits))
+
+        def progress(fraction, stage=""):
+            report({"status": "computing", "progress": float(fraction), "stage": str(stage)})
+        report({"status": "computing", "progress": 0.0, "stage": "running the model"})
         try:
             with self._lab.lock.background():
                 entry = self._compute(prompt, progress, cancel.is_set)
@@ -215,36 +228,60 @@ class GraphView(View):
         self._off_loop(now)
 
     # -- requests from the browser --------------------------------------------------------------------
-    def _on_detail(self, change) -> None:
+    def _on_request(self, change) -> None:
         request = change["new"]
-        if request and request.get("key"):
-            self._off_loop(lambda: self._detail_now(request))
+        if request:
+            self._off_loop(lambda: self._answer(change["name"], request))
 
-    def _detail_now(self, request) -> None:
+    def _answer(self, name: str, request: dict) -> None:
+        """Answer one request from the browser (in a worker when live), on the loop; a bad one sets ``error``."""
+        what, trait = {"detail_request": ("detail", "detail"), "edge_request": ("edge", "edge_result"),
+                       "intervention_request": ("intervention", "intervention_result")}[name]
+        then = None
         try:
-            node = parse_key(request["key"])
-            if node[0] != "feature" or self._entry is None:
-                raise ValueError(f"details come for feature nodes of the graph shown, not {request['key']!r}")
+            if self._entry is None:
+                raise ValueError("no graph is shown yet")
             g = self._entry[0]
-            if node not in g.nodes:
-                raise ValueError(f"{request['key']!r} is not a node of the graph shown")
-            _, layer, pos, f = node
             with self._lab.lock:
-                d = feature_detail(self._lab.model, self._tcs[layer], g, layer, f)
-            d.update(key=request["key"], id=request.get("id", 0), layer=layer, pos=pos, feature=f,
-                     activation=float(g.values[g.nodes.index(node)]), dictionary=self._names[layer] or "")
-            answer = {"detail": d, "error": ""}
+                if name == "detail_request":
+                    out = self._detail(g, request)
+                    if out["dictionary"]:
+                        then = lambda: self._select(dictionary=out["dictionary"], feature=out["feature"])  # noqa: E731
+                elif name == "edge_request":
+                    out = edge_answer(g, str(request.get("src")), str(request.get("dst")))
+                    if out["heads"]:
+                        layer, head = out["heads"][0][:2]
+                        then = lambda: self._select(layer=layer, head=head)  # noqa: E731
+                else:
+                    out = intervention_answer(self._lab.model, g, request.get("edits"), self.node_index.tolist())
+            out["id"] = request.get("id", 0)
+            answer = {trait: out, "error": ""}
         except (ValueError, KeyError) as exc:
-            answer, d = {"error": f"detail: {exc.args[0] if exc.args else exc}"}, None
+            answer = {"error": f"{what}: {exc.args[0] if exc.args else exc}"}
         self._set_on_loop(answer)
-        if d is not None and d["dictionary"]:
-            self._on_loop(lambda: self._select(d["dictionary"], d["feature"]))
+        if then is not None:
+            self._on_loop(then)
 
-    def _select(self, dictionary: str, feature: int) -> None:
+    def _detail(self, g, request) -> dict:
+        key = str(request.get("key"))
+        node = g.nodes[node_rows(g, [key])[0]]
+        if node[0] != "feature":
+            raise ValueError(f"details come for feature nodes, not {key!r}")
+        _, layer, pos, f = node
+        d = feature_detail(self._lab.model, self._tcs[layer], g, layer, f)
+        d.update(key=key, layer=layer, pos=pos, feature=f, activation=float(g.values[g.nodes.index(node)]),
+                 dictionary=self._names[layer] or "")
+        return d
+
+    def _select(self, dictionary: str | None = None, feature: int | None = None, layer: int | None = None,
+                head: int | None = None) -> None:
+        """Set the Lab's shared selection (the other views follow)."""
         sel = self._lab.selection
-        if sel.dictionary != dictionary:
+        if dictionary is not None and sel.dictionary != dictionary:
             sel.dictionary = dictionary    # (resets the feature: set it after)
-        sel.feature = int(feature)
+        for name, value in (("feature", feature), ("layer", layer), ("head", head)):
+            if value is not None:
+                setattr(sel, name, int(value))
 
     # -- threads and the loop -------------------------------------------------------------------------
     def _off_loop(self, fn) -> None:
@@ -259,12 +296,13 @@ class GraphView(View):
         else:
             fn()
 
+    def _set_traits(self, traits: dict) -> None:
+        with self.hold_sync():
+            for name, value in traits.items():
+                setattr(self, name, value)
+
     def _set_on_loop(self, traits: dict) -> None:
-        def put():
-            with self.hold_sync():
-                for name, value in traits.items():
-                    setattr(self, name, value)
-        self._on_loop(put)
+        self._on_loop(lambda: self._set_traits(traits))
 
     def __repr__(self) -> str:
         n = 0 if self.node_kind is None else len(self.node_kind)
@@ -276,8 +314,8 @@ def transcoders_of(lab, transcoders=None) -> tuple[list, list]:
     """``(transcoders, their names in lab.saes or None)``, one per layer in layer order: ``transcoders``
     (SAEs or names in ``lab.saes``) or, by default, the Lab's dictionaries of kind ``"transcoder"``."""
     L = lab.model.n_layers
-    how = (f'use mechviz.Lab.default(sae="all") (the bundled model\'s transcoders) or lab.add_sae(transcoder) '
-           f"for each layer")
+    how = ('use mechviz.Lab.default(sae="all") (the bundled model\'s transcoders) or lab.add_sae(transcoder) '
+           "for each layer")
     by_id = {id(s): n for n, s in lab.saes.items()}
     if transcoders is None:
         found = [(n, s) for n, s in lab.saes.items() if s.kind == "transcoder"]

@@ -158,3 +158,69 @@ def feature_detail(adapter, transcoder, graph: Graph, layer: int, feature: int, 
     strs = adapter.to_str_tokens(top.indices)
     return {"top_tokens": [[s, float(v)] for s, v in zip(strs, top.values.tolist())],
             "acts": [float(a) for a in acts.tolist()]}
+
+
+def node_rows(graph: Graph, keys) -> list[int]:
+    """The rows of :attr:`Graph.nodes` of node ``keys`` (a clear ValueError for one the graph lacks)."""
+    at = {node_key(n): i for i, n in enumerate(graph.nodes)}
+    rows = []
+    for key in keys:
+        parse_key(key)
+        if key not in at:
+            raise ValueError(f"{key!r} is not a node of the graph shown")
+        rows.append(at[key])
+    return rows
+
+
+def intervention_answer(adapter, graph: Graph, edits: dict, shown, k: int = 10) -> dict:
+    """The view's ``intervention_result`` for ``edits`` ``{node key: value}`` (feature nodes): the top ``k``
+    next tokens ``[[text, prob]]`` of the model as it is (``base``), and after the intervention with attention
+    frozen and recomputed; ``changes`` ``{key: [frozen, unfrozen]}``: the activation change of each feature
+    node among the rows ``shown`` that moved (by more than 1e-6)."""
+    from ..analysis.graph_edit import intervene
+
+    if not isinstance(edits, dict) or not edits:
+        raise ValueError("an intervention needs edits {node key: value}, at least one")
+    rows = node_rows(graph, list(edits))
+    by_row = {}
+    for r, (key, value) in zip(rows, edits.items()):
+        try:
+            by_row[r] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"the value for {key!r} must be a number, got {value!r}") from None
+    base = intervene(graph, {})
+    frozen = intervene(graph, by_row, freeze_attention=True)
+    unfrozen = intervene(graph, by_row, freeze_attention=False)
+
+    def top(res):
+        ids_probs = res.top(k)
+        strs = adapter.to_str_tokens(torch.tensor([i for i, _ in ids_probs]))
+        return [[s, p] for s, (_, p) in zip(strs, ids_probs)]
+    changes = {}
+    for r in shown:
+        r = int(r)
+        if r < graph.n_features:
+            d = [float(frozen.activations[r] - graph.values[r]), float(unfrozen.activations[r] - graph.values[r])]
+            if max(abs(d[0]), abs(d[1])) > 1e-6:
+                changes[node_key(graph.nodes[r])] = d
+    return {"edits": {key: by_row[r] for key, r in zip(edits, rows)}, "base": top(base), "frozen": top(frozen),
+            "unfrozen": top(unfrozen), "changes": changes}
+
+
+def edge_answer(graph: Graph, src: str, dst: str, k: int = 8) -> dict:
+    """The view's ``edge_result`` for the edge ``src -> dst`` (node keys at different positions): the ``k``
+    attention heads carrying the largest share of it, ``[[layer, head, value, share]]`` (``value``: the
+    head's part of the edge, :func:`~mechviz.analysis.graph_edit.edge_heads`; ``share``: value / edge)."""
+    from ..analysis.graph_edit import edge_heads
+
+    s, d = node_rows(graph, [src, dst])
+    pos = lambda n: n[2] if n[0] in ("feature", "error") else (n[1] if n[0] == "embed" else len(graph.tokens) - 1)  # noqa: E731
+    if pos(graph.nodes[s]) == pos(graph.nodes[d]):
+        raise ValueError(f"{src} -> {dst} stays at one position: pick an edge between positions to see its heads")
+    heads = edge_heads(graph, d, s)
+    w = float(graph.adjacency[d, s])
+    share = heads / w if w else heads
+    order = np.argsort(-share, axis=None, kind="stable")[:k]
+    H = heads.shape[1]
+    return {"src": src, "dst": dst, "edge": w,
+            "heads": [[int(i // H), int(i % H), float(heads.flat[i]), float(share.flat[i])] for i in order]}

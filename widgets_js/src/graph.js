@@ -3,7 +3,9 @@
 // spread within their cell; error nodes grey squares; edges coloured by sign (Okabe-Ito vermillion / blue),
 // width by |weight|. Hover a node: its top incoming and outgoing edges; click: pinned in the panel, a feature
 // also asks the kernel for its top output tokens and activations (and selects it in the Lab). Shift-click
-// selects several nodes (group them into a labelled supernode, or set their values for an intervention).
+// selects several nodes (group them into a labelled supernode, or set their values for an intervention the
+// kernel runs: top tokens with attention frozen and recomputed side by side). Click an edge between positions:
+// the kernel splits it by attention head (and selects the largest in the Lab).
 // Threshold sliders, pins, labels and groups are widget state: the kernel re-prunes and re-sends.
 
 import { traitDecoder } from "./lib/decode.js";
@@ -44,13 +46,17 @@ import { svg, nodeKey, layoutGraph, edgeLists } from "./lib/graph_layout.js";
  * @property {Record<string, string>} labels  written here
  * @property {{key: string, id: number}|null} detail_request  written here on a feature click
  * @property {object} detail  the kernel's answer: {key, top_tokens: [[str, value]], acts: number[], ...}
+ * @property {{edits: Record<string, number>, id: number}|null} intervention_request  written here (run)
+ * @property {object} intervention_result  {id, edits, base, frozen, unfrozen: [[str, prob]], changes: {key: [frozen, unfrozen]}}
+ * @property {{src: string, dst: string, id: number}|null} edge_request  written here on an edge click
+ * @property {object} edge_result  {id, src, dst, edge, heads: [[layer, head, value, share]]}
  * @typedef {import("./lib/view.js").Model<GraphTraits>} Model
  */
 
 const DRAWN = ["node_kind", "node_layer", "node_pos", "node_feature", "node_value", "node_influence", "node_index",
   "logit_token", "logit_prob", "edge_src", "edge_dst", "edge_weight", "strings", "tokens", "n_layers", "notice",
   "sent_bytes", "status", "progress", "stage", "node_threshold", "edge_threshold", "pinned", "groups", "labels",
-  "detail", "seq"];
+  "detail", "intervention_result", "edge_result", "seq"];
 
 const CSS = `
 .mechviz-graph .mv-gmain{display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap}
@@ -80,6 +86,8 @@ const CSS = `
 .mechviz-graph .mv-detail input{width:8em}
 .mechviz-graph .mv-acts{font-family:var(--jp-code-font-family,monospace);white-space:pre-wrap}
 .mechviz-graph input[type=range]{width:110px;vertical-align:middle}
+.mechviz-graph .mv-results{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.mechviz-graph .mv-edits{font-family:var(--jp-code-font-family,monospace)}
 `;
 
 const HINT = "hover a node for its edges; click to keep it in this panel (a feature: its top output tokens); shift-click to select several";
@@ -105,6 +113,7 @@ function build(model, el) {
     wrap: h("div", { class: "mv-gwrap" }),
     panel: h("div", { class: "mv-detail" }),
     info: h("div", { class: "mv-info", text: HINT }),
+    results: h("div", { class: "mv-results" }),
   };
   ui.cancel.addEventListener("click", () => setSelection(model, { cancel_request: (model.get("cancel_request") | 0) + 1 }));
   el.append(
@@ -112,7 +121,7 @@ function build(model, el) {
       h("span", { class: "mv-legend-pos", text: "━ positive" }), h("span", { class: "mv-legend-neg", text: "━ negative" }),
       ui.status, ui.bar, ui.cancel, ui.bytes]),
     ui.notice, ui.info,
-    h("div", { class: "mv-gmain" }, [ui.wrap, ui.panel]),
+    h("div", { class: "mv-gmain" }, [ui.wrap, ui.panel]), ui.results,
   );
   return ui;
 }
@@ -176,6 +185,11 @@ function drawSvg(model, ui, G, S) {
     const line = svg("line", { class: `mv-edge ${w >= 0 ? "mv-pos" : "mv-neg"}`, x1: P.x[s], y1: P.y[s], x2: P.x[d], y2: P.y[d],
       "stroke-width": (0.4 + 3.6 * Math.abs(w) / (mx || 1)).toFixed(2), data: { edge: e, src: s, dst: d, value: f4(w) } });
     line.addEventListener("mouseenter", () => ui.info.textContent = `${nodeName(model, G, s)} → ${nodeName(model, G, d)}: ${f4(w)}`);
+    line.addEventListener("click", () => {   // across positions: which attention heads carry it (the kernel)
+      if (G.pos.at(s) === G.pos.at(d)) { ui.info.textContent = "this edge stays at one position: no attention head carries it"; return; }
+      const id = ((model.get("edge_request") || {}).id | 0) + 1;
+      setSelection(model, { edge_request: { src: G.keys[s], dst: G.keys[d], id } });
+    });
     edges.appendChild(line);
     S.edgeEls.push(line);
   }
@@ -289,6 +303,28 @@ function selectionTools(model, ui, G, S) {
     const clearSel = h("button", { type: "button", class: "mv-clear", text: "clear" });
     clearSel.addEventListener("click", () => { S.multi.clear(); S.redraw(); });
     box.append(h("div", {}, [name, go, clearSel]));
+    const feats = keys.filter((k) => G.kind.at(G.at.get(k)) === 0);
+    if (feats.length) {
+      const value = h("input", { type: "number", class: "mv-edit-value", value: "0", step: "any", "aria-label": "value" });
+      const put = (v) => { for (const k of feats) S.edits.set(k, v); S.redraw(); };
+      const set = h("button", { type: "button", class: "mv-edit-set", text: "set value" });
+      set.addEventListener("click", () => { const v = Number(value.value); if (Number.isFinite(v)) put(v); });
+      const ablate = h("button", { type: "button", class: "mv-edit-ablate", text: "ablate" });
+      ablate.addEventListener("click", () => put(0));
+      box.append(h("div", {}, [h("span", { text: `${feats.length} feature(s): ` }), value, set, ablate]));
+    }
+  }
+  const edits = [...S.edits].filter(([k]) => G.at.has(k));
+  if (edits.length) {
+    const list = h("div", { class: "mv-edits", text: edits.map(([k, v]) => `${nodeName(model, G, G.at.get(k))} = ${v}`).join("\n") });
+    const run = h("button", { type: "button", class: "mv-run", text: "run intervention" });
+    run.addEventListener("click", () => {
+      const id = ((model.get("intervention_request") || {}).id | 0) + 1;
+      setSelection(model, { intervention_request: { edits: Object.fromEntries(edits), id } });
+    });
+    const drop = h("button", { type: "button", class: "mv-edits-clear", text: "clear edits" });
+    drop.addEventListener("click", () => { S.edits.clear(); S.redraw(); });
+    box.append(h("h4", { text: "intervention" }), list, h("div", {}, [run, drop]));
   }
   groups.forEach((g, gi) => {
     const rm = h("button", { type: "button", class: "mv-ungroup", text: "×", title: "ungroup", data: { group: gi } });
@@ -296,6 +332,35 @@ function selectionTools(model, ui, G, S) {
     box.append(h("div", { class: "mv-group-row" }, [h("span", { text: `${g.name} (${(g.members || []).length})` }), rm]));
   });
   ui.panel.append(box);
+}
+
+function topList(title, cls, rows, fmt) {
+  const ol = h("ol", { class: cls });
+  for (const r of rows || []) ol.appendChild(h("li", { text: quote(r[0], 30), data: { value: fmt(r) } }));
+  return h("div", {}, [h("h4", { text: title }), ol]);
+}
+
+function drawResults(model, ui, G, S) {
+  clear(ui.results);
+  const iv = model.get("intervention_result") || {};
+  S.changed = new Set(Object.keys(iv.changes || {}));
+  if (iv.base) {
+    const edits = Object.entries(iv.edits || {}).map(([k, v]) => `${G && G.at.has(k) ? nodeName(model, G, G.at.get(k)) : k} = ${v}`).join(", ");
+    const p = (r) => Number(r[1]).toFixed(4);
+    ui.results.append(h("div", { class: "mv-intervention", data: { id: iv.id | 0, changed: S.changed.size } }, [
+      h("h4", { text: `intervention: ${edits} (${S.changed.size} shown feature(s) changed, ringed)` }),
+      h("div", { class: "mv-results" }, [topList("model as it is", "mv-base", iv.base, p),
+        topList("attention frozen", "mv-frozen", iv.frozen, p), topList("attention recomputed", "mv-unfrozen", iv.unfrozen, p)])]));
+  }
+  const er = model.get("edge_result") || {};
+  if (er.heads && G && G.at.has(er.src) && G.at.has(er.dst)) {
+    const ol = h("ol", { class: "mv-heads" });
+    for (const [l, hd, v, share] of er.heads) {
+      ol.appendChild(h("li", { text: `L${l}H${hd} · share ${Number(share).toFixed(3)}`, data: { layer: l, head: hd, value: f4(v), share: Number(share).toFixed(3) } }));
+    }
+    ui.results.append(h("div", { class: "mv-edge-heads" }, [h("h4", {
+      text: `heads carrying ${nodeName(model, G, G.at.get(er.src))} → ${nodeName(model, G, G.at.get(er.dst))} (edge ${f4(er.edge)}; value, share)` }), ol]));
+  }
 }
 
 function draw(model, root, ui, S) {
@@ -314,6 +379,7 @@ function draw(model, root, ui, S) {
   }
   S.G = ui.banner.guard(() => load(S.dec, model), S.G);
   const G = S.G;
+  drawResults(model, ui, G, S);
   if (!G) { stamp(root, { nodes: 0, edges: 0, status }); clear(ui.wrap); return; }
   drawSvg(model, ui, G, S);
   const focus = S.focus != null ? G.at.get(S.focus) : undefined;
@@ -325,7 +391,7 @@ function draw(model, root, ui, S) {
 /** @param {{model: Model, el: HTMLElement}} props */
 function render({ model, el: root }) {
   const ui = build(model, root);
-  const S = { dec: traitDecoder(model), G: null, P: null, focus: null, multi: new Set(), changed: null, draws: 0,
+  const S = { dec: traitDecoder(model), G: null, P: null, focus: null, multi: new Set(), edits: new Map(), changed: null, draws: 0,
     nodeEls: [], edgeEls: [] };
   S.redraw = () => draw(model, root, ui, S);
   return cleanup(ui.stop, redrawOn(model, DRAWN, S.redraw));
