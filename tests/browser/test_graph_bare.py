@@ -104,3 +104,39 @@ def test_pins_labels_groups_and_thresholds_reach_the_model(page, view):
     v.set_state({k: saved[k] for k in ("pinned", "labels", "groups", "node_threshold")})
     assert v.result is graph and v.node_threshold == 0.5 and v.labels == {feats[0]: "says <b>name</b>"}
     assert feats[0] in keys(v)
+
+
+def test_intervention_and_edge_round_trip(page, view):
+    from mvbrowser import push_bare
+
+    v = view
+    mount_bare(page, v)
+    page.wait_for_selector(f"{ROOT}[data-nodes]")
+    K = keys(v)
+    feat = K[int(np.flatnonzero(v.node_kind == 0)[0])]
+    page.locator(f'{ROOT} .mv-node[data-key="{feat}"]').click(modifiers=["Shift"])
+    page.locator(f"{ROOT} .mv-edit-ablate").click()
+    page.locator(f"{ROOT} .mv-run").click()
+    request = page.evaluate("window.saved.at(-1).intervention_request")
+    assert request == {"edits": {feat: 0}, "id": 1}
+    v.intervention_request = request         # the kernel answers (as the comm would deliver it)
+    res = v.intervention_result
+    assert v.error == "" and feat in res["changes"]
+    push_bare(page, v, ["intervention_result"])
+    page.wait_for_selector(f"{ROOT} .mv-intervention")
+    for name in ("base", "frozen", "unfrozen"):
+        got = page.locator(f"{ROOT} ol.mv-{name} li").evaluate_all("els => els.map(e => e.dataset.value)")
+        assert got == [f"{p:.4f}" for _, p in res[name]]
+    ringed = page.locator(f"{ROOT} .mv-node.mv-changed").evaluate_all("els => els.map(e => e.dataset.key)")
+    assert set(ringed) == set(res["changes"])
+    # an edge across positions: the kernel splits it by head; the list shows its values
+    e = next(e for e in range(len(v.edge_src)) if v.node_pos[v.edge_src[e]] != v.node_pos[v.edge_dst[e]])
+    page.locator(f'{ROOT} line.mv-edge[data-edge="{e}"]').dispatch_event("click")
+    request = page.evaluate("window.saved.at(-1).edge_request")
+    assert request == {"src": K[v.edge_src[e]], "dst": K[v.edge_dst[e]], "id": 1}
+    v.edge_request = request
+    push_bare(page, v, ["edge_result"])
+    page.wait_for_selector(f"{ROOT} ol.mv-heads li")
+    got = page.locator(f"{ROOT} ol.mv-heads li").evaluate_all("els => els.map(e => [e.dataset.layer, e.dataset.value])")
+    assert got == [[str(h[0]), f"{h[2]:.4f}"] for h in v.edge_result["heads"]]
+    assert page.mv_errors == []

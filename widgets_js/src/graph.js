@@ -258,6 +258,7 @@ function edgeList(model, G, items, other) {
 function panel(model, ui, G, S, i) {
   clear(ui.panel);
   const key = G.keys[i], k = G.kind.at(i);
+  S.shown = key;
   const pinned = model.get("pinned") || [], labels = model.get("labels") || {};
   const head = h("h4", { class: "mv-node-title", text: nodeName(model, G, i), data: { key } });
   const facts = k === 0 ? `layer ${G.layer.at(i)} · position ${G.pos.at(i)} · feature ${G.feat.at(i)} · activation ${f4(G.value.at(i))}`
@@ -382,16 +383,16 @@ function draw(model, root, ui, S) {
   drawResults(model, ui, G, S);
   if (!G) { stamp(root, { nodes: 0, edges: 0, status }); clear(ui.wrap); return; }
   drawSvg(model, ui, G, S);
-  const focus = S.focus != null ? G.at.get(S.focus) : undefined;
-  if (focus != null) panel(model, ui, G, S, focus);
-  else if (S.focus != null) { S.focus = null; clear(ui.panel); }
+  const shown = S.focus ?? S.shown, at = shown != null ? G.at.get(shown) : undefined;   // the panel follows redraws
+  if (at != null) panel(model, ui, G, S, at);
+  else if (shown != null) { S.focus = S.shown = null; clear(ui.panel); }
   stamp(root, { nodes: G.N, edges: G.E, status, draws: ++S.draws });
 }
 
 /** @param {{model: Model, el: HTMLElement}} props */
 function render({ model, el: root }) {
   const ui = build(model, root);
-  const S = { dec: traitDecoder(model), G: null, P: null, focus: null, multi: new Set(), edits: new Map(), changed: null, draws: 0,
+  const S = { dec: traitDecoder(model), G: null, P: null, focus: null, shown: null, multi: new Set(), edits: new Map(), changed: null, draws: 0,
     nodeEls: [], edgeEls: [] };
   S.redraw = () => draw(model, root, ui, S);
   return cleanup(ui.stop, redrawOn(model, DRAWN, S.redraw));
