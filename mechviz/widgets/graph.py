@@ -50,6 +50,15 @@ class GraphView(View):
     :func:`~mechviz.widgets.graph_payload.intervention_answer`); ``edge_request`` {"src", "dst", "id"} ->
     ``edge_result`` (the heads carrying the edge; the largest share is selected in the Lab's layer / head).
     ``status``: "" | "computing" (``progress``, ``stage``) | "ready" | "cancelled" | "error".
+
+    >>> import mechviz
+    >>> lab = mechviz.Lab.default(prompt="John gave a drink to", sae="all")
+    >>> view = lab.add(GraphView(), max_features=30, max_nodes=20)
+    >>> view.status, len(view.node_kind), view.notice.split(":")[0]
+    ('ready', 20, 'showing 20 of 24 nodes')
+    >>> view.node_threshold = 0.5            # re-pruned from the cached graph, nothing recomputed
+    >>> len(view.node_kind), view.notice
+    (20, '')
     """
 
     _esm = bundle("graph")
