@@ -171,7 +171,7 @@ function drawSvg(model, ui, G, S) {
     root.appendChild(svg("text", { class: "mv-rowname", x: 2, y: P.rowY[r] + 4, text: name }));
   }
   tokens.forEach((tok, t) => {
-    const x = P.colX(t) + P.colW / 2;
+    const x = P.colX(t) + P.colW(t) / 2;
     const label = svg("text", { class: "mv-tok", x, y: P.height - 6, "text-anchor": "middle", text: quote(tok, 12), data: { pos: t } });
     label.appendChild(svg("title", { text: String(tok) }));
     root.appendChild(label);
