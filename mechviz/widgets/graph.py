@@ -313,6 +313,20 @@ class GraphView(View):
     def _set_on_loop(self, traits: dict) -> None:
         self._on_loop(lambda: self._set_traits(traits))
 
+    async def finished(self, poll: float = 0.05, timeout: float = 600.0) -> "GraphView":
+        """Wait (``await view.finished()`` in a cell) until the graph is computed (or failed, or cancelled).
+        Only needed before saving or exporting a notebook: the work runs in a worker and its result is
+        applied on the kernel's loop, which a blocking wait would stall."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while (self.status == "computing" or (self.status == "" and self.seq == 0)) and loop.time() < end:
+            await asyncio.sleep(poll)
+        await asyncio.sleep(poll)
+        self.send_state()            # this cell's output holds the whole state (nbclient records per cell)
+        return self
+
     def __repr__(self) -> str:
         n = 0 if self.node_kind is None else len(self.node_kind)
         m = 0 if self.edge_src is None else len(self.edge_src)
