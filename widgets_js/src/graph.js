@@ -246,8 +246,8 @@ function click(model, ui, G, S, i, shift) {
   }
 }
 
-function edgeList(model, G, items, other) {
-  const ol = h("ol", {});
+function edgeList(model, G, items, other, cls) {
+  const ol = h("ol", { class: cls });
   for (const e of items.slice(0, 10)) {
     const j = other(e);
     ol.appendChild(h("li", { class: "mv-edge-item", text: nodeName(model, G, j), data: { key: G.keys[j], value: f4(G.w.at(e)) } }));
@@ -276,10 +276,8 @@ function panel(model, ui, G, S, i) {
   const { inc, out } = G.lists;
   ui.panel.append(head, h("div", { class: "mv-dim mv-facts", text: `${facts} · influence ${f4(G.inf.at(i))}` }),
     h("div", {}, [pin, labelIn, labelGo]),
-    h("h4", { text: "top incoming edges" }), edgeList(model, G, inc[i], (e) => G.src.at(e)),
-    h("h4", { text: "top outgoing edges" }), edgeList(model, G, out[i], (e) => G.dst.at(e)));
-  ui.panel.lastChild.classList.add("mv-out");
-  ui.panel.children[4].classList.add("mv-in");
+    h("h4", { text: "top incoming edges" }), edgeList(model, G, inc[i], (e) => G.src.at(e), "mv-in"),
+    h("h4", { text: "top outgoing edges" }), edgeList(model, G, out[i], (e) => G.dst.at(e), "mv-out"));
   const detail = model.get("detail") || {};
   if (k === 0 && detail.key === key) {
     const top = h("ol", { class: "mv-top-tokens" });
