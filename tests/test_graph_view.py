@@ -169,6 +169,14 @@ def test_bad_inputs(lab, tcs):
     v = lab.add(GraphView(), targets=[" Paris is"])   # shown in the view, not raised: the other views go on
     assert v.status == "error" and v.error.startswith("attribution graph: ValueError:") and v.node_kind is None
     v.close()
+    v = lab.add(GraphView(), max_features=MAXF)       # a failure after a good graph keeps the graph shown
+    g, kinds, seq = v.result, v.node_kind, v.seq
+    v._options["targets"] = [" Paris is"]
+    lab.prompt = "The cat sat on"
+    assert v.status == "error" and v.error.startswith("attribution graph:") and v.result is g
+    assert v.node_kind is kinds and v.seq == seq
+    v.close()
+    lab.prompt = PROMPT
 
 
 def test_live_the_graph_computes_in_a_worker(lab, tcs):
@@ -265,8 +273,19 @@ def test_live_cancel(lab, tcs):
         assert v.status == "computing"
         v.cancel_request = 1                  # the Cancel button
         await asyncio.sleep(3.0)              # the worker stops at its next batch; nothing is applied
-        return v, progress
+        cancelled = (v.status, v.node_kind, v.error, list(progress))
+        live._live(live._wanted.__class__(PROMPT + " the"))      # a prompt edit starts one...
+        await asyncio.sleep(0.3)
+        live._live(live._wanted.__class__("The cat sat on"))      # ...which a newer edit supersedes
+        for _ in range(3000):
+            await asyncio.sleep(0.01)
+            if v.status == "ready":
+                break
+        await asyncio.sleep(0.5)
+        return v, cancelled
 
-    v, progress = asyncio.run(scenario())
-    assert v.status == "cancelled" and v.node_kind is None and v.error == ""
+    v, (status, kind, error, progress) = asyncio.run(scenario())
+    assert status == "cancelled" and kind is None and error == ""
     assert progress and max(progress) < 1.0
+    assert v.status == "ready" and v.prompt == "The cat sat on" and v.error == ""
+    assert v.result.tokens == lab.model.to_tokens("The cat sat on").tolist()

@@ -174,9 +174,21 @@ class GraphView(View):
         def progress(fraction, stage=""):
             report({"status": "computing", "progress": float(fraction), "stage": str(stage)})
         report({"status": "computing", "progress": 0.0, "stage": "running the model"})
+        lock = self._lab.lock
+        held = [lock.background()]
+
+        def cancelled():   # polled between batches: step aside for interactive work (an edit, a newer prompt)
+            if lock.waiting:
+                held[0].__exit__(None, None, None)
+                held[0] = lock.background()
+                held[0].__enter__()
+            return cancel.is_set()
         try:
-            with self._lab.lock.background():
-                entry = self._compute(prompt, progress, cancel.is_set)
+            held[0].__enter__()
+            try:
+                entry = self._compute(prompt, progress, cancelled)
+            finally:
+                held[0].__exit__(None, None, None)
             with self._jobs_lock:
                 self._remember(key, entry)
                 latest = self._job is not None and self._job[0] == key and not cancel.is_set()
