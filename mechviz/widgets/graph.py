@@ -28,7 +28,8 @@ from .runner import live
 from .transport import Array
 
 _KEEP = object()   # a Shown that only updates status traits: the graph shown stays
-_CACHE = 4         # graphs kept per view (prompt + options)
+_CACHE = 4         # graphs kept per view (prompt + options)...
+_CACHE_BYTES = 1 << 30   # ...within this much dense adjacency (a 128-token graph of every feature is ~1.3 GB)
 
 
 class GraphView(View):
@@ -153,8 +154,10 @@ class GraphView(View):
         return g, inf, strs(torch.tensor(g.tokens)), strs(torch.tensor(g.logit_tokens))
 
     def _remember(self, key, entry) -> None:
+        """Cache a graph; the oldest go beyond ``_CACHE`` graphs or ``_CACHE_BYTES`` of adjacency (the newest stays)."""
         self._cache[key] = entry
-        while len(self._cache) > _CACHE:
+        size = lambda: sum(e[0].adjacency.nbytes for e in self._cache.values())  # noqa: E731
+        while len(self._cache) > _CACHE or (len(self._cache) > 1 and size() > _CACHE_BYTES):
             self._cache.pop(next(iter(self._cache)))
 
     def _start(self, key, prompt: str) -> None:
