@@ -23,7 +23,8 @@ import torch
 from ..analysis.graph import attribution_graph, influence
 from ._esm import bundle
 from .base import Feed, Shown, View
-from .graph_payload import edge_answer, feature_detail, intervention_answer, node_key, node_rows, payload, select
+from .graph_payload import (edge_answer, feature_detail, intervention_answer, node_rows, payload, select,
+                            transcoders_of)
 from .runner import live
 from .transport import Array
 
@@ -328,6 +329,12 @@ class GraphView(View):
     def _set_on_loop(self, traits: dict) -> None:
         self._on_loop(lambda: self._set_traits(traits))
 
+    def close(self) -> None:
+        job = getattr(self, "_job", None)
+        if job is not None:   # a graph still being computed for this view stops at its next batch
+            job[1].set()
+        super().close()
+
     async def finished(self, poll: float = 0.05, timeout: float = 600.0) -> "GraphView":
         """Wait (``await view.finished()`` in a cell) until the graph is computed (or failed, or cancelled).
         Only needed before saving or exporting a notebook: the work runs in a worker and its result is
@@ -348,30 +355,4 @@ class GraphView(View):
         return f"GraphView({n} nodes, {m} edges, status={self.status!r}, {self.sent_bytes:,} bytes sent)"
 
 
-def transcoders_of(lab, transcoders=None) -> tuple[list, list]:
-    """``(transcoders, their names in lab.saes or None)``, one per layer in layer order: ``transcoders``
-    (SAEs or names in ``lab.saes``) or, by default, the Lab's dictionaries of kind ``"transcoder"``."""
-    L = lab.model.n_layers
-    how = ('use mechviz.Lab.default(sae="all") (the bundled model\'s transcoders) or lab.add_sae(transcoder) '
-           "for each layer")
-    by_id = {id(s): n for n, s in lab.saes.items()}
-    if transcoders is None:
-        found = [(n, s) for n, s in lab.saes.items() if s.kind == "transcoder"]
-        by_site = {s.site: (n, s) for n, s in found}
-        missing = [f"mlp_in.{l}" for l in range(L) if f"mlp_in.{l}" not in by_site]
-        if missing:
-            raise ValueError(f"the graph view needs one transcoder per layer ({L}, mlp_in.L -> mlp_out.L); this Lab "
-                             f"has {len(found)}, none reading {', '.join(missing)}: {how}")
-        pairs = [by_site[f"mlp_in.{l}"] for l in range(L)]
-        return [s for _, s in pairs], [n for n, _ in pairs]
-    sae_list = [lab.saes[x] if isinstance(x, str) else x for x in transcoders]
-    if len(sae_list) != L:
-        raise ValueError(f"transcoders: need one per layer ({L}) in layer order, got {len(sae_list)}: {how}")
-    for l, s in enumerate(sae_list):  # noqa: E741
-        if getattr(s, "kind", None) != "transcoder" or s.site != f"mlp_in.{l}":
-            raise ValueError(f"transcoders[{l}] must be a transcoder reading mlp_in.{l}, got "
-                             f"{getattr(s, 'kind', type(s).__name__)} on {getattr(s, 'site', '?')}: {how}")
-    return sae_list, [by_id.get(id(s)) for s in sae_list]
-
-
-__all__ = ["GraphView", "node_key", "transcoders_of"]
+__all__ = ["GraphView"]

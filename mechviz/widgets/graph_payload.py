@@ -1,6 +1,7 @@
 """What :class:`~mechviz.widgets.graph.GraphView` sends: the pruned subgraph of an attribution graph as a
-binary node table and edge list (never the dense adjacency), within a node and edge budget; plus the
-kernel's answers to a clicked feature (its top output tokens, its activation at each position).
+binary node table and edge list (never the dense adjacency), within a node and edge budget; the kernel's
+answers to the browser's requests (a clicked feature's top output tokens and activations, an intervention, an
+edge split by attention head); and which of a Lab's transcoders the graph uses.
 
 Node keys are stable across re-prunes and recomputes of the same prompt: ``"f:L:T:F"`` (feature ``F`` of
 layer ``L`` at position ``T``), ``"e:L:T"`` (error), ``"t:T"`` (embedding), ``"l:ID"`` (logit of token id).
@@ -224,3 +225,29 @@ def edge_answer(graph: Graph, src: str, dst: str, k: int = 8) -> dict:
     H = heads.shape[1]
     return {"src": src, "dst": dst, "edge": w,
             "heads": [[int(i // H), int(i % H), float(heads.flat[i]), float(share.flat[i])] for i in order]}
+
+
+def transcoders_of(lab, transcoders=None) -> tuple[list, list]:
+    """``(transcoders, their names in lab.saes or None)``, one per layer in layer order: ``transcoders``
+    (SAEs or names in ``lab.saes``) or, by default, the Lab's dictionaries of kind ``"transcoder"``."""
+    L = lab.model.n_layers
+    how = ('use mechviz.Lab.default(sae="all") (the bundled model\'s transcoders) or lab.add_sae(transcoder) '
+           "for each layer")
+    by_id = {id(s): n for n, s in lab.saes.items()}
+    if transcoders is None:
+        found = [(n, s) for n, s in lab.saes.items() if s.kind == "transcoder"]
+        by_site = {s.site: (n, s) for n, s in found}
+        missing = [f"mlp_in.{l}" for l in range(L) if f"mlp_in.{l}" not in by_site]
+        if missing:
+            raise ValueError(f"the graph view needs one transcoder per layer ({L}, mlp_in.L -> mlp_out.L); this Lab "
+                             f"has {len(found)}, none reading {', '.join(missing)}: {how}")
+        pairs = [by_site[f"mlp_in.{l}"] for l in range(L)]
+        return [s for _, s in pairs], [n for n, _ in pairs]
+    sae_list = [lab.saes[x] if isinstance(x, str) else x for x in transcoders]
+    if len(sae_list) != L:
+        raise ValueError(f"transcoders: need one per layer ({L}) in layer order, got {len(sae_list)}: {how}")
+    for l, s in enumerate(sae_list):  # noqa: E741
+        if getattr(s, "kind", None) != "transcoder" or s.site != f"mlp_in.{l}":
+            raise ValueError(f"transcoders[{l}] must be a transcoder reading mlp_in.{l}, got "
+                             f"{getattr(s, 'kind', type(s).__name__)} on {getattr(s, 'site', '?')}: {how}")
+    return sae_list, [by_id.get(id(s)) for s in sae_list]
