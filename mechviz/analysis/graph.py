@@ -36,79 +36,13 @@ node's normalised input not from error nodes, averaged with weights ``influence 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .checks import token_id
-
-
-@dataclass
-class Frozen:
-    """The frozen replacement model of one prompt (float64). ``run(emb, add)`` maps the embedding
-    contributions ``[..., T, d]`` and what each MLP writes ``[..., L, T, d]`` to (mlp_in ``[..., L, T, d]``,
-    demeaned logits at the last position ``[..., V]``); it is linear in both (affine through biases)."""
-
-    ln1: list          # (w, b, s[T]) per layer
-    ln2: list
-    lnf: tuple
-    A: list            # [H, T, T] per layer
-    W_V: list          # [d, d], b_V [d] (heads concatenated)
-    b_V: list
-    W_O: list
-    b_O: list
-    W_U: torch.Tensor  # [V, d], demeaned over the vocab
-    n_heads: int
-
-    model: object = None  # the float64 HF model copy, for :meth:`forward`'s unfrozen mode
-
-    def run(self, emb: torch.Tensor, add: torch.Tensor, head_mask: torch.Tensor | None = None):
-        """``head_mask [..., L, H]``: each head's value/output path scaled (0 removes it), for :func:`edge_heads`."""
-        x, ins = emb, []
-        for l in range(len(self.A)):  # noqa: E741
-            v = _ln_frozen(x, self.ln1[l]) @ self.W_V[l] + self.b_V[l]                    # [..., T, d]
-            vh = v.unflatten(-1, (self.n_heads, -1)).transpose(-2, -3)                    # [..., H, T, dh]
-            zh = self.A[l] @ vh
-            if head_mask is not None:
-                zh = zh * head_mask[..., l, :, None, None]
-            z = zh.transpose(-2, -3).flatten(-2)                                          # [..., T, d]
-            x = x + z @ self.W_O[l] + self.b_O[l]
-            ins.append(_ln_frozen(x, self.ln2[l]))
-            x = x + add[..., l, :, :]
-        logits = _ln_frozen(x[..., -1:, :], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[..., 0, :] @ self.W_U.T
-        return torch.stack(ins, -3), logits
-
-    def forward(self, emb: torch.Tensor, mlp, freeze: bool = True):
-        """The model on ``emb [T, d]`` with each MLP's output given by ``mlp(layer, mlp_in [T, d]) -> [T, d]``
-        (nonlinear allowed), attention patterns and norm scales frozen (``freeze``) or recomputed.
-        Returns (mlp_in ``[L, T, d]``, demeaned last logits before any soft-cap ``[V]``, output logits ``[V]``)."""
-        tr, H = self.model.transformer, self.n_heads
-        T, d = emb.shape
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        x, ins = emb, []
-        for l, blk in enumerate(tr.h):  # noqa: E741
-            h = _ln_frozen(x, self.ln1[l]) if freeze else blk.ln_1(x)
-            q, k, v = (h @ blk.attn.c_attn.weight + blk.attn.c_attn.bias).split(d, -1)
-            heads = lambda t: t.unflatten(-1, (H, -1)).transpose(0, 1)  # noqa: E731
-            if freeze:
-                A = self.A[l]
-            else:
-                sc = heads(q) @ heads(k).transpose(-1, -2) / (d // H) ** 0.5
-                A = sc.masked_fill(~causal, float("-inf")).softmax(-1)
-            x = x + blk.attn.c_proj((A @ heads(v)).transpose(0, 1).flatten(-2))
-            mi = _ln_frozen(x, self.ln2[l]) if freeze else blk.ln_2(x)
-            ins.append(mi)
-            x = x + mlp(l, mi)
-        xf = _ln_frozen(x[-1:], (self.lnf[0], self.lnf[1], self.lnf[2][-1:]))[0] if freeze else tr.ln_f(x[-1])
-        out = xf @ self.model.get_output_embeddings().weight.T
-        return torch.stack(ins), out - out.mean(), out
-
-
-def _ln_frozen(x, p):
-    """LayerNorm with its scale frozen: ``p = (w, b, s[T])``."""
-    return (x - x.mean(-1, keepdim=True)) / p[2][:, None] * p[0] + p[1]
+from .graph_model import Replacement
 
 
 class GraphCancelled(RuntimeError):
@@ -140,7 +74,7 @@ class Graph:
     n_embeds: int
     n_logits: int
     real_logits: np.ndarray      # the model's own last-position logits (float32 run), demeaned
-    frozen: Frozen
+    frozen: Replacement
     emb: torch.Tensor
     add: torch.Tensor
     sources: torch.Tensor        # [n_features + n_errors + n_embeds, d]: each source node's contribution
@@ -155,50 +89,9 @@ class Graph:
                 f"completeness {self.completeness_score:.3f})")
 
 
-def _ln(mod, x):
-    """A LayerNorm's (w, b, s) with ``s = sqrt(var(x) + eps)`` per row of ``x``."""
-    s = (x.var(-1, unbiased=False) + mod.eps).sqrt()
-    return mod.weight.double(), mod.bias.double(), s
-
-
-def _real_run(model, ids: torch.Tensor):
-    """The real model in float64 from its own modules, recording what the replacement freezes."""
-    m = copy.deepcopy(model).double().eval().requires_grad_(False)
-    tr, cfg = m.transformer, m.config
-    H, d, T = cfg.n_head, cfg.n_embd, len(ids)
-    emb = tr.wte.weight[ids] + tr.wpe.weight[:T]
-    x, rec = emb, dict(ln1=[], ln2=[], A=[], W_V=[], b_V=[], W_O=[], b_O=[], mlp_in=[], mlp_out=[])
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    for blk in tr.h:
-        rec["ln1"].append(_ln(blk.ln_1, x))
-        h = blk.ln_1(x)
-        q, k, v = (h @ blk.attn.c_attn.weight + blk.attn.c_attn.bias).split(d, -1)
-        heads = lambda t: t.unflatten(-1, (H, -1)).transpose(0, 1)  # noqa: E731
-        sc = heads(q) @ heads(k).transpose(-1, -2) / (d // H) ** 0.5
-        A = sc.masked_fill(~causal, float("-inf")).softmax(-1)
-        z = (A @ heads(v)).transpose(0, 1).flatten(-2)
-        x = x + blk.attn.c_proj(z)
-        rec["A"].append(A)
-        rec["W_V"].append(blk.attn.c_attn.weight[:, 2 * d:])
-        rec["b_V"].append(blk.attn.c_attn.bias[2 * d:])
-        rec["W_O"].append(blk.attn.c_proj.weight)
-        rec["b_O"].append(blk.attn.c_proj.bias)
-        rec["ln2"].append(_ln(blk.ln_2, x))
-        mi = blk.ln_2(x)
-        mo = blk.mlp(mi)
-        rec["mlp_in"].append(mi)
-        rec["mlp_out"].append(mo)
-        x = x + mo
-    rec["lnf"] = _ln(tr.ln_f, x)
-    W_U = m.get_output_embeddings().weight
-    logits = tr.ln_f(x[-1]) @ W_U.T
-    return {k: (v.detach() if torch.is_tensor(v) else v) for k, v in rec.items()}, emb.detach(), \
-        (W_U - W_U.mean(0)).detach(), logits.detach(), m
-
-
 def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
                       prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
-                      scores: bool = True, progress=None, cancelled=None) -> Graph:
+                      scores: bool = True, progress=None, cancelled=None, dtype=torch.float64) -> Graph:
     """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF GPT-2 model wrapped by
     :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"``
     per layer, ``mlp_in.L -> mlp_out.L``). ``targets``: token ids for the logit nodes (default: the most
@@ -220,19 +113,25 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     >>> bool(abs(g.adjacency[rows].sum(1) + g.bias[rows] - g.target_values[rows]).max() < 1e-8)
     True
     """
-    model = adapter.model
-    if model.config.model_type != "gpt2":
-        raise NotImplementedError("attribution_graph freezes GPT-2's blocks itself: only model_type 'gpt2'")
-    L = model.config.n_layer
-    if len(transcoders) != L or any(t.kind != "transcoder" for t in transcoders):
-        raise ValueError(f"need one plain transcoder per layer ({L}); skip transcoders are not supported")
+    L = adapter.n_layers
+    kinds = ("transcoder", "skip_transcoder")
+    if len(transcoders) != L or any(t.kind not in kinds for t in transcoders):
+        raise ValueError(f"need one plain transcoder per layer ({L}) (kind 'transcoder' or 'skip_transcoder'), got "
+                         f"{[t.kind for t in transcoders]}")
+    for l, tc in enumerate(transcoders):  # noqa: E741
+        if tc.normalize != "none" or tc.d_in != adapter.d_model or tc.d_out != adapter.d_model:
+            raise ValueError(f"transcoder {l} cannot be attributed through: it needs d_in = d_out = d_model "
+                             f"({adapter.d_model}) and no input normalisation (got d_in={tc.d_in}, d_out={tc.d_out}, "
+                             f"normalize={tc.normalize!r})")
     if max_features is not None and max_features < 1:
         raise ValueError(f"max_features must be at least 1 (or None for every active feature), got {max_features}")
     ids = adapter.to_tokens(prompt).reshape(-1).cpu()
     T = len(ids)
-    rec, emb, W_U, logits, m64 = _real_run(model, ids)
-    tcs = [t.to(dtype=torch.float64) for t in transcoders]
-    acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, rec["mlp_in"])])          # [L, T, F]
+    fz = Replacement(adapter, ids, dtype=dtype)
+    emb, logits = fz.emb, fz.logits
+    tcs = [t.to(dtype=dtype) for t in transcoders]
+    fz.skip = [tc.W_skip for tc in tcs]
+    acts = torch.stack([tc.encode(mi) for tc, mi in zip(tcs, fz.mlp_in)])                  # [L, T, F]
     keep = acts > 0
     if max_features is not None and int(keep.sum()) > max_features:
         thr = acts[keep].sort(descending=True).values[max_features - 1]
@@ -241,11 +140,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     dec = torch.stack([tc.directions() for tc in tcs])                                  # [L, F, d]
     kept_out = torch.einsum("ltf,lfd->ltd", acts * keep, dec)
     b_dec = torch.stack([tc.b_dec for tc in tcs])                                        # [L, d]
-    mlp_out = torch.stack(rec["mlp_out"])
-    err = mlp_out - kept_out - b_dec[:, None]                                           # [L, T, d]
-    add = mlp_out.clone()
-    fz = Frozen(rec["ln1"], rec["ln2"], rec["lnf"], rec["A"], rec["W_V"], rec["b_V"], rec["W_O"], rec["b_O"],
-                W_U, model.config.n_head, m64)
+    add = torch.stack([mo - (mi @ tc.W_skip if tc.W_skip is not None else 0)            # what the hook adds
+                       for tc, mi, mo in zip(tcs, fz.mlp_in, fz.mlp_out)])
+    err = add - kept_out - b_dec[:, None]                                               # [L, T, d]
 
     probs = logits.softmax(-1)
     if targets is None:
@@ -265,7 +162,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
 
     # target rows: feature pre-activations (encoder row at (l, t)) and demeaned logits
     enc = torch.stack([tcs[l].W_enc[:, f] for l, t, f in feat]) if nF else torch.zeros(0, emb.shape[1], dtype=emb.dtype)
-    b_enc = torch.tensor([float(tcs[l].b_enc[f]) for l, t, f in feat], dtype=torch.float64)
+    b_enc = torch.tensor([float(tcs[l].b_enc[f]) for l, t, f in feat], dtype=dtype)
     fl = torch.tensor([l * T + t for l, t, _ in feat], dtype=torch.long)
 
     def targets_of(e, a):
@@ -281,7 +178,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
         n_t = len(y)
         report(0.1, "forward")
         order = list(range(nF, n_t)) + list(range(nF))                                   # logit rows first
-        W = torch.zeros(n_t, nF + nE + nT, dtype=torch.float64)
+        W = torch.zeros(n_t, nF + nE + nT, dtype=dtype)
         for i in range(0, n_t, batch):
             if stop():
                 raise GraphCancelled("attribution_graph was cancelled")
@@ -297,7 +194,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     with torch.no_grad():
         bias = targets_of(torch.zeros_like(emb), b_dec[:, None].expand(L, T, -1))
     n = nF + nE + nT + nL
-    adj = torch.zeros(n, n, dtype=torch.float64)
+    adj = torch.zeros(n, n, dtype=dtype)
     adj[:nF, :nF + nE + nT] = W[:nF]
     adj[nF + nE + nT:, :nF + nE + nT] = W[nF:]
     # no edges backwards in time: a target at layer l only sees features of earlier layers (the frozen model
@@ -305,12 +202,13 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype), v[nF:]])   # noqa: E731
     nodes = [("feature", l, t, f) for l, t, f in feat] + [("error", l, t) for l in range(L) for t in range(T)]
     nodes += [("embed", t) for t in range(T)] + [("logit", c) for c in targets]
-    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=torch.float64), err.norm(dim=-1).flatten(),
+    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=dtype), err.norm(dim=-1).flatten(),
                         emb.norm(dim=-1), y[nF:]])
     values, adj, bias = values.detach(), adj.detach(), bias.detach()
+    real = fz._pre_cap[0].detach()
     g = Graph(ids.tolist(), nodes, values.numpy(), adj.numpy(), rows(bias).numpy(), rows(y).numpy(), targets,
-              probs[targets].numpy(), nF, nE, nT, nL, (logits - logits.mean()).numpy(), fz, emb, add, src_vec,
-              transcoders=tcs, mlp_in=torch.stack(rec["mlp_in"]))
+              probs[targets].numpy(), nF, nE, nT, nL, (real - real.mean()).numpy(), fz, emb, add, src_vec,
+              transcoders=tcs, mlp_in=fz.mlp_in)
     if scores:
         g.replacement_score, g.completeness_score = graph_scores(g)
     report(1.0, "done")

@@ -83,7 +83,7 @@ def intervene(graph: Graph, edits: dict[int, float], *, freeze_attention: bool =
     for i, v in edits.items():
         _, l, t, f = graph.nodes[i]
         clamp.setdefault(l, []).append((t, f, v))
-    err = torch.stack([graph.add[l] - tc.forward(graph.mlp_in[l]) for l, tc in enumerate(tcs)])
+    err = torch.stack([graph.frozen.mlp_out[l] - tc.forward(graph.mlp_in[l]) for l, tc in enumerate(tcs)])
     acts = {}
 
     def mlp(l, mi):
@@ -104,7 +104,7 @@ def intervene(graph: Graph, edits: dict[int, float], *, freeze_attention: bool =
 def _layer_of(graph: Graph, i: int, role: str) -> int:
     node = graph.nodes[i]
     if role == "target":
-        return node[1] if node[0] == "feature" else len(graph.frozen.A) - 1
+        return node[1] if node[0] == "feature" else graph.frozen.n_layers - 1
     return node[1] if node[0] in ("feature", "error") else -1
 
 
@@ -134,7 +134,7 @@ def edge_heads(graph: Graph, target: int, source: int) -> np.ndarray:
                              f"{n - graph.n_logits}..{n - 1})")
     target, source = int(target), int(source)
     fz = graph.frozen
-    L, H = len(fz.A), fz.n_heads
+    L, H = fz.n_layers, fz.n_heads
     out = np.zeros((L, H))
     layers = list(range(_layer_of(graph, source, "source") + 1, _layer_of(graph, target, "target") + 1))
     if not layers:
