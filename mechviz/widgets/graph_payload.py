@@ -148,14 +148,14 @@ def parse_key(key: str) -> tuple:
 def feature_detail(adapter, transcoder, graph: Graph, layer: int, feature: int, k: int = 10) -> dict:
     """What the view shows for a clicked feature: its ``k`` top output tokens (its decoder direction through
     the unembedding, ``directions()[feature] @ W_U.T``) with their values, and its activation at each
-    prompt position (the transcoder on the graph's recorded ``mlp_in``)."""
+    prompt position (the transcoder on the real run's ``mlp_in``, as the graph recorded it)."""
     W_U = adapter.model.get_output_embeddings().weight.detach().double()
     d = transcoder.directions()[feature].detach().double()
     logits = W_U @ d
     top = logits.topk(k)
     with torch.no_grad():
-        ins, _ = graph.frozen.run(graph.emb, graph.add)
-        acts = transcoder.to(dtype=torch.float64).encode(ins[layer])[:, feature]
+        ins = graph.mlp_in if graph.mlp_in is not None else graph.frozen.run(graph.emb, graph.add)[0]
+        acts = transcoder.to(dtype=torch.float64).encode(ins[layer].double())[:, feature]
     strs = adapter.to_str_tokens(top.indices)
     return {"top_tokens": [[s, float(v)] for s, v in zip(strs, top.values.tolist())],
             "acts": [float(a) for a in acts.tolist()]}
