@@ -103,8 +103,10 @@ class GraphView(View):
 
     def feed(self, lab, transcoders=None, targets=None, max_features: int | None = None, node_threshold: float = 0.8,
              edge_threshold: float = 0.98, max_nodes: int = 400, max_edges: int = 3000) -> Feed:
-        """The graph of the Lab's prompt on ``transcoders`` (default: the Lab's transcoders, one per layer);
-        ``targets`` and ``max_features`` go to :func:`~mechviz.analysis.graph.attribution_graph`."""
+        """The graph of the Lab's prompt on ``transcoders`` (default: the Lab's transcoders, one per layer; or
+        a list of SAEs / names in ``lab.saes``: a clicked feature selects its dictionary in the Lab only when
+        it is one of ``lab.saes``); ``targets`` and ``max_features`` go to
+        :func:`~mechviz.analysis.graph.attribution_graph`; the thresholds and budget set the view's traits."""
         self._lab = lab
         self._tcs, self._names = transcoders_of(lab, transcoders)
         if max_features is not None and (isinstance(max_features, bool) or int(max_features) < 1):
