@@ -384,7 +384,7 @@ function draw(model, root, ui, S) {
   const shown = S.focus ?? S.shown, at = shown != null ? G.at.get(shown) : undefined;   // the panel follows redraws
   if (at != null) panel(model, ui, G, S, at);
   else if (shown != null) { S.focus = S.shown = null; clear(ui.panel); }
-  stamp(root, { nodes: G.N, edges: G.E, status, draws: ++S.draws });
+  stamp(root, { nodes: G.N, edges: G.E, status, prompt: model.get("prompt") || "", draws: ++S.draws });
 }
 
 /** @param {{model: Model, el: HTMLElement}} props */
