@@ -6,7 +6,6 @@ follows); a threshold move is re-pruned by the kernel; typing a prompt recompute
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
