@@ -193,14 +193,19 @@ def test_live_the_graph_computes_in_a_worker(lab, tcs):
             if v.status in ("ready", "error"):
                 break
         first = v.result
+        v.node_threshold = 0.3                 # two slider moves in a row: re-pruned in workers,
+        v.node_threshold = 0.9                 # the newest applied whichever finishes last
+        await asyncio.sleep(1.0)
+        moved = v.node_index.tolist()
         live._live(live._wanted.__class__("The cat sat on"))   # an edit from the browser
         for _ in range(3000):
             await asyncio.sleep(0.01)
             if v.prompt == "The cat sat on" and v.status == "ready":
                 break
-        return v, first, seen
+        return v, first, seen, moved
 
-    v, first, seen = asyncio.run(scenario())
+    v, first, seen, moved = asyncio.run(scenario())
+    assert moved == np.flatnonzero(prune(first, 0.9, 0.98)[0]).tolist()
     assert v.error == "" and first is not None and v.result is not first and seen[:2] == ["computing", "ready"]
     assert v.result.tokens == lab.model.to_tokens("The cat sat on").tolist()
 

@@ -226,32 +226,31 @@ class GraphView(View):
         sel = select(g, self.node_threshold, self.edge_threshold, self.max_nodes, self.max_edges, self.pinned, inf)
         traits = payload(g, sel, inf, toks, lstrs)
         traits.update(status="ready", progress=1.0, stage="")
-        self._entry = entry
-        return Shown(traits, g, prompt)
+        shown = Shown(traits, g, prompt)
+        shown.entry = entry
+        return shown
 
     def apply(self, shown: Shown) -> None:
         if shown.result is _KEEP:
-            with self.hold_sync():
-                for name, value in shown.traits.items():
-                    setattr(self, name, value)
+            self._set_traits(shown.traits)
             return
+        self._entry = getattr(shown, "entry", self._entry)
+        self._pruned = getattr(self, "_pruned", 0) + 1   # a re-prune still in flight is now stale
         super().apply(shown)
 
     def _on_prune(self, change) -> None:
         if self._entry is None:
             return
         entry, prompt = self._entry, self.prompt
+        self._pruned = n = getattr(self, "_pruned", 0) + 1
 
-        def now():
+        def now():   # (in a worker when live: a big graph takes seconds) only the newest re-prune is applied
             try:
                 shown = self.prepare(entry=entry, prompt=prompt)
             except ValueError as exc:
                 self._set_on_loop({"error": str(exc)})
                 return
-            if live(self._loop):
-                self._loop.call_soon_threadsafe(lambda: self.apply(shown))
-            else:
-                self.apply(shown)
+            self._on_loop(lambda: self.apply(shown) if self._pruned == n else None)
         self._off_loop(now)
 
     # -- requests from the browser --------------------------------------------------------------------
