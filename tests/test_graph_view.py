@@ -287,6 +287,10 @@ def test_live_cancel(lab, tcs):
             if v.status == "ready":
                 break
         await asyncio.sleep(0.5)
+        live._live(live._wanted.__class__(PROMPT + " him"))       # a graph in the works...
+        await asyncio.sleep(0.3)
+        live._live(live._wanted.__class__("The cat sat on"))      # ...superseded by a cached one
+        await asyncio.sleep(4.0)
         return v, cancelled
 
     v, (status, kind, error, progress) = asyncio.run(scenario())

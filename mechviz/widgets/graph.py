@@ -135,6 +135,9 @@ class GraphView(View):
             with self._jobs_lock:
                 entry = self._cache.get(key)
                 if entry is not None:
+                    if self._job is not None:   # a graph being computed for another prompt is superseded
+                        self._job[1].set()
+                        self._job = None
                     return {"entry": entry, "prompt": p.prompt}
                 if live(lab._loop):
                     self._start(key, p.prompt)
