@@ -298,3 +298,13 @@ def test_live_cancel(lab, tcs):
     assert progress and max(progress) < 1.0
     assert v.status == "ready" and v.prompt == "The cat sat on" and v.error == ""
     assert v.result.tokens == lab.model.to_tokens("The cat sat on").tolist()
+
+
+def test_thresholds_given_to_the_view_or_to_add(lab, graph):
+    v = lab.add(GraphView(node_threshold=0.5, max_edges=10), max_features=MAXF)   # the view's own values stay
+    assert (v.node_threshold, v.edge_threshold, v.max_edges) == (0.5, 0.98, 10) and len(v.edge_src) == 10
+    assert v.node_index.tolist() == np.flatnonzero(prune(graph, 0.5, 0.98)[0]).tolist()
+    v.close()
+    v = lab.add(GraphView(node_threshold=0.5), max_features=MAXF, node_threshold=0.7)  # lab.add's win
+    assert v.node_threshold == 0.7
+    v.close()

@@ -101,12 +101,18 @@ class GraphView(View):
     edge_result = t.Dict(default_value={}).tag(sync=True)
     title = t.Unicode("Attribution graph").tag(sync=True)
 
-    def feed(self, lab, transcoders=None, targets=None, max_features: int | None = None, node_threshold: float = 0.8,
-             edge_threshold: float = 0.98, max_nodes: int = 400, max_edges: int = 3000) -> Feed:
+    def feed(self, lab, transcoders=None, targets=None, max_features: int | None = None,
+             node_threshold: float | None = None, edge_threshold: float | None = None, max_nodes: int | None = None,
+             max_edges: int | None = None) -> Feed:
         """The graph of the Lab's prompt on ``transcoders`` (default: the Lab's transcoders, one per layer; or
         a list of SAEs / names in ``lab.saes``: a clicked feature selects its dictionary in the Lab only when
         it is one of ``lab.saes``); ``targets`` and ``max_features`` go to
-        :func:`~mechviz.analysis.graph.attribution_graph`; the thresholds and budget set the view's traits."""
+        :func:`~mechviz.analysis.graph.attribution_graph`; the thresholds and budget set the view's traits (None:
+        keep the view's, by default 0.8, 0.98, 400 and 3000)."""
+        node_threshold = self.node_threshold if node_threshold is None else node_threshold
+        edge_threshold = self.edge_threshold if edge_threshold is None else edge_threshold
+        max_nodes = self.max_nodes if max_nodes is None else max_nodes
+        max_edges = self.max_edges if max_edges is None else max_edges
         self._lab = lab
         self._tcs, self._names = transcoders_of(lab, transcoders)
         if max_features is not None and (isinstance(max_features, bool) or int(max_features) < 1):
