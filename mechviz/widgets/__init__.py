@@ -5,6 +5,7 @@ from .base import Feed, Pass, View
 from .dashboard import DashboardView
 from .features import FeatureView
 from .generation import SteeringView
+from .graph import GraphView
 from .head_grid import HeadGridView
 from .logit_lens import LogitLensView
 from .patching import PatchGridView, PatchingSession
@@ -12,5 +13,5 @@ from .prompt import PromptBox
 from .runner import LatestOnlyRunner, ModelLock
 from .selection import Selection
 
-__all__ = ["View", "Feed", "Pass", "AttentionView", "DashboardView", "LogitLensView", "FeatureView", "SteeringView",
+__all__ = ["View", "Feed", "Pass", "AttentionView", "DashboardView", "GraphView", "LogitLensView", "FeatureView", "SteeringView",
            "HeadGridView", "PatchGridView", "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]
