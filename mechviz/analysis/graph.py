@@ -291,10 +291,14 @@ def graph_scores(graph: Graph) -> tuple[float, float]:
 
 
 def _threshold(scores: np.ndarray, frac: float) -> float:
-    """The score above which (inclusive) the largest scores hold ``frac`` of their total."""
-    srt = np.sort(scores.ravel())[::-1]
-    cum = np.cumsum(srt) / max(srt.sum(), 1e-30)
-    return float(srt[min(int(np.searchsorted(cum, frac)), len(srt) - 1)])
+    """The score above which (inclusive) the largest scores hold ``frac`` of their total (scores are >= 0;
+    only the nonzero ones are sorted: an adjacency is mostly zeros; ``frac = 1`` keeps every nonzero one)."""
+    flat = scores.ravel()
+    srt = np.sort(flat[flat > 0])[::-1]
+    if not len(srt):
+        return 0.0
+    cum = np.cumsum(srt)
+    return float(srt[min(int(np.searchsorted(cum / cum[-1], frac)), len(srt) - 1)])
 
 
 def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98):
