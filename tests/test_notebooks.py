@@ -42,7 +42,7 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
     # the selection the tour sets from Python (the induction head it finds) is what the saved state shows
     sel = [m["state"] for m in state.values() if {"layer", "head", "token", "feature"} <= set(m["state"])
            and "_anywidget_id" not in m["state"]]
-    assert len(sel) == 1 and (sel[0]["layer"], sel[0]["head"]) == (2, 0)
+    assert len(sel) == 2 and all((s["layer"], s["head"]) == (2, 0) for s in sel)   # the tour's Lab, the graph's
     assert all((m["state"]["layer"], m["state"]["head"]) == (2, 0) for m in views)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "best induction head: layer 2 head 0" in printed
@@ -55,3 +55,9 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
     (steer,) = kind("mechviz.widgets.generation.SteeringView")
     assert not steer["busy"] and len(steer["steered_strs"]) == len(steer["base_strs"]) == 12
     assert sum(m["signed"] for m in (v["state"] for v in views)) == 1     # the A - B attention view
+    # the attribution graph: computed, pruned within its budget, saved as binary tables; the ablation printed
+    (graph,) = kind("mechviz.widgets.graph.GraphView")
+    n_nodes = graph["node_kind"]["shape"][0]
+    assert graph["status"] == "ready" and 0 < n_nodes <= 400 and graph["edge_weight"]["dtype"] == "float16"
+    assert graph["edge_src"]["shape"] == graph["edge_weight"]["shape"] and graph["tokens"][-1] == " world"
+    assert "ablated, frozen:" in printed and "Graph(11 tokens" in printed
