@@ -64,9 +64,9 @@ def main(argv=None) -> dict:
         print(f"{i:2d} {len(ids):3d} tokens {g.n_features:5d} features  replacement {g.replacement_score:.3f}  "
               f"completeness {g.completeness_score:.3f}  ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
     out = {
-        "command": "PYTHONPATH=. python scripts/graph_metrics.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["PYTHONPATH=. python scripts/graph_metrics.py", *(argv if argv is not None else sys.argv[1:])]),
         "params": {"n_prompts": a.n, "min_len": a.min_len, "max_len": a.max_len, "source": "heldout_sample.txt",
-                   "bos": True, "targets": "default (prob_mass 0.95, max_logits 10)", "max_features": None},
+                   "bos": True, "torch_threads": a.threads, "targets": "default (prob_mass 0.95, max_logits 10)", "max_features": None},
         "replacement_score": summary([r["replacement"] for r in rows]),
         "completeness_score": summary([r["completeness"] for r in rows]),
         "active_features": summary([r["features"] for r in rows]),
