@@ -82,7 +82,6 @@ def test_chapter5_numbers_the_prose_quotes(chapter5):
     assert [float(r[4]) for r in rows if r[0].startswith("all 57")] == [0.001]
 
 
-@pytest.mark.slow
 def test_chapter5_without_solutions_says_not_done(tmp_path):
     nb = nbformat.read(CHAPTER5, as_version=4)
     nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
