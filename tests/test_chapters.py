@@ -69,7 +69,7 @@ def test_chapter5_checks_say_right(chapter5):
 def test_chapter5_numbers_the_prose_quotes(chapter5):
     out = "".join(_text(c) for c in chapter5.cells if c.cell_type == "code")
     assert "P(' book') = 0.773" in out
-    assert "replacement score 0.824, completeness score 0.947" in out
+    assert "replacement score 0.831, completeness score 0.949" in out
     assert "embed 4 ' book' -> feature L0 pos 4 ' book' #246 -> logit ' book'" in out
     assert "the top path survives pruning: True" in out
     # the intervention table: the frozen model's change equals the graph's prediction; the real model's has
