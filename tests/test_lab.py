@@ -410,3 +410,18 @@ def test_a_lab_whose_loop_has_closed_computes_synchronously():
     assert view.prompt == "A live edit after the loop closed" and lab.prompt_box.status == "idle"
     grid.cell = [1, 2]                                                  # a click: answered now
     assert grid.detail_cell == [1, 2]
+
+
+def test_snapshot_keeps_the_state_it_was_taken_in():
+    """A snapshot is a copy bound to nothing: the Lab's next prompt and selection move the view, not the copy."""
+    lab = Lab.default(prompt="The cat sat on the mat.")
+    attn = lab.attention()
+    lab.selection.layer = 2
+    snap = attn.snapshot()
+    detail = np.array(attn.detail, copy=True)
+    lab.prompt = "A dog ran"
+    lab.selection.layer = 0
+    assert (snap.prompt, snap.layer, attn.prompt, attn.layer) == ("The cat sat on the mat.", 2, "A dog ran", 0)
+    assert snap.tokens != attn.tokens and snap.result is not attn.result
+    assert np.array_equal(snap.detail, detail) and snap.detail.shape != attn.detail.shape
+    assert snap not in lab.views

@@ -129,6 +129,23 @@ class View(anywidget.AnyWidget):
         self._explicit = frozenset(kwargs)  # traits the caller chose (a Lab shares a chosen selection)
         self._close_callbacks: list[Callable[[View], None]] = []
 
+    def snapshot(self) -> "View":
+        """A copy of the view as it is now, bound to no Lab: it keeps this state when the Lab's prompt or selection
+        moves on, so a notebook cell still shows what its text describes after "Run All" (hover and the view's
+        own controls work; answers that need the Lab's kernel side do not).
+
+        >>> import mechviz
+        >>> lab = mechviz.Lab.default(prompt="The cat sat")
+        >>> attn = lab.attention()
+        >>> before = attn.snapshot()
+        >>> lab.prompt = "A dog ran"
+        >>> before.prompt, attn.prompt
+        ('The cat sat', 'A dog ran')
+        """
+        twin = type(self)(**{n: getattr(self, n) for n in self._own_traits()})
+        twin.result = self.result
+        return twin
+
     @classmethod
     def _own_traits(cls) -> list[str]:
         base = set(anywidget.AnyWidget.class_trait_names())
