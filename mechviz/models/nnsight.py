@@ -1,0 +1,214 @@
+"""nnsight models (``nnsight.LanguageModel`` / ``TransformersModel``): every site read and edited through nnsight
+traces, locally or on NDIF (``remote=True``).
+
+The envoy tree mirrors the HuggingFace module tree, so the module paths come from the same per-architecture map
+(:class:`~.archs.ArchSpec`) as :class:`~.hf.HFAdapter`'s; the adapter derives from it and replaces only how a pass
+reads and writes sites: inside ``model.trace(...)``, reading each module's ``.input`` / ``.output`` in the order the
+forward computes them (nnsight refuses out-of-order reads). With weights loaded locally, the methods that take the
+weights themselves (the patching engine, gradients, the unembedding the logit lens applies) run on the same
+modules as the HF adapter's; a remote model (weights on the meta device here) gets its views through reductions
+evaluated inside the trace (:mod:`.reductions`), so only small tensors are downloaded.
+
+>>> import nnsight, mechviz.zoo                                  # doctest: +SKIP
+>>> lm = nnsight.LanguageModel(*mechviz.zoo.load_default_model())  # doctest: +SKIP
+>>> mechviz.wrap(lm).run("Hello", capture=["resid_post.0"])     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Aborted, UnsupportedModelError
+from .hf import HFAdapter
+from .hooks import first as _first
+from .remote import explain_errors
+from .sites import Site, SiteError, parse_sites
+
+__all__ = ["NNsightAdapter", "is_nnsight_model"]
+
+
+def is_nnsight_model(model) -> bool:
+    """``model`` is an nnsight envoy (``NNsight``, ``LanguageModel``, ``TransformersModel``), told by its classes'
+    module names so that telling the backends apart never imports nnsight."""
+    return any((cls.__module__ or "").split(".")[0] == "nnsight" for cls in type(model).__mro__)
+
+
+class _Weights:
+    """The wrapped module seen by :class:`~.hf.HFAdapter`'s constructor, hiding meta-device weights (a remote
+    model is built on the meta device: its weights live on the server)."""
+
+    def __init__(self, module):
+        self._m = module
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+    def parameters(self):
+        return iter(())
+
+    def eval(self):
+        return self._m.eval()
+
+
+class NNsightAdapter(HFAdapter):
+    """Adapter over an nnsight envoy of a HuggingFace causal LM.
+
+    ``remote=True`` runs every trace on NDIF (the API key from nnsight's own configuration: ``NDIF_API_KEY`` or
+    ``nnsight.CONFIG.set_default_api_key``); errors are turned into messages that say what to do
+    (:func:`~.reductions.remote_error`). ``bytes_received`` counts the bytes of every tensor a trace saved, by
+    the view (``tag``) that asked for it.
+    """
+
+    def __init__(self, model, tokenizer=None, name: str | None = None, remote: bool = False):
+        module = getattr(model, "_module", None)
+        if module is None or not hasattr(getattr(module, "config", None), "model_type"):
+            raise UnsupportedModelError(f"cannot wrap a {type(model).__name__}: mechviz's nnsight backend takes an "
+                                        "nnsight LanguageModel / TransformersModel of a HuggingFace causal LM")
+        self.lm = model
+        self.meta = any(p.device.type == "meta" for p in module.parameters())
+        # a meta model's attention implementation is the server's: only a local one is switched to eager here
+        HFAdapter.__init__(self, _Weights(module) if self.meta else module,
+                           tokenizer=tokenizer or getattr(model, "tokenizer", None), name=name)
+        self.remote = bool(remote)
+        if self.meta and not self.remote:
+            raise UnsupportedModelError(
+                f"{self.name}'s weights are on the meta device (nnsight loads them on the first local trace, "
+                "outside mechviz's control): pass dispatch=True to LanguageModel(...) to load them here, or "
+                "mechviz.Lab(model, remote=True) to run it on NDIF")
+        self.bytes_received: dict[str, int] = {}
+        self._order: dict | None = None
+
+    # -- nnsight plumbing ---------------------------------------------------------------------
+    def envoy(self, module):
+        """The envoy of ``module`` (a module of the wrapped model)."""
+        return self.lm.interleaver.envoys[id(module)]
+
+    def trace_kw(self) -> dict:
+        """The keywords of every ``model.trace`` this adapter opens (``remote=True`` on NDIF). Callers write
+        ``with explain_errors(adapter): with adapter.lm.trace(x, **adapter.trace_kw()):`` themselves: nnsight
+        captures the source of the ``with`` block it is entered from, so the trace cannot be opened here."""
+        return {"remote": True} if self.remote else {}
+
+    def count(self, tag: str, saved) -> None:
+        """Add the bytes of every tensor in ``saved`` (nested dicts, lists) to ``bytes_received[tag]``."""
+        n = sum(t.numel() * t.element_size() for t in _tensors(saved))
+        self.bytes_received[tag] = self.bytes_received.get(tag, 0) + n
+
+    def order(self) -> dict:
+        """``{(id(module), "pre" | "post"): rank}``: when the forward reads each module's input and output, found
+        once by a forward with hooks on every module (on meta tensors for a remote model)."""
+        if self._order is None:
+            events, handles = {}, []
+
+            def note(mod, kind):
+                events.setdefault((id(mod), kind), len(events))
+            for m in self.model.modules():
+                handles.append(m.register_forward_pre_hook(lambda mod, _a: note(mod, "pre")))
+                handles.append(m.register_forward_hook(lambda mod, _a, _o: note(mod, "post")))
+            dev = "meta" if self.meta else self._device()
+            try:
+                with torch.inference_mode():
+                    self.model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=dev), use_cache=False)
+            finally:
+                for h in handles:
+                    h.remove()
+            self._order = events
+        return self._order
+
+    def _rank(self, module, kind: str) -> int:
+        key = (id(module), "pre" if kind == "pre" else "post")
+        try:
+            return self.order()[key]
+        except KeyError:
+            raise SiteError(f"{self._where(module)} does not run in this model's forward") from None
+
+    # -- one pass over one prompt -------------------------------------------------------------
+    def plan(self, sites: list[Site], edits: dict, abort=None):
+        """The reads of one pass, in forward order: ``[(module, kind, [(site, view), ...])]``, plus the sites
+        derived after it (``resid_mid`` of a parallel block)."""
+        derived = [s for s in sites if s.name == "resid_mid" and self.parallel]
+        reads = {(s.layer, s.name) for s in sites if s not in derived}
+        reads |= {(s.layer, n) for s in derived for n in ("resid_pre", "attn_out")}
+        reads |= {(s.layer, s.name) for s in edits}
+        groups: dict[tuple, list] = {}
+        for layer, name in sorted(reads):
+            module, kind, view, editable = self._tap(layer, name)
+            site = Site(name, layer)
+            if site in edits and not editable:
+                raise SiteError(f"site {site} can be read but not edited in a HuggingFace model")
+            groups.setdefault((id(module), kind), [module, kind, []])[2].append((site, view))
+        if abort is not None:  # poll before each block: an empty read of its input
+            for block in self.blocks:
+                groups.setdefault((id(block), "pre"), [block, "pre", []])
+        return sorted(groups.values(), key=lambda g: self._rank(g[0], g[1])), derived
+
+    def read(self, plan, edits: dict, abort=None, keep=None) -> dict:
+        """Inside a trace: every read of ``plan``, edits applied, as ``{site: tensor [B, T, ...]}`` (batch kept;
+        copies where ``keep`` is None, else only the sites in ``keep`` are copied)."""
+        store = {}
+        for module, kind, taps in plan:
+            if abort is not None and module in self.blocks and abort():
+                raise Aborted()
+            if not taps:
+                continue
+            env = self.envoy(module)
+            raw = env.input if kind == "pre" else (env.output if kind == "post_all" else _first(env.output))
+            for site, view in taps:
+                x = view(raw)
+                if x is None:
+                    raise SiteError(f"site {site}: the attention module returned no weights (a remote model "
+                                    "needs eager attention on the server)")
+                if site in edits:
+                    x[...] = edits[site](x[0].clone()).reshape(x.shape[1:]).to(x.dtype)[None]
+                if keep is None or str(site) in keep:
+                    store[str(site)] = x.detach().clone()
+        return store
+
+    def _forward(self, ids, sites: list[Site], abort, edits=None):
+        edits = edits or {}
+        plan, derived = self.plan(sites, edits, abort)
+        with explain_errors(self), self.lm.trace(ids[None], **self.trace_kw()):
+            store = self.read(plan, edits, abort)
+            logits = self.lm.output.logits[0].detach().float()
+            saved = _save({"store": store, "logits": logits})
+        self.count("run", saved)
+        store = {k: v[0].float().cpu() for k, v in saved["store"].items()}
+        for s in derived:
+            store[str(s)] = store[f"resid_pre.{s.layer}"] + store[f"attn_out.{s.layer}"]
+        return saved["logits"].cpu(), {str(s): store[str(s)] for s in sites}
+
+    def capture_batch(self, ids, site):
+        (s,) = parse_sites(site, self.n_layers)
+        ids = torch.as_tensor(ids).long()
+        if (s.name == "resid_mid" and self.parallel) or s.name in ("router", "mlp_in") or ids.ndim != 2:
+            return super(HFAdapter, self).capture_batch(ids, site)
+        plan, _ = self.plan([s], {})
+        with torch.inference_mode(), explain_errors(self), self.lm.trace(ids.to(self._device()), **self.trace_kw()) \
+                as tracer:
+            saved = _save(self.read(plan, {}))
+            tracer.stop()  # the site is computed: later blocks never run
+        self.count("capture_batch", saved)
+        return saved[str(s)]
+
+    def _device(self):
+        if self.meta:
+            return torch.device("cpu")
+        return super()._device()
+
+
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _tensors(v)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _tensors(v)
+
+
+def _save(x):
+    """Mark ``x`` to leave the trace (``nnsight.save``)."""
+    import nnsight
+
+    return nnsight.save(x)
