@@ -55,11 +55,16 @@ class NNsightAdapter(HFAdapter):
 
     ``remote=True`` runs every trace on NDIF (the API key from nnsight's own configuration: ``NDIF_API_KEY`` or
     ``nnsight.CONFIG.set_default_api_key``); errors are turned into messages that say what to do
-    (:func:`~.reductions.remote_error`). ``bytes_received`` counts the bytes of every tensor a trace saved, by
-    the view (``tag``) that asked for it.
+    (:func:`~.remote.explain_errors`). ``bytes_received`` counts the bytes of every tensor a trace saved, by
+    the view (``tag``) that asked for it. ``reduce_views``: the logit lens and attention views of a Lab take
+    their data from reductions inside a trace (:mod:`.reductions`) rather than from the Lab's shared pass.
     """
 
-    def __init__(self, model, tokenizer=None, name: str | None = None, remote: bool = False):
+    #: the logit lens and attention views take their data from reductions inside a trace (set in __init__)
+    reduce_views = True
+
+    def __init__(self, model, tokenizer=None, name: str | None = None, remote: bool | str = False,
+                 reduce_views: bool = True):
         module = getattr(model, "_module", None)
         if module is None or not hasattr(getattr(module, "config", None), "model_type"):
             raise UnsupportedModelError(f"cannot wrap a {type(model).__name__}: mechviz's nnsight backend takes an "
@@ -69,12 +74,20 @@ class NNsightAdapter(HFAdapter):
         # a meta model's attention implementation is the server's: only a local one is switched to eager here
         HFAdapter.__init__(self, _Weights(module) if self.meta else module,
                            tokenizer=tokenizer or getattr(model, "tokenizer", None), name=name)
-        self.remote = bool(remote)
-        if self.meta and not self.remote:
+        self.remote, self.reduce_views = remote, bool(reduce_views)
+        if self.remote and not hasattr(model, "to_model_key"):
+            raise UnsupportedModelError(f"a {type(model).__name__} cannot run remotely: NDIF runs the models of "
+                                        "nnsight.LanguageModel(repo_id) / TransformersModel(repo_id)")
+        if self.meta and self.remote in (False, "local"):
             raise UnsupportedModelError(
                 f"{self.name}'s weights are on the meta device (nnsight loads them on the first local trace, "
                 "outside mechviz's control): pass dispatch=True to LanguageModel(...) to load them here, or "
                 "mechviz.Lab(model, remote=True) to run it on NDIF")
+        if self.remote:
+            import nnsight
+
+            # NDIF has no mechviz installed: the code a trace calls (reads, reductions) ships by value
+            nnsight.register("mechviz")
         self.bytes_received: dict[str, int] = {}
         self._order: dict | None = None
 
@@ -87,7 +100,7 @@ class NNsightAdapter(HFAdapter):
         """The keywords of every ``model.trace`` this adapter opens (``remote=True`` on NDIF). Callers write
         ``with explain_errors(adapter): with adapter.lm.trace(x, **adapter.trace_kw()):`` themselves: nnsight
         captures the source of the ``with`` block it is entered from, so the trace cannot be opened here."""
-        return {"remote": True} if self.remote else {}
+        return {"remote": self.remote} if self.remote else {}
 
     def count(self, tag: str, saved) -> None:
         """Add the bytes of every tensor in ``saved`` (nested dicts, lists) to ``bytes_received[tag]``."""
