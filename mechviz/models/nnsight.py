@@ -16,6 +16,8 @@ evaluated inside the trace (:mod:`.reductions`), so only small tensors are downl
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .base import Aborted, UnsupportedModelError
@@ -33,21 +35,21 @@ def is_nnsight_model(model) -> bool:
     return any((cls.__module__ or "").split(".")[0] == "nnsight" for cls in type(model).__mro__)
 
 
-class _Weights:
-    """The wrapped module seen by :class:`~.hf.HFAdapter`'s constructor, hiding meta-device weights (a remote
+def _hide_weights(module):
+    """``module`` as :class:`~.hf.HFAdapter`'s constructor sees it, with its meta-device weights hidden (a remote
     model is built on the meta device: its weights live on the server)."""
+    class Weights:
+        forward = type(module).forward
 
-    def __init__(self, module):
-        self._m = module
+        def __getattr__(self, name):
+            return getattr(module, name)
 
-    def __getattr__(self, name):
-        return getattr(self._m, name)
+        def parameters(self):
+            return iter(())
 
-    def parameters(self):
-        return iter(())
-
-    def eval(self):
-        return self._m.eval()
+        def eval(self):
+            return module.eval()
+    return Weights()
 
 
 class NNsightAdapter(HFAdapter):
@@ -72,7 +74,7 @@ class NNsightAdapter(HFAdapter):
         self.lm = model
         self.meta = any(p.device.type == "meta" for p in module.parameters())
         # a meta model's attention implementation is the server's: only a local one is switched to eager here
-        HFAdapter.__init__(self, _Weights(module) if self.meta else module,
+        HFAdapter.__init__(self, _hide_weights(module) if self.meta else module,
                            tokenizer=tokenizer or getattr(model, "tokenizer", None), name=name)
         self.remote, self.reduce_views = remote, bool(reduce_views)
         if self.remote and not hasattr(model, "to_model_key"):
@@ -118,10 +120,10 @@ class NNsightAdapter(HFAdapter):
             for m in self.model.modules():
                 handles.append(m.register_forward_pre_hook(lambda mod, _a: note(mod, "pre")))
                 handles.append(m.register_forward_hook(lambda mod, _a, _o: note(mod, "post")))
-            dev = "meta" if self.meta else self._device()
             try:
-                with torch.inference_mode():
-                    self.model(input_ids=torch.zeros(1, 2, dtype=torch.long, device=dev), use_cache=False)
+                with torch.inference_mode(), _fake_tensors(self.meta):
+                    ids = torch.zeros(1, 2, dtype=torch.long, device=self._device())
+                    self.model(input_ids=ids, use_cache=False)
             finally:
                 for h in handles:
                     h.remove()
@@ -207,6 +209,16 @@ class NNsightAdapter(HFAdapter):
         if self.meta:
             return torch.device("cpu")
         return super()._device()
+
+
+def _fake_tensors(on: bool):
+    """Fake tensors (shapes only) for a forward of a meta-device model, as nnsight's ``scan`` runs one."""
+    if not on:
+        return contextlib.nullcontext()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    return FakeTensorMode(allow_non_fake_inputs=True, shape_env=ShapeEnv(assume_static_by_default=True))
 
 
 def _tensors(x):
