@@ -127,6 +127,15 @@ def test_lab_views_equal_the_hf_adapter(bundled):
     np.testing.assert_allclose(vb.data["pattern"], va.data["pattern"], atol=0.5 / 255 + 1e-6)
     assert vb.get_state("detail")["detail"]["data"] == va.get_state("detail")["detail"]["data"]
     assert vb.bytes_received == b.model.bytes_received["attention"] == 4 * 4 * len(vb.tokens) ** 2
+    # steering: the reduced views apply the Lab's edits inside their trace
+    before = lb.result.top_probs.copy()
+    for lab in (a, b):
+        lab.steer(int(a.features().result.features[0]), 30.0)
+    assert np.abs(lb.result.top_probs - before).max() > 1e-3
+    np.testing.assert_allclose(lb.result.top_probs, la.result.top_probs, atol=1e-5)
+    np.testing.assert_allclose(vb.data["pattern"], va.data["pattern"], atol=0.5 / 255 + 1e-6)
+    for lab in (a, b):
+        lab.steer(None)
     # SAE features (the Lab's shared pass through nnsight)
     fa, fb = a.features(), b.features()
     np.testing.assert_array_equal(fb.result.features, fa.result.features)
@@ -187,7 +196,8 @@ def test_remote_errors_say_what_to_do(bundled, monkeypatch):
     cases = {
         "Failed to send request: Invalid API key": "bad_key",
         "Model openai-community/gpt2 is not deployed": "not_deployed",
-        "Failed to send request: Client nnsight version 0.8.1 is incompatible with server version 0.9.0": "version_mismatch",
+        "Failed to send request: Client nnsight version 0.8.1 is incompatible with server version 0.9.0":
+            "version_mismatch",
         "Failed to send request: [Errno 111] Connection refused": "unreachable",
         "CUDA out of memory": "server",
     }

@@ -31,7 +31,11 @@ __all__ = ["Reduction", "LensTopK", "Uint8Pattern", "SAETop", "reduce", "patch_c
 
 
 def lens_rows(n_layers: int) -> list[str]:
-    """The logit lens' rows: ``resid_pre`` of every layer, then the last ``resid_post``."""
+    """The logit lens' rows: ``resid_pre`` of every layer, then the last ``resid_post``.
+
+    >>> lens_rows(2)
+    ['resid_pre.0', 'resid_pre.1', 'resid_post.1']
+    """
     return [f"resid_pre.{i}" for i in range(n_layers)] + [f"resid_post.{n_layers - 1}"]
 
 

@@ -59,13 +59,19 @@ _PATTERNS = [  # (kind, regex on the lower-cased message), first match wins
 
 
 def explain(exc: BaseException, adapter=None) -> RemoteRunError | None:
-    """The :class:`RemoteRunError` for nnsight's remote failure ``exc`` (None: not a remote failure)."""
+    """The :class:`RemoteRunError` for nnsight's remote failure ``exc`` (None: not a remote failure).
+
+    >>> from nnsight.intervention.backends.remote import RemoteError
+    >>> explain(RemoteError("Model meta-llama/Llama-3.1-70B is not deployed")).kind
+    'not_deployed'
+    """
     from nnsight.intervention.backends.remote import RemoteError
 
     if isinstance(exc, RemoteRunError):
         return exc
     remote_error = isinstance(exc, RemoteError)
-    network = isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith(("websocket", "httpx", "httpcore"))
+    package = (type(exc).__module__ or "").split(".")[0]
+    network = isinstance(exc, OSError) or package.startswith(("websocket", "httpx", "httpcore"))
     if not (remote_error or network):
         return None
     text = str(exc)
