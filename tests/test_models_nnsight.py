@@ -174,6 +174,12 @@ def test_remote_path_runs_through_nnsight_serialisation(bundled):
     torch.testing.assert_close(patch_cells(sim, other, prompt, "resid_pre"), patch_cells(local, other, prompt,
                                                                                         "resid_pre"))
     assert sim.bytes_received == local.bytes_received
+    # a Lab over the simulated remote model: its views come through the same serialised traces
+    a, b = Lab(wrap(lm, remote="local"), prompt=prompt, threads=1), Lab(model, tok, prompt=prompt, threads=1)
+    la, lb = a.logit_lens(), b.logit_lens()
+    np.testing.assert_array_equal(la.result.top_ids, lb.result.top_ids)
+    np.testing.assert_allclose(la.result.top_probs, lb.result.top_probs, atol=1e-5)
+    np.testing.assert_allclose(a.attention().data["pattern"], b.attention().data["pattern"], atol=0.5 / 255 + 1e-6)
 
 
 def test_remote_errors_say_what_to_do(bundled, monkeypatch):
@@ -213,10 +219,12 @@ def test_meta_models_run_only_remotely(bundled):
     from mechviz.zoo import MODEL_DIR
 
     lm = nnsight.LanguageModel(str(MODEL_DIR), tokenizer=bundled[1])  # as LanguageModel(repo_id): weights on meta
-    assert next(lm._module.parameters()).device.type == "meta"
+    assert next(lm._module.parameters()).device.type == "meta" and lm.attn_implementation == "sdpa"
     with pytest.raises(UnsupportedModelError, match="meta device"):
         NNsightAdapter(lm)
     adapter = NNsightAdapter(lm, remote=True)
+    # the adapter asks for eager attention (the only one with weights), and nnsight sends that with every request
+    assert lm._remoteable_get_env()["attn_implementation"] == "eager"
     # the forward order is found on meta tensors, so a remote trace reads modules in the order they run
     plan, _ = adapter.plan(adapter_sites(adapter), {})
     order = [str(site) for _, _, taps in plan for site, _ in taps]
