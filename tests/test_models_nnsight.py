@@ -157,10 +157,17 @@ def test_lab_views_equal_the_hf_adapter(bundled):
     np.testing.assert_allclose(gb.values, ga.values, atol=1e-5)
 
 
-def test_remote_path_runs_through_nnsight_serialisation(bundled):
+def test_remote_path_runs_through_nnsight_serialisation(bundled, monkeypatch):
     """nnsight's remote="local": the trace is serialised as for NDIF, deserialised with local modules hidden (so
     mechviz must travel by value, as it would to a server without it), and run in-process."""
-    model, tok = bundled
+    from nnsight.schema.request import RequestModel
+
+    from mechviz.zoo import load_default_model
+
+    payloads, serialize = [], RequestModel.serialize.__func__
+    monkeypatch.setattr(RequestModel, "serialize", classmethod(
+        lambda cls, tracer, compress=False: payloads.append(serialize(cls, tracer, compress)) or payloads[-1]))
+    model, tok = load_default_model()  # a fresh model: no module tagged by an earlier serialisation
     lm = nnsight.LanguageModel(model, tokenizer=tok)
     sim, local = NNsightAdapter(lm, remote="local"), NNsightAdapter(lm)
     prompt, other = "The cat sat on the mat because it", "The dog sat on the mat because it"
@@ -174,6 +181,9 @@ def test_remote_path_runs_through_nnsight_serialisation(bundled):
     torch.testing.assert_close(patch_cells(sim, other, prompt, "resid_pre"), patch_cells(local, other, prompt,
                                                                                         "resid_pre"))
     assert sim.bytes_received == local.bytes_received
+    # every request referenced the model's modules: none shipped its weights
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert len(payloads) == 3 and max(map(len, payloads)) < weights / 4
     # a Lab over the simulated remote model: its views come through the same serialised traces
     a, b = Lab(wrap(lm, remote="local"), prompt=prompt, threads=1), Lab(model, tok, prompt=prompt, threads=1)
     la, lb = a.logit_lens(), b.logit_lens()

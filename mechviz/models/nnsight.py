@@ -56,7 +56,7 @@ class NNsightAdapter(HFAdapter):
     """Adapter over an nnsight envoy of a HuggingFace causal LM.
 
     ``remote=True`` runs every trace on NDIF (the API key from nnsight's own configuration: ``NDIF_API_KEY`` or
-    ``nnsight.CONFIG.set_default_api_key``); errors are turned into messages that say what to do
+    ``nnsight.login()``; ``remote="local"``: nnsight's serialising local simulation of the remote path); errors are turned into messages that say what to do
     (:func:`~.remote.explain_errors`). ``bytes_received`` counts the bytes of every tensor a trace saved, by
     the view (``tag``) that asked for it. ``reduce_views``: the logit lens and attention views of a Lab take
     their data from reductions inside a trace (:mod:`.reductions`) rather than from the Lab's shared pass.
@@ -73,7 +73,8 @@ class NNsightAdapter(HFAdapter):
                                         "nnsight LanguageModel / TransformersModel of a HuggingFace causal LM")
         self.lm = model
         self.meta = any(p.device.type == "meta" for p in module.parameters())
-        # a meta model's attention implementation is the server's: only a local one is switched to eager here
+        # the constructor switches the model's config to eager attention (the only implementation with weights);
+        # nnsight sends that config's choice with every remote request, so the server switches too
         HFAdapter.__init__(self, _hide_weights(module) if self.meta else module,
                            tokenizer=tokenizer or getattr(model, "tokenizer", None), name=name)
         self.remote, self.reduce_views = remote, bool(reduce_views)
@@ -84,12 +85,18 @@ class NNsightAdapter(HFAdapter):
             raise UnsupportedModelError(
                 f"{self.name}'s weights are on the meta device (nnsight loads them on the first local trace, "
                 "outside mechviz's control): pass dispatch=True to LanguageModel(...) to load them here, or "
-                "mechviz.Lab(model, remote=True) to run it on NDIF")
+                "mechviz.Lab(mechviz.wrap(model, remote=True)) to run it on NDIF")
         if self.remote:
             import nnsight
 
             # NDIF has no mechviz installed: the code a trace calls (reads, reductions) ships by value
             nnsight.register("mechviz")
+            # and the adapter travels with it: tag what the server resolves from its own model (every module, the
+            # interleaver, the tokenizer) as nnsight's envoys tag it when pickled, so that the adapter's own
+            # references to them are sent as references too, never as weights, whatever is pickled first
+            for pid, obj in model._remoteable_persistent_objects().items():
+                if hasattr(obj, "__dict__"):
+                    obj._persistent_id = pid
         self.bytes_received: dict[str, int] = {}
         self._order: dict | None = None
 
@@ -157,9 +164,9 @@ class NNsightAdapter(HFAdapter):
                 groups.setdefault((id(block), "pre"), [block, "pre", []])
         return sorted(groups.values(), key=lambda g: self._rank(g[0], g[1])), derived
 
-    def read(self, plan, edits: dict, abort=None, keep=None) -> dict:
-        """Inside a trace: every read of ``plan``, edits applied, as ``{site: tensor [B, T, ...]}`` (batch kept;
-        copies where ``keep`` is None, else only the sites in ``keep`` are copied)."""
+    def read(self, plan, edits: dict, abort=None) -> dict:
+        """Inside a trace: every read of ``plan``, edits applied, as ``{site: tensor [B, T, ...]}`` (batch kept,
+        copies on the device the site lives on)."""
         store = {}
         for module, kind, taps in plan:
             if abort is not None and module in self.blocks and abort():
@@ -175,8 +182,7 @@ class NNsightAdapter(HFAdapter):
                                     "needs eager attention on the server)")
                 if site in edits:
                     x[...] = edits[site](x[0].clone()).reshape(x.shape[1:]).to(x.dtype)[None]
-                if keep is None or str(site) in keep:
-                    store[str(site)] = x.detach().clone()
+                store[str(site)] = x.detach().clone()
         return store
 
     def _forward(self, ids, sites: list[Site], abort, edits=None):

@@ -55,9 +55,16 @@ def _logits(adapter, resid: torch.Tensor) -> torch.Tensor:
     on NDIF they run on the server's weights), with Gemma 2's soft-cap; float32 ``[n, vocab]``."""
     from .hf import _get
 
-    norm = adapter.envoy(_get(adapter.model, adapter.spec.final_norm))
-    head = adapter.envoy(adapter.model.get_output_embeddings())
-    return adapter._capped(head(norm(resid))).float()
+    norm_module, head_module = _get(adapter.model, adapter.spec.final_norm), adapter.model.get_output_embeddings()
+    h = adapter.envoy(norm_module)(resid.to(_device_of(norm_module, resid)))
+    h = adapter.envoy(head_module)(h.to(_device_of(head_module, h)))
+    return adapter._capped(h).float()
+
+
+def _device_of(module, default: torch.Tensor) -> torch.device:
+    """Where ``module``'s weights live (a sharded model's blocks, norm and head may each be on another device)."""
+    p = next(module.parameters(), None)
+    return default.device if p is None else p.device
 
 
 @dataclass
@@ -140,7 +147,7 @@ def reduce(adapter, prompt, reductions: dict, edits: dict | None = None) -> dict
     sites = parse_sites(need, adapter.n_layers) if need else []
     plan, derived = adapter.plan(sites, edit_fns)
     with torch.inference_mode(), explain_errors(adapter), adapter.lm.trace(ids[None], **adapter.trace_kw()):
-        store = adapter.read(plan, edit_fns, keep=None)
+        store = adapter.read(plan, edit_fns)
         for s in derived:
             store[str(s)] = store[f"resid_pre.{s.layer}"] + store[f"attn_out.{s.layer}"]
         acts = {k: v[0] for k, v in store.items()}
