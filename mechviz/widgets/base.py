@@ -103,7 +103,9 @@ class View(anywidget.AnyWidget):
     ``prompt``: the prompt the data belongs to; ``seq``: bumped on every new payload (the browser
     redraws once per payload); ``error``: shown as a banner over the last good view ("" = none);
     ``title``: the header; ``model_info``: what computed the data (shown in the header, see
-    :func:`mechviz.models.describe.describe`).
+    :func:`mechviz.models.describe.describe`); ``bytes_received``: what the model's machine sent for the payload
+    where the view's data is reduced inside an nnsight trace (the logit lens and attention views of an nnsight
+    model; also shown in ``note``), else -1.
 
     >>> from mechviz.widgets import AttentionView
     >>> AttentionView(layr=2)
