@@ -97,7 +97,7 @@ def test_reductions_equal_the_full_computation(arch):
     metric = lambda logits: logits[:, -1, 3] - logits[:, -1, 4]  # noqa: E731
     for site in ("resid_pre", "attn_out", "mlp_out"):
         grid = activation_patching(hf, IDS, CORRUPTED, site, metric=metric)
-        cells = patch_cells(nn, CORRUPTED, IDS, site, metric=metric, tag=site)
+        cells = patch_cells(nn, CORRUPTED, IDS, site, metric=metric, tag=site, rows=7)  # several traces
         assert np.abs(grid.values).max() > 1e-2
         np.testing.assert_allclose(cells.numpy(), grid.values, atol=1e-5)
         assert nn.bytes_received[site] == 4 * L * T
@@ -184,6 +184,21 @@ def test_remote_path_runs_through_nnsight_serialisation(bundled, monkeypatch):
     # every request referenced the model's modules: none shipped its weights
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     assert len(payloads) == 3 and max(map(len, payloads)) < weights / 4
+    # activation_patching on a remote model: cells evaluated inside traces, equal to the patching engine's grid
+    hf = HFAdapter(model, tok)
+    clean, corrupt = "The cat sat on the mat and the dog", "The cat sat on the rug and the dog"
+    for site, by in (("resid_pre", "position"), ("attn_out.2", "position"), ("z", "head"), ("v.1", "head_position")):
+        want = activation_patching(hf, clean, corrupt, site, by=by, answers=(" the", " a"))
+        got = activation_patching(sim, clean, corrupt, site, by=by, answers=(" the", " a"))
+        assert np.abs(want.values).max() > 1e-2 and got.values.shape == want.values.shape
+        np.testing.assert_allclose(got.values, want.values, atol=1e-5)
+    seen = []
+    activation_patching(sim, clean, corrupt, "resid_pre", answers=(" the", " a"),
+                        on_progress=lambda grid, done, total: seen.append((done, total)))
+    T = len(sim.to_tokens(clean))
+    assert seen == [(T * (i + 1), 4 * T) for i in range(4)]
+    stopped = activation_patching(sim, clean, corrupt, "resid_pre", answers=(" the", " a"), cancel=lambda: True)
+    assert not stopped.complete and np.isnan(stopped.values).all()
     # a Lab over the simulated remote model: its views come through the same serialised traces
     a, b = Lab(wrap(lm, remote="local"), prompt=prompt, threads=1), Lab(model, tok, prompt=prompt, threads=1)
     la, lb = a.logit_lens(), b.logit_lens()

@@ -50,3 +50,25 @@ def reduced_attention(adapter, prompt, layers=None, edits: dict | None = None,
     out = reduce(adapter, ids, {tag: Uint8Pattern(layers)}, edits=edits)[tag]
     pattern = out["pattern"].numpy().astype(np.float32) / 255
     return pattern, adapter.to_str_tokens(ids), adapter.bytes_received[tag] - before
+
+
+def remote_patching(grid, pair, name: str, layers, receiver: str, source: str, on_progress=None, cancel=None):
+    """Fill an activation-patching ``grid`` (from :func:`~.patching.activation_patching`) on a remote nnsight
+    model: cells batched as rows of traces (:func:`~mechviz.models.reductions.patch_cells`), only each cell's
+    metric downloaded. Residual sites by position, ``z``/``q``/``k``/``v`` by head or head and position.
+    ``on_progress(grid, done, total)`` after each layer; ``cancel()`` polled before each (then
+    ``grid.complete`` is False)."""
+    from ..models.reductions import patch_cells
+
+    if name not in ("resid_pre", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v"):
+        raise ValueError(f"a remote model patches resid_pre, resid_post, attn_out, mlp_out, z, q, k or v; not {name} "
+                         "(its patching engine needs the weights here)")
+    for i, layer in enumerate(layers):
+        if cancel is not None and cancel():
+            grid.complete = False
+            return grid
+        grid.values[i] = patch_cells(pair.adapter, pair.ids[receiver], pair.ids[source], f"{name}.{layer}",
+                                     by=grid.by, metric=pair.metric).numpy()
+        if on_progress is not None:
+            on_progress(grid, (i + 1) * grid.values[i].size, grid.values.size)
+    return grid

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .hooks import first as _first
@@ -158,35 +159,48 @@ def reduce(adapter, prompt, reductions: dict, edits: dict | None = None) -> dict
     return {tag: {k: v.cpu() for k, v in res.items()} for tag, res in results.items()}
 
 
-def patch_cells(adapter, receiving, source, site: str, positions: Sequence[int] | None = None,
-                metric: Callable[[torch.Tensor], torch.Tensor] | None = None, tag: str = "patching") -> torch.Tensor:
-    """Activation patching of one residual-like ``site`` (``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out``;
-    every layer, or one: ``"resid_pre.3"``) by position, in one trace over a batch: row 0 runs ``source``, each
-    other row ``receiving`` with one layer x position overwritten (inside the trace) by row 0's value there, and
-    only ``metric(logits [rows, T, vocab]) -> [rows]`` of the patched rows is saved. Returns float32
-    ``[layers, positions]`` (the denoising grid when ``source`` is the clean prompt)."""
+def patch_cells(adapter, receiving, source, site: str, by: str = "position",
+                metric: Callable[[torch.Tensor], torch.Tensor] | None = None, tag: str = "patching",
+                rows: int = 64) -> torch.Tensor:
+    """Activation patching of ``site`` (``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out`` by ``"position"``;
+    ``z``, ``q``, ``k``, ``v`` by ``"head"`` (all positions) or ``"head_position"``; every layer, or one:
+    ``"z.3"``) in traces over batches of up to ``rows`` cells: row 0 of each runs ``source``, every other row
+    ``receiving`` with its cell overwritten (inside the trace) by row 0's value there, and only
+    ``metric(logits [rows, T, vocab]) -> [rows]`` of the patched rows is saved. Returns float32 ``[layers, T]``,
+    ``[layers, heads]`` or ``[layers, T, heads]`` (the denoising grid when ``source`` is the clean prompt)."""
+    from .sites import n_site_heads
+
     r_ids, s_ids = adapter.to_tokens(receiving), adapter.to_tokens(source)
     if r_ids.shape != s_ids.shape:
         raise ValueError(f"the prompts must have the same number of tokens ({len(r_ids)} and {len(s_ids)})")
     name, _, one = site.partition(".")
     layers = [int(one)] if one else list(range(adapter.n_layers))
-    positions = list(range(len(r_ids))) if positions is None else list(positions)
-    cells = [(layer, pos) for layer in layers for pos in positions]
+    T, H = len(r_ids), n_site_heads(adapter, name)
+    shape = {"position": (T,), "head": (H,), "head_position": (T, H)}.get(by)
+    if shape is None or (by == "position") != (H == 0):
+        raise ValueError(f"{name} patches by {'position' if H == 0 else 'head or head_position'}, not by={by!r}")
+    cells = [(layer, *idx) for layer in layers for idx in np.ndindex(*shape)]
+    where = {"position": lambda c: (c[1],), "head": lambda c: (slice(None), c[1]),
+             "head_position": lambda c: (c[1], c[2])}[by]
     taps = sorted(((layer, adapter._site_point(layer, name)) for layer in layers),
                   key=lambda t: adapter._rank(t[1][0], t[1][1]))
-    batch = torch.cat([s_ids[None], r_ids[None].expand(len(cells), -1)])
     metric = metric or (lambda logits: logits[:, -1].max(-1).values)
-    with torch.inference_mode(), explain_errors(adapter), adapter.lm.trace(batch, **adapter.trace_kw()):
-        for layer, (module, kind, view) in taps:
-            env = adapter.envoy(module)
-            x = view(env.input if kind == "pre" else _first(env.output))
-            for row, (lay, pos) in enumerate(cells, start=1):
-                if lay == layer:
-                    x[row, pos] = x[0, pos]
-        values = _save(metric(adapter.lm.output.logits[1:].float()).float())
-    out = values.cpu().reshape(len(layers), len(positions))
-    adapter.count(tag, out)
-    return out
+    out = []
+    for start in range(0, len(cells), rows):
+        part = cells[start:start + rows]
+        batch = torch.cat([s_ids[None], r_ids[None].expand(len(part), -1)])
+        with torch.inference_mode(), explain_errors(adapter), adapter.lm.trace(batch, **adapter.trace_kw()):
+            for layer, (module, kind, view) in taps:
+                env = adapter.envoy(module)
+                x = view(env.input if kind == "pre" else _first(env.output))
+                for row, cell in enumerate(part, start=1):
+                    if cell[0] == layer:
+                        at = where(cell)
+                        x[(row, *at)] = x[(0, *at)]
+            values = _save(metric(adapter.lm.output.logits[1:].float()).float())
+        adapter.count(tag, values)
+        out.append(values.cpu())
+    return torch.cat(out).reshape(len(layers), *shape)
 
 
 def _save(x):
