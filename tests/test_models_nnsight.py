@@ -39,25 +39,36 @@ def _pair(arch):
     return HFAdapter(model), NNsightAdapter(nnsight.NNsight(model))
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "gptj", "phi3", "olmo2"])
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "gptj", "phi3", "olmo2", "mixtral"])
 def test_every_site_and_edit_equals_the_hf_adapter(arch):
     hf, nn = _pair(arch)
-    sites = [s for s in hf.sites if s != "router"]
+    sites = hf.sites  # every one, the router of a mixture-of-experts model (mixtral) included
     a, b = hf.run(IDS, capture=sites), nn.run(IDS, capture=sites)
     assert sorted(a.cache) == sorted(b.cache) and len(a.cache) == len(sites) * hf.n_layers
     torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=0)
     for key in a.cache:
         torch.testing.assert_close(b.cache[key], a.cache[key], atol=1e-5, rtol=0, msg=key)
     # edits (steering, patching through run) at a per-head site and a residual one, read downstream
-    edits = {"z.0": lambda z: z + 0.5, "resid_post.1": lambda x: 2 * x}
-    a, b = hf.run(IDS, capture=["resid_pre.2", "q.0"], edits=edits), nn.run(IDS, capture=["resid_pre.2", "q.0"],
-                                                                             edits=edits)
+    last = f"resid_pre.{hf.n_layers - 1}"
+    edits = {"z.0": lambda z: z + 0.5, "resid_post.0": lambda x: 2 * x}
+    a, b = hf.run(IDS, capture=[last, "q.0"], edits=edits), nn.run(IDS, capture=[last, "q.0"], edits=edits)
     assert (a.logits - hf.run(IDS).logits).abs().max() > 1e-2  # the edits change the output
-    for key in ("resid_pre.2", "q.0"):
+    for key in (last, "q.0"):
         torch.testing.assert_close(b.cache[key], a.cache[key], atol=1e-5, rtol=0)
     torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=0)
     batch = torch.tensor([IDS, CORRUPTED])
     torch.testing.assert_close(nn.capture_batch(batch, "k.1"), hf.capture_batch(batch, "k.1"), atol=1e-5, rtol=0)
+
+
+def test_a_pass_that_is_no_longer_wanted_stops_inside_the_trace():
+    from mechviz.models import Aborted
+
+    hf, nn = _pair("qwen3")
+    polls = []
+    with pytest.raises(Aborted):
+        nn.run(IDS, capture=["resid_post.2"], abort=lambda: polls.append(1) or len(polls) > 1)
+    assert len(polls) == 2  # polled before each block: stopped before block 1, not after the pass
+    torch.testing.assert_close(nn.run(IDS).logits, hf.run(IDS).logits, atol=1e-5, rtol=0)  # usable after
 
 
 def test_wrap_recognises_nnsight_models_first(bundled):
