@@ -261,6 +261,11 @@ def test_meta_models_run_only_remotely(bundled):
     adapter = NNsightAdapter(lm, remote=True)
     # the adapter asks for eager attention (the only one with weights), and nnsight sends that with every request
     assert lm._remoteable_get_env()["attn_implementation"] == "eager"
+    # what needs the weights here says so (the weights are on the server)
+    with pytest.raises(UnsupportedModelError, match="unembed needs .* weights here"):
+        adapter.unembed(torch.zeros(1, adapter.d_model))
+    with pytest.raises(UnsupportedModelError, match="patch_base needs"):
+        adapter.patch_base(torch.tensor([1, 2]))
     # the forward order is found on meta tensors, so a remote trace reads modules in the order they run
     plan, _ = adapter.plan(adapter_sites(adapter), {})
     order = [str(site) for _, _, taps in plan for site, _ in taps]

@@ -17,6 +17,7 @@ evaluated inside the trace (:mod:`.reductions`), so only small tensors are downl
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -99,6 +100,9 @@ class NNsightAdapter(HFAdapter):
                     obj._persistent_id = pid
         self.bytes_received: dict[str, int] = {}
         self._order: dict | None = None
+        if self.meta:  # the weights are on the server: what computes with them here says so
+            for method in _WEIGHT_METHODS:
+                setattr(self, method, functools.partial(_needs_weights, self.name, method))
 
     # -- nnsight plumbing ---------------------------------------------------------------------
     def envoy(self, module):
@@ -215,6 +219,18 @@ class NNsightAdapter(HFAdapter):
         if self.meta:
             return torch.device("cpu")
         return super()._device()
+
+
+#: what computes with the weights on this machine (a remote adapter refuses these)
+_WEIGHT_METHODS = frozenset({"final_norm", "unembed", "unembed_linear", "unembed_tokens", "logits_of", "logits_into",
+                             "patch_base", "forward_from", "grad_run", "attn_out_of_z", "finish_block", "pos_embed"})
+
+
+def _needs_weights(model: str, method: str, *args, **kwargs):
+    raise UnsupportedModelError(
+        f"{method} needs {model}'s weights here, and a remote model has them on NDIF only: its logit lens, "
+        "attention, SAE top features (reductions.SAETop) and patching grids (activation_patching) are computed "
+        "inside traces; load the model locally (dispatch=True) for the rest")
 
 
 def _fake_tensors(on: bool):
