@@ -124,6 +124,7 @@ def test_lab_views_equal_the_hf_adapter(bundled):
     a = Lab(model, tok, prompt=prompt, threads=1, sae=sae)
     b = Lab(nnsight.LanguageModel(model, tokenizer=tok), prompt=prompt, threads=1, sae=sae)
     assert isinstance(b.model, NNsightAdapter) and b.model.reduce_views
+    assert "nnsight raw weights" in b.model_info and "HF raw weights" in a.model_info
     # logit lens: reduced to its top-k inside the trace, equal to the full lens of the HF adapter
     la, lb = a.logit_lens(k=5), b.logit_lens(k=5)
     np.testing.assert_array_equal(lb.result.top_ids, la.result.top_ids)
@@ -259,6 +260,9 @@ def test_meta_models_run_only_remotely(bundled):
     with pytest.raises(UnsupportedModelError, match="meta device"):
         NNsightAdapter(lm)
     adapter = NNsightAdapter(lm, remote=True)
+    from mechviz.models.describe import describe
+
+    assert str(describe(adapter)).endswith("· nnsight raw weights · float32 · NDIF")
     # the adapter asks for eager attention (the only one with weights), and nnsight sends that with every request
     assert lm._remoteable_get_env()["attn_implementation"] == "eager"
     # what needs the weights here says so (the weights are on the server)
