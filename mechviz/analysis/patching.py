@@ -282,8 +282,13 @@ def activation_patching(model, clean=None, corrupted=None, site: str = "resid_pr
     with hold():
         adapter = model.adapter if isinstance(model, PromptPair) else wrap(model)
         name, layers = _check_site(adapter, site, by)
-        pair = _pair(model, clean, corrupted, metric, answers, capture=patch_capture(adapter, site, by))
+        remote = getattr(adapter, "remote", False)  # nnsight on NDIF: no activations downloaded (see below)
+        capture = () if remote else patch_capture(adapter, site, by)
+        pair = _pair(model, clean, corrupted, metric, answers, capture=capture)
         grid = _empty_grid(pair, name, by, direction, layers, "activation")
+        if remote:  # cells as rows of traces evaluated where the model is, only their metrics downloaded
+            from .reduced import remote_patching
+            return remote_patching(grid, pair, name, layers, receiver, source, on_progress, cancel)
         src, recv = pair.runs[source].cache, pair.runs[receiver].cache
         base = adapter.patch_base(pair.ids[receiver])
         name, src = _as_patched(pair, name, layers, src, receiver)

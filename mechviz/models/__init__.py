@@ -12,7 +12,7 @@ from .base import Aborted, ModelAdapter, PromptError, Run, UnsupportedModelError
 from .hf import ARCHS, ArchSpec, HFAdapter
 from .sites import SITES, TL4_HOOKS, TL_HOOKS, Site, SiteError, parse_sites
 
-__all__ = ["wrap", "ModelAdapter", "HFAdapter", "TLAdapter", "TLBridgeAdapter", "Run", "Site", "SITES", "TL_HOOKS",
+__all__ = ["wrap", "ModelAdapter", "HFAdapter", "NNsightAdapter", "TLAdapter", "TLBridgeAdapter", "Run", "Site", "SITES", "TL_HOOKS",
            "TL4_HOOKS", "ARCHS", "ArchSpec", "parse_sites", "SiteError", "PromptError", "UnsupportedModelError",
            "Aborted"]
 
@@ -22,6 +22,9 @@ def __getattr__(name):
     if name == "TLAdapter":
         from .tl import TLAdapter
         return TLAdapter
+    if name == "NNsightAdapter":
+        from .nnsight import NNsightAdapter
+        return NNsightAdapter
     if name == "TLBridgeAdapter":
         from .tl_bridge import TLBridgeAdapter
         return TLBridgeAdapter
@@ -38,11 +41,20 @@ def _transformer_lens_class(model) -> str | None:
     return None
 
 
-def wrap(model, tokenizer=None, name: str | None = None) -> ModelAdapter:
-    """Wrap a HuggingFace causal LM (with its tokenizer), a TransformerLens 3 ``HookedTransformer`` or a
-    TransformerLens 4 ``TransformerBridge`` (which carry their own tokenizers)."""
+def wrap(model, tokenizer=None, name: str | None = None, remote: bool = False) -> ModelAdapter:
+    """Wrap a HuggingFace causal LM (with its tokenizer), a TransformerLens 3 ``HookedTransformer``, a
+    TransformerLens 4 ``TransformerBridge`` (which carry their own tokenizers), or an nnsight ``LanguageModel`` /
+    ``NNsight`` envoy of a HuggingFace causal LM (``remote=True``: run it on NDIF)."""
     if isinstance(model, ModelAdapter):
         return model
+    from .nnsight import is_nnsight_model
+
+    if is_nnsight_model(model):  # checked before the HF test: an envoy forwards .config to its module
+        from .nnsight import NNsightAdapter
+        return NNsightAdapter(model, tokenizer=tokenizer, name=name, remote=remote)
+    if remote:
+        raise UnsupportedModelError(f"remote=True runs nnsight models on NDIF; got a {type(model).__name__}: wrap "
+                                    "it as nnsight.LanguageModel(repo_id) first")
     kind = _transformer_lens_class(model)
     if kind == "TransformerBridge":  # checked first: a bridge also has hook_dict and cfg
         from .tl_bridge import TLBridgeAdapter
@@ -58,5 +70,5 @@ def wrap(model, tokenizer=None, name: str | None = None) -> ModelAdapter:
         return HFAdapter(model, tokenizer=tokenizer, name=name)
     raise UnsupportedModelError(
         f"cannot wrap a {type(model).__name__}: pass a HuggingFace *ForCausalLM model, a "
-        "TransformerLens HookedTransformer or a TransformerLens 4 TransformerBridge"
+        "TransformerLens HookedTransformer, a TransformerLens 4 TransformerBridge or an nnsight LanguageModel"
     )

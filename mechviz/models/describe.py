@@ -47,6 +47,11 @@ def describe(adapter) -> ModelInfo:
     else:
         backend, numerics = "HF", "raw weights"
     first = str(params[0].device) if params else devices[0]
+    remote = getattr(adapter, "remote", False)
+    if hasattr(adapter, "lm"):  # the nnsight backend (mechviz.models.nnsight): where its traces run
+        backend = "nnsight"
+        if remote is True or (isinstance(remote, str) and remote != "local"):
+            first, devices = "NDIF", ["NDIF"]
     return ModelInfo(name=str(adapter.name), backend=backend, numerics=numerics, dtype=dtype, device=first,
                      devices=len(devices))
 

@@ -8,7 +8,7 @@ import traitlets as t
 from ..analysis.attention import attention_patterns
 from ..models.describe import attention_windows
 from ._esm import bundle
-from .base import Feed, Shown, View, ab_prompt, ab_tokens
+from .base import Feed, Shown, View, ab_prompt, ab_tokens, received as received_traits
 from .selection import Index
 from .runner import offload
 from .transport import Array, Packed, maxpool
@@ -86,11 +86,18 @@ class AttentionView(View):
     def feed(self, lab) -> Feed:
         sites = [f"attn_pattern.{layer}" for layer in range(lab.model.n_layers)]
         arch = {"windows": attention_windows(lab.model), "kv_heads": lab.model.n_kv_heads}
+        if getattr(lab.model, "reduce_views", False):  # nnsight: uint8 patterns made inside the trace
+            from ..analysis.reduced import reduced_attention
+
+            def payload(p):
+                pattern, tokens, n = reduced_attention(lab.model, p.run.tokens, edits=lab._edits(p.steering))
+                return {"pattern": pattern, "tokens": tokens, "prompt": p.prompt, "received": n, **arch}
+            return Feed(lambda: [], payload)
         return Feed(lambda: sites, lambda p: {"pattern": attention_patterns(p.run), "tokens": p.run.token_strs,
                                               "prompt": p.prompt, **arch})
 
     def prepare(self, pattern: np.ndarray, tokens: list[str], prompt: str = "", windows=None,
-                kv_heads: int = 0, signed: bool = False) -> Shown:
+                kv_heads: int = 0, signed: bool = False, received: int | None = None) -> Shown:
         """Check ``pattern`` (``[layers, heads, T, T]``, values in [0, 1]) over ``tokens`` and pack what
         the browser gets; ``windows`` and ``kv_heads`` as in the class docstring (default: full
         attention, one key/value head per head)."""
@@ -105,7 +112,7 @@ class AttentionView(View):
         traits = {"pattern": pattern, "overview": _packed(overview, signed), "tokens": list(tokens), "signed": bool(signed),
                   "windows": [int(w) for w in windows] if windows is not None else [0] * pattern.shape[0],
                   "kv_heads": int(kv_heads) or pattern.shape[1],
-                  **_detail(pattern, self.layer, self.head, signed)}
+                  **_detail(pattern, self.layer, self.head, signed), **received_traits(received)}
         return Shown(traits, pattern, prompt)
 
     def difference(self, a: dict, b: dict) -> dict:

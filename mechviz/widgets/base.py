@@ -60,6 +60,14 @@ class Feed:
             yield self.payload(p)
 
 
+def received(n: int | None) -> dict:
+    """The traits that show ``n`` bytes received from the model's machine (None: not counted)."""
+    if n is None:
+        return {}
+    size = f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} B"
+    return {"bytes_received": int(n), "note": f"{size} received from the model (reduced inside the trace)"}
+
+
 @dataclass
 class Difference:
     """Two analysis results of one kind, shown as ``a - b`` (see :meth:`View.difference`)."""
@@ -95,7 +103,9 @@ class View(anywidget.AnyWidget):
     ``prompt``: the prompt the data belongs to; ``seq``: bumped on every new payload (the browser
     redraws once per payload); ``error``: shown as a banner over the last good view ("" = none);
     ``title``: the header; ``model_info``: what computed the data (shown in the header, see
-    :func:`mechviz.models.describe.describe`).
+    :func:`mechviz.models.describe.describe`); ``bytes_received``: what the model's machine sent for the payload
+    where the view's data is reduced inside an nnsight trace (the logit lens and attention views of an nnsight
+    model; also shown in ``note``), else -1.
 
     >>> from mechviz.widgets import AttentionView
     >>> AttentionView(layr=2)
@@ -111,6 +121,9 @@ class View(anywidget.AnyWidget):
     model_info = t.Unicode("").tag(sync=True)  # what computed the data: name · backend numerics · dtype · device
     note = t.Unicode("").tag(sync=True)  # shown under the header, e.g. what a static export left out
     _mv_kind = t.Unicode("").tag(sync=True)  # the view's class name (how an export knows what it holds)
+    # bytes the model's machine sent for the last payload, where the view's data is reduced inside an nnsight
+    # trace (mechviz.models.reductions); -1: not counted (the data came from the Lab's shared pass)
+    bytes_received = t.Int(-1).tag(sync=True)
 
     #: the analysis object the view shows (set by ``show``; None before any data)
     result = None

@@ -9,7 +9,7 @@ from ..analysis import logit_lens as lens_fns
 from ..analysis.checks import positive_int
 from ..analysis.logit_lens import LogitLens
 from ._esm import bundle
-from .base import Feed, Shown, View
+from .base import Feed, Shown, View, received as received_traits
 from .selection import Index
 from .transport import Array, Packed, string_table
 
@@ -53,6 +53,15 @@ class LogitLensView(View):
         label = "next token" if isinstance(target, str) and target == "next" else str(target)
         sites = lens_fns.needs(lab.model.n_layers)
 
+        if getattr(lab.model, "reduce_views", False):  # nnsight: top-k computed inside the trace, one payload
+            from ..analysis.reduced import reduced_logit_lens
+
+            def payload(p):
+                lens, n = reduced_logit_lens(lab.model, p.run.tokens, k=k, target=target,
+                                             edits=lab._edits(p.steering))
+                return {"lens": lens, "prompt": p.prompt, "target_label": label, "received": n}
+            return Feed(lambda: [], payload)
+
         def stream(p):  # the final prediction and the selected column first, then the other rows
             token = lab.selection.token
             first = (token,) if 0 <= token < len(p.run.token_strs) else (-1,)
@@ -60,7 +69,7 @@ class LogitLensView(View):
                 yield {"lens": lens, "prompt": p.prompt, "target_label": label}
         return Feed(lambda: sites, stream=stream)
 
-    def prepare(self, lens: LogitLens, prompt: str = "", target_label: str = "") -> Shown:
+    def prepare(self, lens: LogitLens, prompt: str = "", target_label: str = "", received: int | None = None) -> Shown:
         """Pack a :class:`~mechviz.analysis.LogitLens` grid (complete, or a stage of
         :func:`~mechviz.analysis.logit_lens.logit_lens_stream`: cells not computed yet have
         ``top_ids`` -1 and are drawn as pending)."""
@@ -75,7 +84,7 @@ class LogitLensView(View):
                   "target_prob": Packed(np.full((R, T), np.nan, np.float32) if no_target else lens.target_prob,
                                         "float16"),
                   "target_rank": Packed(np.full((R, T), -1) if no_target else lens.target_rank, "int32"),
-                  "target_label": target_label}
+                  "target_label": target_label, **received_traits(received)}
         return Shown(traits, lens, prompt)
 
     def _applied(self, shown: Shown) -> None:
