@@ -34,11 +34,11 @@ bench: setup
 	$(PY) bench/patching_vs_tl.py --tl-sample 120
 	$(PY) bench/edit_during_patching.py
 
-## dist/mechviz-<version>-py3-none-any.whl, with the widget bundles and the export's JS inside
+## dist/mechviz_lab-<version>-py3-none-any.whl, with the widget bundles and the export's JS inside
 wheel: setup
-	rm -f dist/mechviz-*.whl
+	rm -f dist/mechviz_lab-*.whl
 	$(PY) -m pip --disable-pip-version-check wheel -q --no-deps -w dist .
-	@ls -l dist/mechviz-*.whl
+	@ls -l dist/mechviz_lab-*.whl
 
 clean:
 	rm -rf $(VENV) build dist test-artifacts widgets_js/node_modules mechviz/static/export/*.js

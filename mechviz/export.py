@@ -12,7 +12,7 @@ forever, at the cost of about 4 MB.
     mechviz-export tour.ipynb tour.html --no-execute --no-inline  # saved state, CDN scripts
 
 (``python -m mechviz.export`` is the same command.) Needs the ``export`` extra:
-``pip install 'mechviz[export]'``.
+``pip install 'mechviz-lab[export]'``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
 #          CPU-only index on a normal machine: never the multi-GB CUDA build by accident.
 #   chromium: Debian's package for the browser tests (installed when running as root).
 #   widgets_js: npm ci + esbuild, rebuilding mechviz/static/*.js (and copying the export's JS).
-#   WHEEL=dist/mechviz-*.whl: install that wheel instead of the checkout (then no chromium, no npm):
-#          VENV=/tmp/v WHEEL=$PWD/dist/mechviz-0.1.0-py3-none-any.whl EXTRAS=export bash scripts/setup.sh
+#   WHEEL=dist/mechviz_lab-*.whl: install that wheel instead of the checkout (then no chromium, no npm):
+#          VENV=/tmp/v WHEEL=$PWD/dist/mechviz_lab-0.1.0-py3-none-any.whl EXTRAS=export bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

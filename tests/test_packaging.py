@@ -30,13 +30,13 @@ def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
                     "-q", "-w", str(out), str(REPO)], check=True)
-    (path,) = out.glob("mechviz-*.whl")
+    (path,) = out.glob("mechviz_lab-*.whl")
     with zipfile.ZipFile(path) as zf:
         yield zf
 
 
 def _metadata(wheel: zipfile.ZipFile) -> tuple[str, dict[str, list[str]]]:
-    info = f"mechviz-{mechviz.__version__}.dist-info"
+    info = f"mechviz_lab-{mechviz.__version__}.dist-info"
     fields: dict[str, list[str]] = {}
     for line in wheel.read(f"{info}/METADATA").decode().split("\n\n")[0].splitlines():
         key, _, value = line.partition(": ")
@@ -63,7 +63,7 @@ def test_wheel_holds_the_bundles_and_the_export_assets(wheel):
 
 def test_wheel_metadata(wheel):
     info, meta = _metadata(wheel)
-    assert meta["Name"] == ["mechviz"] and meta["Version"] == [mechviz.__version__]
+    assert meta["Name"] == ["mechviz-lab"] and meta["Version"] == [mechviz.__version__]
     assert meta["License-Expression"] == ["MIT"] and meta["License-File"] == ["LICENSE"]
     assert wheel.read(f"{info}/licenses/LICENSE").decode().startswith("MIT License")
     assert "Copyright (c) 2026 the mechviz developers" in wheel.read(f"{info}/licenses/LICENSE").decode()
@@ -153,7 +153,7 @@ def test_one_version():
     package = json.loads((REPO / "widgets_js" / "package.json").read_text())
     lock = json.loads((REPO / "widgets_js" / "package-lock.json").read_text())
     assert package["version"] == lock["version"] == lock["packages"][""]["version"] == mechviz.__version__
-    assert version("mechviz") == mechviz.__version__
+    assert version("mechviz-lab") == mechviz.__version__
 
 
 def test_export_kernel_is_this_python_and_imports_this_mechviz(tmp_path):
@@ -232,3 +232,16 @@ def test_check_export_flags_cdn_scripts_and_missing_state(tmp_path):
     bare.write_text("<html><body><p>no widgets</p></body></html>")
     r = _check(bare, "--expect-selection", "layer=2")
     assert r.returncode == 1 and "FAIL: no saved widget state" in r.stderr
+
+
+def test_readme_installs_the_distribution_by_its_name():
+    """The README's user install lines name the distribution pyproject builds (not PyPI's unrelated `mechviz`),
+    and every extra they name exists."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    readme = (REPO / "README.md").read_text()
+    assert project["name"] == "mechviz-lab" and f"pip install {project['name']}" in readme
+    extras = re.findall(r"pip install '" + re.escape(project["name"]) + r"\[(\w+)\]'", readme)
+    assert extras and set(extras) <= set(project["optional-dependencies"])

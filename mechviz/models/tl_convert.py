@@ -30,7 +30,7 @@ def _import_tl():
         import transformer_lens  # noqa: F401
     except ImportError as exc:
         raise ImportError("a TransformerLens copy of the model needs the optional transformer-lens package: "
-                          "pip install transformer-lens (or mechviz[tl])") from exc
+                          "pip install transformer-lens (or mechviz-lab[tl])") from exc
 
 
 def check_tokenizer(tokenizer) -> None:

@@ -81,7 +81,7 @@ def _registry() -> dict[str, Any]:
     spec = importlib.util.find_spec("sae_lens")
     if spec is None or not spec.submodule_search_locations:
         raise SAEError("SAELens releases are resolved with sae_lens' registry: pip install sae-lens "
-                       "(or mechviz[saelens])")
+                       "(or mechviz-lab[saelens])")
     path = Path(list(spec.submodule_search_locations)[0]) / "pretrained_saes.yaml"
     with open(path) as f:
         return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

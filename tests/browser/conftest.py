@@ -61,7 +61,7 @@ def _playwright():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # pragma: no cover - depends on the environment
-        _need(False, "the `playwright` Python package is missing: pip install 'mechviz[test]'")
+        _need(False, "the `playwright` Python package is missing: pip install 'mechviz-lab[test]'")
     with sync_playwright() as p:
         yield p
 
