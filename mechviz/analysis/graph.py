@@ -101,7 +101,7 @@ class Graph:
 def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_features: int | None = None,
                       prob_mass: float = 0.95, max_logits: int = 10, batch: int = 256,
                       scores: bool = True, progress=None, cancelled=None, dtype=torch.float64,
-                      constant_bos: bool = True) -> Graph:
+                      constant_bos: bool = True, partial=None) -> Graph:
     """The attribution graph of ``prompt`` (text or token ids) on ``adapter`` (an HF causal LM wrapped by
     :func:`mechviz.wrap`) with ``transcoders`` (one :class:`~mechviz.saes.SAE` of kind ``"transcoder"`` or
     ``"skip_transcoder"`` per layer, ``mlp_in.L -> mlp_out.L``, without input normalisation). ``targets``:
@@ -115,7 +115,9 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     (float64 by default; float32 halves the memory of a big model, edges then hold to ~1e-4).
     ``constant_bos``: circuit-tracer's convention: when the prompt starts with the model's BOS token, what the
     MLPs write there is the same for every prompt, so it is a constant (part of :attr:`Graph.bias`): no feature
-    nodes at position 0 and zero error nodes there. ``False`` keeps them as nodes. See the module docstring.
+    nodes at position 0 and zero error nodes there. ``False`` keeps them as nodes. ``partial(graph)``: called
+    once the logit rows are done (before any feature row), with a Graph whose feature rows are still zero: the
+    logits' direct inputs, for a first look while the rest is computed. See the module docstring.
 
     >>> import mechviz, mechviz.zoo
     >>> from mechviz.saes import load_sae
@@ -207,13 +209,38 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
     report = progress or (lambda fraction, stage: None)
     stop = cancelled or (lambda: False)
     e0, a0 = emb.clone().requires_grad_(True), add.clone().requires_grad_(True)
+    with torch.no_grad():
+        zero = targets_of(torch.zeros_like(emb), const)
+        bias = torch.cat(zero[1:] + zero[:1])
+    nodes = [("feature", l, t, f) for l, t, f in feat] + [("error", l, t) for l in range(L) for t in range(T)]
+    nodes += [("embed", t) for t in range(T)] + [("logit", c) for c in targets]
+    npy = lambda v: v.detach().cpu().numpy()  # noqa: E731
+    real = fz._pre_cap[0].detach()
+
+    def assemble(W, y) -> Graph:
+        n = nF + nE + nT + nL
+        adj = torch.zeros(n, n, dtype=dtype, device=dev)
+        adj[:nF, :nF + nE + nT] = W[:nF]
+        adj[nF + nE + nT:, :nF + nE + nT] = W[nF:]
+        # no edges backwards in time: a target at layer l only sees features of earlier layers (the frozen model
+        # is causal by construction; the gradient of a layer-l pre-activation w.r.t. add[l'] for l' >= l is 0)
+        rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype, device=dev), v[nF:]])  # noqa: E731
+        values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=dtype, device=dev),
+                            err.norm(dim=-1).flatten(), emb.norm(dim=-1), y[nF:]])
+        return Graph(ids.tolist(), nodes, npy(values), npy(adj), npy(rows(bias)), npy(rows(y)), targets,
+                     npy(probs[targets]), nF, nE, nT, nL, npy(real - real.mean()), fz, emb, add, src_vec,
+                     transcoders=tcs, mlp_in=fz.mlp_in)
+
     with torch.enable_grad():
         parts = targets_of(e0, a0)
+        y = torch.cat(parts[1:] + parts[:1]).detach()
         n_t, done = nF + nL, 0
         report(0.1, "forward")
         W = torch.zeros(n_t, nF + nE + nT, dtype=dtype, device=dev)
         starts = [nF] + [int(i[0]) if len(i) else 0 for i in by_layer]                   # each part's first row
-        for part, start in zip(parts, starts):                                           # logit rows first
+        for k, (part, start) in enumerate(zip(parts, starts)):                           # logit rows first
+            if k == 1 and partial is not None:   # the logits' direct inputs are known: a first look
+                partial(assemble(W, y))
             for i in range(0, len(part), batch):
                 if stop():
                     raise GraphCancelled("attribution_graph was cancelled")
@@ -229,27 +256,7 @@ def attribution_graph(adapter, transcoders, prompt, *, targets=None, max_feature
                 W[start + i:start + i + b] = torch.cat([mlp_part, emb_part], 1)
                 done += b
                 report(0.1 + 0.85 * done / n_t, "backward")
-    y = torch.cat(parts[1:] + parts[:1]).detach()
-    with torch.no_grad():
-        zero = targets_of(torch.zeros_like(emb), const)
-        bias = torch.cat(zero[1:] + zero[:1])
-    n = nF + nE + nT + nL
-    adj = torch.zeros(n, n, dtype=dtype, device=dev)
-    adj[:nF, :nF + nE + nT] = W[:nF]
-    adj[nF + nE + nT:, :nF + nE + nT] = W[nF:]
-    # no edges backwards in time: a target at layer l only sees features of earlier layers (the frozen model
-    # is causal by construction; the gradient of a layer-l pre-activation w.r.t. add[l'] for l' >= l is 0)
-    rows = lambda v: torch.cat([v[:nF], torch.zeros(nE + nT, dtype=v.dtype, device=dev), v[nF:]])   # noqa: E731
-    nodes = [("feature", l, t, f) for l, t, f in feat] + [("error", l, t) for l in range(L) for t in range(T)]
-    nodes += [("embed", t) for t in range(T)] + [("logit", c) for c in targets]
-    values = torch.cat([acts[keep] if nF else torch.zeros(0, dtype=dtype, device=dev), err.norm(dim=-1).flatten(),
-                        emb.norm(dim=-1), y[nF:]])
-    values, adj, bias = values.detach(), adj.detach(), bias.detach()
-    real = fz._pre_cap[0].detach()
-    npy = lambda v: v.detach().cpu().numpy()  # noqa: E731
-    g = Graph(ids.tolist(), nodes, npy(values), npy(adj), npy(rows(bias)), npy(rows(y)), targets,
-              npy(probs[targets]), nF, nE, nT, nL, npy(real - real.mean()), fz, emb, add, src_vec,
-              transcoders=tcs, mlp_in=fz.mlp_in)
+    g = assemble(W, y)
     if scores:
         g.replacement_score, g.completeness_score = graph_scores(g)
     report(1.0, "done")

@@ -57,10 +57,10 @@ class GraphView(View):
     >>> lab = mechviz.Lab.default(prompt="John gave a drink to", sae="all")
     >>> view = lab.add(GraphView(), max_features=30, max_nodes=20)
     >>> view.status, len(view.node_kind), view.notice.split(":")[0]
-    ('ready', 20, 'showing 20 of 24 nodes')
+    ('ready', 20, 'showing 20 of 25 nodes')
     >>> view.node_threshold = 0.5            # re-pruned from the cached graph, nothing recomputed
     >>> len(view.node_kind), view.notice
-    (20, '')
+    (19, '')
     """
 
     _esm = bundle("graph")
@@ -158,12 +158,14 @@ class GraphView(View):
         return Feed(lambda: [], graph_payload)
 
     # -- computing the graph --------------------------------------------------------------------------
-    def _compute(self, prompt: str, progress, cancelled):
-        lab = self._lab
-        g = attribution_graph(lab.model, self._tcs, prompt, progress=progress, cancelled=cancelled, **self._options)
-        inf = influence(g)
-        strs = lab.model.to_str_tokens
-        return g, inf, strs(torch.tensor(g.tokens)), strs(torch.tensor(g.logit_tokens))
+    def _compute(self, prompt: str, progress, cancelled, partial=None):
+        g = attribution_graph(self._lab.model, self._tcs, prompt, progress=progress, cancelled=cancelled,
+                              partial=partial and (lambda g: partial(self._entry_of(g))), **self._options)
+        return self._entry_of(g)
+
+    def _entry_of(self, g):
+        strs = self._lab.model.to_str_tokens
+        return g, influence(g), strs(torch.tensor(g.tokens)), strs(torch.tensor(g.logit_tokens))
 
     def _remember(self, key, entry) -> None:
         """Cache a graph; the oldest go beyond ``_CACHE`` graphs or ``_CACHE_BYTES`` of adjacency (the newest stays)."""
@@ -198,10 +200,15 @@ class GraphView(View):
                 held[0] = lock.background()
                 held[0].__enter__()
             return cancel.is_set()
+        def first_look(entry):   # streamed: the logits and their direct inputs while the features' rows compute
+            shown = self.prepare(entry=entry, prompt=prompt)
+            shown.traits.update(status="computing", progress=0.15,
+                                stage="first look: the logits' direct inputs; the features' own inputs next")
+            self._on_loop(lambda: None if cancel.is_set() else self.apply(shown))
         try:
             held[0].__enter__()
             try:
-                entry = self._compute(prompt, progress, cancelled)
+                entry = self._compute(prompt, progress, cancelled, first_look)
             finally:
                 held[0].__exit__(None, None, None)
             with self._jobs_lock:
