@@ -163,10 +163,9 @@ class HFAdapter(ModelAdapter):
         return self._paths.get(id(module), type(module).__name__)
 
     # -- one pass over one prompt -------------------------------------------------------------
-    def _forward(self, ids, sites: list[Site], abort, edits=None):
-        edits = edits or {}
-        store: dict[str, torch.Tensor] = {}
-        # parallel blocks have no resid_mid on their path: derive it as resid_pre + attn_out
+    def _reads(self, sites: list[Site], edits: dict):
+        """The module taps a pass needs, grouped by ``(id(module), kind)`` -> ``[module, kind, [(site, view)]]``,
+        and the sites derived after it (parallel blocks have no resid_mid on their path: resid_pre + attn_out)."""
         derived = [s for s in sites if s.name == "resid_mid" and self.parallel]
         reads = {(s.layer, s.name) for s in sites if s not in derived}
         reads |= {(s.layer, n) for s in derived for n in ("resid_pre", "attn_out")}
@@ -178,6 +177,12 @@ class HFAdapter(ModelAdapter):
             if site in edits and not editable:
                 raise SiteError(f"site {site} can be read but not edited in a HuggingFace model")
             groups.setdefault((id(module), kind), [module, kind, []])[2].append((site, view))
+        return groups, derived
+
+    def _forward(self, ids, sites: list[Site], abort, edits=None):
+        edits = edits or {}
+        store: dict[str, torch.Tensor] = {}
+        groups, derived = self._reads(sites, edits)
 
         # attention patterns of several layers are copied straight into one [layers, H, T, T] stack (the
         # cache holds its slices: Run.stack returns it without a second copy of the largest capture)

@@ -152,17 +152,7 @@ class NNsightAdapter(HFAdapter):
     def plan(self, sites: list[Site], edits: dict, abort=None):
         """The reads of one pass, in forward order: ``[(module, kind, [(site, view), ...])]``, plus the sites
         derived after it (``resid_mid`` of a parallel block)."""
-        derived = [s for s in sites if s.name == "resid_mid" and self.parallel]
-        reads = {(s.layer, s.name) for s in sites if s not in derived}
-        reads |= {(s.layer, n) for s in derived for n in ("resid_pre", "attn_out")}
-        reads |= {(s.layer, s.name) for s in edits}
-        groups: dict[tuple, list] = {}
-        for layer, name in sorted(reads):
-            module, kind, view, editable = self._tap(layer, name)
-            site = Site(name, layer)
-            if site in edits and not editable:
-                raise SiteError(f"site {site} can be read but not edited in a HuggingFace model")
-            groups.setdefault((id(module), kind), [module, kind, []])[2].append((site, view))
+        groups, derived = self._reads(sites, edits)
         if abort is not None:  # poll before each block: an empty read of its input
             for block in self.blocks:
                 groups.setdefault((id(block), "pre"), [block, "pre", []])
