@@ -75,10 +75,14 @@ def test_chapter1_numbers_the_prose_quotes(chapter1):
         ("share of the gap through 2.0's key: from 0.2 0.30, from 0.0 0.16", "about\n**0.30**"),
         ("largest share through the query: 0.06, through the value: 0.06", "more than **0.06**"),
         ("clean metric 4.423, corrupted -2.8", "about 4.4"),
+        ("the clean-corrupted gap: 7.2 logits", "of that 7.2-logit gap"),
         ("the strongest sender into 2.0's key is the best previous-token head: True", "K-composition"),
     ]:
         assert printed in out, printed
         assert quoted in prose, quoted
+    prev = [float(v) for v in re.search(r"weight on the previous token, per destination: \[(.+?)\]", out)[1].split(",")]
+    assert min(prev) == 0.33 and max(prev) == 0.82 and 0.45 <= np.median(prev) <= 0.55    # "a third to four fifths"
+    assert "a third to four fifths of its attention (about half, typically)" in prose
     assert "0.19" in out.split("induction scores [layer, head]")[1].split("previous-token")[0] and "1.0 (0.19)" in prose
     heads_row = re.search(r"per head \[layer, head\]:\n(.+?)\nattention", out, re.S)[1]
     dla = np.array([[float(v) for v in row.strip(" []").split()] for row in heads_row.splitlines()])

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import nbformat
-import numpy as np
 import pytest
 import torch
 
@@ -62,11 +61,14 @@ def test_chapter2_numbers_the_prose_quotes(chapter2):
         ("\"8 ' house'\": 'resid_pre.3', \"9 ' fire'\": 'resid_pre.3', \"10 ' world'\": 'resid_pre.3'", "(8, 9, 10"),
         ("top-1 of the last two rows at positions 3-5: [[' world', ' book', ' voice'], [' world', ' book', ' voice']]",
          "Positions 3 to 5"),
-        ("has the input token as its top-1 at 12 of 12 positions", "at every position, the token that is already there"),
+        ("has the input token as its top-1 at 12 of 12 positions",
+         "at every position, the token that is already there"),
         ("the unembedding is the embedding matrix: True", "**tied**"),
-        ("rank of ' book' at position 10, per row: [9, 426, 227, 0, 0]", "rank **9** in the\nembedding row, falls to **426** and **227**"),
+        ("rank of ' book' at position 10, per row: [9, 426, 227, 0, 0]",
+         "rank **9** in the\nembedding row, falls to **426** and **227**"),
         ("(the first ' world'), per row: [9,", "has the same rank 9"),
-        ("residual norm in column 10, per row: [0.96, 9.55, 8.5, 17.69, 16.68]", "about **0.96**, the final residual about **16.7**"),
+        ("residual norm in column 10, per row: [0.96, 9.55, 8.5, 17.69, 16.68]",
+         "about **0.96**, the final residual about **16.7**"),
         ("entropy (nats) in column 10, per row: [0.3, 5.34, 5.65, 2.32, 1.55]; uniform over the vocabulary: 7.62",
          "(entropy 0.30 nats, against 1.55"),
         ("uniform over the vocabulary: 7.62", "about 5.3-5.7 nats in column 10, near the 7.62"),
