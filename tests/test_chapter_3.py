@@ -106,6 +106,7 @@ def test_chapter3_numbers_the_prose_quotes(chapter3):
     assert "promotes: ['te', ' hundred', '-', ' of', ' thousand', 'th', ' th', ' c']" in out
     assert "unsteered:         ' the bed, and the bed, and the b'" in out
     assert "692 clamped to 6:  ' the two hundred and thirty and thirty and'" in out
+    assert "692 clamped to 10: ' two hundred hundred hundred hundred" in out
 
 
 def test_chapter3_without_solutions_says_not_done(tmp_path):
