@@ -42,8 +42,15 @@ def test_tour_executes_and_saves_binary_widget_state(tmp_path):
     # the selection the tour sets from Python (the induction head it finds) is what the saved state shows
     sel = [m["state"] for m in state.values() if {"layer", "head", "token", "feature"} <= set(m["state"])
            and "_anywidget_id" not in m["state"]]
-    assert len(sel) == 2 and all((s["layer"], s["head"]) == (2, 0) for s in sel)   # the tour's Lab, the graph's
-    assert all((m["state"]["layer"], m["state"]["head"]) == (2, 0) for m in views)
+    assert len(sel) == 3 and all((s["layer"], s["head"]) == (2, 0) for s in sel)   # the tour's, compare's, graph's
+    # Run All leaves each view on the prompt its cell describes: the main Lab's views stay on the repeated text
+    fox = "The quick brown fox jumps over the lazy dog near the river bank."
+    lab_views = [m["state"] for m in state.values() if m["state"].get("_anywidget_id", "").rsplit(".", 1)[-1]
+                 in ("LogitLensView", "FeatureView", "HeadGridView") and m["state"].get("prompt", "").startswith(fox)]
+    assert len(lab_views) >= 3
+    at = sorted(((m["state"]["layer"], m["state"]["head"]), m["state"]["prompt"]) for m in views)
+    # every attention view follows the selection (2, 0), but the snapshot of cell 4: layer 1 head 0, its prompt
+    assert [a for a in at if a[0] != (2, 0)] == [((1, 0), "The cat sat on the mat. The cat sat on the")], at
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "best induction head: layer 2 head 0" in printed
     # many dictionaries, the dashboard, steered text and a difference of two prompts, as saved
