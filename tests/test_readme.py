@@ -26,3 +26,16 @@ def test_readme_snippets_run_as_written(monkeypatch):
     import mechviz
 
     assert isinstance(namespace["lab"], mechviz.Lab) and namespace["lab"].model.name == "mechviz-default"
+
+
+def test_readme_shows_every_view():
+    """One picture per view class in the views table, and the file is there (made by the browser tests)."""
+    import mechviz
+
+    text = README.read_text(encoding="utf-8")
+    views = sorted(re.findall(r"^\| `(\w+View)` \|", text, flags=re.M))
+    assert len(views) >= 8 and all(hasattr(mechviz, v) for v in views)
+    for v in views:
+        assert f"](docs/img/{v}.png)" in text, v
+        png = README.parent / "docs" / "img" / f"{v}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 8_000, v
