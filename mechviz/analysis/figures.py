@@ -24,8 +24,8 @@ def cmap(name: str):
     """The widget colour map ``name`` ("blues", "oranges", "viridis", "rdbu") as a matplotlib colormap
     (NaN cells drawn light grey).
 
-    >>> cmap("blues")(0.0)[:3], cmap("blues")(1.0)[:3] == tuple(c / 255 for c in STOPS["blues"][-1])
-    ((1.0, 1.0, 1.0), True)
+    >>> [float(x) for x in cmap("blues")(0.0)[:3]], cmap("blues")(1.0)[:3] == tuple(c / 255 for c in STOPS["blues"][-1])
+    ([1.0, 1.0, 1.0], True)
     """
     from matplotlib.colors import LinearSegmentedColormap
 
