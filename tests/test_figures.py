@@ -199,3 +199,20 @@ def test_save_figure_png_at_dpi_and_vector_svg(views, name, tmp_path):
 def test_no_data_yet_says_so():
     with pytest.raises(ValueError, match="no data"):
         mechviz.HeadGridView().figure()
+
+
+def test_a_difference_draws_on_the_widgets_signed_scale(lab, monkeypatch):
+    """Compare's A - B attention: red-blue around 0, its ends the selected layer's largest |A - B| (the widget's)."""
+    b = LONG.replace("cat", "dog")
+    assert len(lab.model.to_tokens(b)) == len(lab.model.to_tokens(LONG))
+    cmp = mechviz.Compare(lab, b)
+    diff = cmp.difference(mechviz.AttentionView)
+    diff.layer, diff.head = 2, 1
+    fig = diff.figure()
+    assert_inside(fig, monkeypatch)
+    mesh = image(fig)
+    d = diff.result
+    np.testing.assert_allclose(mesh.get_array(), d[2, 1])
+    lim = float(np.max(np.abs(d[2])))
+    assert lim > 0 and mesh.get_clim() == (pytest.approx(-lim), pytest.approx(lim))
+    np.testing.assert_allclose(np.array(mesh.cmap(0.5)[:3]) * 255, (255, 255, 255), atol=1)   # 0 is white
