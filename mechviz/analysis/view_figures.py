@@ -92,6 +92,9 @@ def graph_figure(kind, layer, pos, feature, influence, src, dst, weight, tokens=
     for key in set(zip(x.tolist(), y.tolist())):          # nodes sharing a cell side by side
         same = np.flatnonzero((x == key[0]) & (y == key[1]))
         x[same] = key[0] + (np.arange(same.size) - (same.size - 1) / 2) * min(0.8 / max(same.size, 1), 0.18)
+    logits = np.flatnonzero(kind == 3)                    # the logits spread along the top row, room for their labels
+    if logits.size > 1:
+        x[logits] = np.linspace(max(0.0, T - 1 - 1.2 * (logits.size - 1)), T - 1, logits.size)
     fig = _figure(max(6.0, 0.9 * T + 2.0), max(4.0, 0.8 * (n_layers + 2) + 2.0))
     ax = fig.add_subplot()
     if src.size:
