@@ -36,7 +36,17 @@ const clear = (c) => !c || c === "transparent" || /^rgba\(.*,\s*0\)$/.test(c);
  * controls left out) into a new canvas at `s` device pixels per CSS pixel, under the title band. */
 function rasterise(region, lines, s, top = null) {
   const rect = region.getBoundingClientRect();
-  const box = { left: rect.left, top: top ?? rect.top, width: rect.width, height: rect.bottom - (top ?? rect.top) };
+  let right = rect.right;   // an element's box ends where its last drawn part does (a grid's wrap may stretch wider)
+  if (region.tagName !== "CANVAS") {
+    right = rect.left;
+    for (const e of region.querySelectorAll("*")) {
+      if (e.closest(SKIP)) continue;
+      const r = e.getBoundingClientRect();
+      if (r.width && r.height && (e.tagName === "CANVAS" || !e.children.length)) right = Math.max(right, r.right);
+    }
+    right = Math.min(rect.right, right + 4);
+  }
+  const box = { left: rect.left, top: top ?? rect.top, width: right - rect.left, height: rect.bottom - (top ?? rect.top) };
   const w = Math.max(360, Math.ceil(box.width)), band = LINE * lines.length + 8, H = Math.ceil(box.height) + band;
   const out = h("canvas", { width: Math.round(w * s), height: Math.round(H * s) });
   const ctx = out.getContext("2d");
@@ -49,6 +59,10 @@ function rasterise(region, lines, s, top = null) {
   lines.forEach((t, i) => ctx.fillText(t, 4, 4 + LINE * i, w - 8));
   ctx.imageSmoothingEnabled = false;
   const X = (r) => r.left - box.left, Y = (r) => r.top - box.top + band;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(0, band, w, H - band);   // nothing of the drawing over the title band
+  ctx.clip();
   if (region.tagName === "CANVAS") {
     ctx.drawImage(region, 0, band, rect.width, rect.height);
     return { canvas: out, w, H };
@@ -71,6 +85,10 @@ function rasterise(region, lines, s, top = null) {
     const r = range.getBoundingClientRect(), cs = getComputedStyle(e);
     if (!r.width || !r.height || cs.visibility === "hidden" || r.bottom <= box.top) continue;
     ctx.save();
+    const pr = e.getBoundingClientRect();   // text shows only inside its element (label strips clip long tokens)
+    ctx.beginPath();
+    ctx.rect(X(pr), Y(pr), pr.width, pr.height);
+    ctx.clip();
     ctx.font = `${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
     ctx.fillStyle = cs.color;
     if (cs.writingMode.startsWith("vertical") || e.closest(".mv-vertical")) {
@@ -82,6 +100,7 @@ function rasterise(region, lines, s, top = null) {
     }
     ctx.restore();
   }
+  ctx.restore();
   return { canvas: out, w, H };
 }
 
