@@ -167,16 +167,16 @@ def test_figures(models, saes, tmp_path, tokenizer):
         fig = logit_lens_figure(lens, by=by)
         ax = fig.axes[0]
         want = lens.colour(by).astype(float)
-        if by == "target_rank":
-            want = np.log10(np.where(want >= 0, want, np.nan) + 1)
-        got = np.ma.filled(np.ma.asarray(ax.images[0].get_array(), dtype=float), np.nan)
+        if by == "target_rank":   # the widget's scale: 1 - log1p(rank) / log1p(max(max rank, 10)), no target blank
+            want = np.where(want >= 0, 1 - np.log1p(np.maximum(want, 0)) / np.log1p(max(want.max(), 10)), np.nan)
+        got = np.ma.filled(np.ma.asarray(ax.collections[0].get_array(), dtype=float), np.nan)
         assert np.allclose(got, want, equal_nan=True), by
         assert [t.get_text() for t in ax.get_yticklabels()] == lens.rows
     fig.savefig(tmp_path / "lens.png")
     acts = feature_activations(sae, run)
     top = top_features(acts, 6)
     fig = feature_heatmap_figure(acts, top, run.token_strs)
-    assert np.allclose(fig.axes[0].images[0].get_array(), acts[:, top].T)
+    assert np.allclose(fig.axes[0].collections[0].get_array(), acts[:, top].T)
     fig.savefig(tmp_path / "features.png")
     logit_effects_figure(feature_logit_effects(sae, hf, int(top[0]), k=5)).savefig(tmp_path / "effects.png")
     assert all((tmp_path / n).stat().st_size > 1000 for n in ("lens.png", "features.png", "effects.png"))

@@ -301,7 +301,7 @@ def causal_traces(adapter, prompt, subject, *, kinds: Sequence[str] = ("resid", 
 def causal_trace_figure(traces: Sequence[CausalTrace]):
     """The traces side by side as ROME draws them: tokens down (subject tokens marked ``*``), layers across,
     colour = the target's probability from the corrupted score (white) up."""
-    from .figures import _clip, _figure
+    from .figures import _clip, _figure, fit
 
     cmaps = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
     what = {"resid": "single restored layer", "mlp": "restored MLP", "attn": "restored attention"}
@@ -318,4 +318,4 @@ def causal_trace_figure(traces: Sequence[CausalTrace]):
         ax.set_title(f"{what[tr.kind]}{win}", fontsize=9)
         ax.set_xlabel("layer")
         fig.colorbar(im, ax=ax, label=f"p({_clip(tr.target_str, 10)})")
-    return fig
+    return fit(fig)

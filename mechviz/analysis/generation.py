@@ -243,7 +243,7 @@ class Sweep:
     def figure(self, current: float | None = None):
         """A matplotlib Figure: metric against the steering value (``current`` marked); ``savefig`` keeps
         every label (constrained layout)."""
-        from .figures import _figure
+        from .figures import _figure, fit
 
         fig = _figure(4.8, 3.0)
         ax = fig.add_subplot()
@@ -254,7 +254,7 @@ class Sweep:
         ax.set_xlabel(f"feature {self.feature}: {'clamp value' if self.mode == 'clamp' else 'scale'}")
         ax.set_ylabel(self.label)
         ax.set_title(f"feature {self.feature}: next token after the prompt", fontsize=10)
-        return fig
+        return fit(fig)
 
 
 def strength_sweep(adapter, sae: SAE, prompt, feature: int, values, mode: str = "clamp", metric="kl", target=None,

@@ -228,11 +228,12 @@ class PatchGrid:
         return Cell(layer=self.layers[named["layer"]], pos=named.get("pos"),
                     head=None if head is None else self.heads[head], index=idx)
 
-    def figure(self, normalized: bool = True):
-        """The grid as a matplotlib Figure (see :func:`mechviz.analysis.figures.patch_grid_figure`)."""
+    def figure(self, normalized: bool = True, prompt: str = ""):
+        """The grid as a matplotlib Figure, the widget's colour scale, ``prompt`` in the title (see
+        :func:`mechviz.analysis.figures.patch_grid_figure`)."""
         from .figures import patch_grid_figure
 
-        return patch_grid_figure(self, normalized=normalized)
+        return patch_grid_figure(self, normalized=normalized, prompt=prompt)
 
     def __repr__(self) -> str:
         shape = " x ".join(f"{n} {d}" for n, d in zip(self.values.shape, self.dims))

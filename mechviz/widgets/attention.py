@@ -163,15 +163,17 @@ class AttentionView(View):
         offload(self._loop if offloaded else None, lambda: _detail(pattern, layer, head, signed), done)
 
     def figure(self, layer: int | None = None, head: int | None = None):
-        """A matplotlib Figure of one head (default: the selected layer and head)."""
+        """A matplotlib Figure of one head (default: the selected layer and head), the widget's colour scale
+        (a difference: +-the layer's largest ``|A - B|``), titled with the prompt."""
         from ..analysis.figures import attention_figure
 
         pattern = self._need_result()
         n_layers, n_heads = pattern.shape[:2]
         layer = min(self.layer, n_layers - 1) if layer is None else layer
         head = min(self.head, n_heads - 1) if head is None else head
+        scale = float(np.max(np.abs(pattern[layer]))) if self.signed else None   # the widget's: the layer's largest
         return attention_figure(pattern[layer, head], self.tokens, title=f"{self.title} L{layer} H{head}",
-                                signed=self.signed)
+                                signed=self.signed, scale=scale, prompt=self.prompt)
 
     def __repr__(self) -> str:
         shape = (0, 0, 0, 0) if self.pattern is None else self.pattern.shape

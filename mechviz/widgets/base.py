@@ -217,6 +217,30 @@ class View(anywidget.AnyWidget):
             raise ValueError(f"nothing to draw yet: this {type(self).__name__} has no data")
         return self.result
 
+    def figure(self):
+        """A matplotlib Figure of the view's current state (views that draw one override this)."""
+        raise TypeError(f"{type(self).__name__} has no figure")
+
+    def save_figure(self, path, dpi: float = 150, **savefig_kwargs):
+        """Save :meth:`figure` (the view's current state, selection included) to ``path``, in the format its
+        suffix names (``.png``, ``.svg``, ``.pdf``); a PNG gets ``dpi`` pixels per inch (SVG and PDF stay vector).
+        Returns the path.
+
+        >>> import mechviz, tempfile, pathlib
+        >>> lens = mechviz.Lab.default(prompt="The cat sat", sae=False).logit_lens()
+        >>> out = lens.save_figure(pathlib.Path(tempfile.mkdtemp()) / "lens.svg")
+        >>> out.read_text()[:5] in ("<?xml", "<svg ")
+        True
+        """
+        from pathlib import Path
+
+        path = Path(path)
+        fmt = path.suffix.lower().lstrip(".")
+        if fmt not in ("png", "svg", "pdf"):
+            raise ValueError(f"save_figure writes .png, .svg or .pdf, not {path.name!r}: name the file with one of those")
+        self.figure().savefig(path, dpi=dpi, format=fmt, **savefig_kwargs)
+        return path
+
     def on_close(self, callback: Callable[["View"], None]) -> None:
         """Call ``callback(view)`` when the view is closed (a Lab releases the view then)."""
         self._close_callbacks.append(callback)

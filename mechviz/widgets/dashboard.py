@@ -161,6 +161,27 @@ class DashboardView(View):
         self.send_state()            # this cell's output holds the whole state (nbclient records per cell)
         return self
 
+    def figure(self):
+        """A matplotlib Figure of the shown dashboard (the selected ``feature``, else the payload's first):
+        activation histogram, logit effects, top contexts (see :func:`mechviz.analysis.view_figures.dashboard_figure`)."""
+        from ..analysis.view_figures import dashboard_figure
+
+        self._need_result()
+        if self.features is None or not len(self.features):
+            raise ValueError("nothing to draw yet: this DashboardView holds no dashboard")
+        feats = np.asarray(self.features).tolist()
+        n = feats.index(self.feature) if self.feature in feats else 0
+        S, W = self.strings, self.centre
+
+        def context(row):
+            return "".join(f"[{S[t]}]" if j == W else S[t] for j, t in enumerate(row) if t >= 0)
+        tops = [(context(row), float(self.ctx_acts[n, i, W])) for i, row in enumerate(self.ctx_tokens[n])
+                if self.ctx_group[n, i] == 0]
+        effects = [[(S[i], float(v)) for i, v in zip(self.effect_idx[n, side], self.effect_val[n, side])] for side in (0, 1)]
+        return dashboard_figure(feats[n], self.stats[n], self.hist_counts[n], self.hist_edges, effects[0], effects[1],
+                                tops, prompt=self.prompt, what=f"{self.title} ({self.dictionary})" if self.dictionary
+                                else self.title)
+
     def __repr__(self) -> str:
         shown = "none" if self.features is None else self.features.tolist()[:5]
         return f"DashboardView(feature={self.feature}, status={self.status!r}, features={shown}, {self.corpus_label})"

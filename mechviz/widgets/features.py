@@ -100,11 +100,15 @@ class FeatureView(View):
         return name == "feature" and shown is not None and value >= 0 and value not in shown
 
     def figure(self):
-        """A matplotlib Figure: the tokens x features heatmap."""
+        """A matplotlib Figure: the features x tokens heatmap as the widget draws it (rows in its order, white
+        .. dark orange up to its ``vmax``, the selected feature's row outlined, the prompt in the title)."""
         from ..analysis.figures import feature_heatmap_figure
 
         s = self._need_result()
-        return feature_heatmap_figure(s.acts, np.arange(len(s.features)), s.tokens, labels=s.features)
+        rows = np.flatnonzero(np.asarray(s.features) == self.feature)
+        return feature_heatmap_figure(s.acts, np.arange(len(s.features)), s.tokens, labels=s.features, vmax=self.vmax,
+                                      prompt=self.prompt, selected=int(rows[0]) if rows.size else -1,
+                                      what=f"{self.title} ({self.sae_label})" if self.sae_label else self.title)
 
     def __repr__(self) -> str:
         shape = (0, 0) if self.acts is None else self.acts.shape

@@ -274,11 +274,14 @@ class SteeringView(View):
         return self
 
     def figure(self):
-        """A matplotlib Figure of the strength sweep (the current value marked)."""
+        """A matplotlib Figure: the strength sweep (the current value marked; none when nothing is steered) above
+        the unsteered and the steered text, the prompt and the steering in the title."""
+        from ..analysis.view_figures import steering_figure
+
         r = self._need_result()
-        if r.sweep is None:
-            raise ValueError("no features are steered: nothing was swept")
-        return r.sweep.figure(current=r.specs[r.selected].value)
+        current = r.specs[r.selected].value if r.sweep is not None and r.specs else None
+        return steering_figure(r.sweep, current, "".join(self.base_strs), "".join(self.steered_strs),
+                               prompt=self.prompt, steering=self.steering, what=self.title)
 
     def __repr__(self) -> str:
         r = self.result

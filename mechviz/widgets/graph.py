@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+
 import traitlets as t
 import torch
 
@@ -365,6 +367,20 @@ class GraphView(View):
         await asyncio.sleep(poll)
         self.send_state()            # this cell's output holds the whole state (nbclient records per cell)
         return self
+
+    def figure(self):
+        """A matplotlib Figure of the shown (pruned) subgraph: nodes by token position and layer, edges by sign
+        (see :func:`mechviz.analysis.view_figures.graph_figure`)."""
+        from ..analysis.view_figures import graph_figure
+
+        self._need_result()
+        if self.node_kind is None:
+            raise ValueError("nothing to draw yet: this GraphView has no graph")
+        S = self.strings
+        labels = [S[i] if 0 <= i < len(S) else "" for i in np.asarray(self.logit_token).tolist()]
+        return graph_figure(self.node_kind, self.node_layer, self.node_pos, self.node_feature, self.node_influence,
+                            self.edge_src, self.edge_dst, self.edge_weight, self.tokens, self.n_layers, labels,
+                            prompt=self.prompt, what=self.title)
 
     def __repr__(self) -> str:
         n = 0 if self.node_kind is None else len(self.node_kind)

@@ -108,6 +108,17 @@ class HeadGridView(View):
         if self.by_position is None and self.mode == "position":
             self.mode = "heads"
 
+    def figure(self):
+        """A matplotlib Figure of the grid as shown: its ``mode`` (heads + per-layer columns, or heads x
+        positions), its colour scale (``vmin`` .. ``vmax``, diverging or not), the selected head outlined,
+        ``value_label`` and the prompt in the title (see :func:`mechviz.analysis.view_figures.head_grid_figure`)."""
+        from ..analysis.view_figures import head_grid_figure
+
+        self._need_result()
+        return head_grid_figure(self.values, self.extra, self.extra_labels, self.by_position, self.tokens, self.mode,
+                                self.vmin, self.vmax, self.diverging, self.value_label, (self.layer, self.head),
+                                prompt=self.prompt, what=self.title)
+
     def __repr__(self) -> str:
         shape = (0, 0) if self.values is None else self.values.shape
         return (f"HeadGridView(prompt={self.prompt!r}, {self.value_label!r}, layers={shape[0]}, heads={shape[1]}, "

@@ -92,10 +92,12 @@ class LogitLensView(View):
             self.color_by = "top_prob"
 
     def figure(self, by: str | None = None):
-        """A matplotlib Figure of the grid (coloured by ``by``, default the view's ``color_by``)."""
+        """A matplotlib Figure of the grid (coloured by ``by``, default the view's ``color_by``, on the widget's
+        scale; rows in the widget's order; the selected layer and token outlined; the prompt in the title)."""
         from ..analysis.figures import logit_lens_figure
 
-        return logit_lens_figure(self._need_result(), by=by or self.color_by)
+        return logit_lens_figure(self._need_result(), by=by or self.color_by, prompt=self.prompt,
+                                 selected=(self.layer, self.token), what=self.title)
 
     def __repr__(self) -> str:
         shape = (0, 0, 0) if self.top_probs is None else self.top_probs.shape

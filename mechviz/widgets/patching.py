@@ -114,8 +114,16 @@ class PatchGridView(View):
         return self
 
     def figure(self, normalized: bool = True):
-        """The grid as a matplotlib Figure."""
-        return self._need_result().figure(normalized=normalized)
+        """The grid as a matplotlib Figure: the widget's scale (the normalised share of the gap, -1 .. 1), its
+        rows and columns, the selected ``cell`` outlined (see :func:`mechviz.analysis.figures.patch_grid_figure`)."""
+        from ..analysis.figures import patch_grid_figure
+
+        g = self._need_result()
+        state = "" if g.complete else " (incomplete)"
+        what = (f"{self.title}: {g.site} by {g.by}, {g.direction}, clean {g.clean_metric:.3g}, corrupted "
+                f"{g.corrupted_metric:.3g}{state}")
+        return patch_grid_figure(g, normalized=normalized, prompt=self.prompt or "".join(g.tokens), what=what,
+                                 selected=tuple(self.cell))
 
     def __repr__(self) -> str:
         return (f"PatchGridView(site={self.site!r}, by={self.by!r}, {self.done}/{self.total} cells, "

@@ -9,6 +9,7 @@ import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { binStart, maxPoolHead } from "./lib/maxpool.js";
 import { GRID_CSS, TOKENS_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/attention.py:AttentionView (the Python <-> JS contract).
@@ -61,7 +62,7 @@ const POOL_KEEP = 16;  // max-pooled heads kept (about 1 MB each at 1,024 px): a
 
 // -- build: the DOM, once ---------------------------------------------------------------------------
 function build(model, el) {
-  const { banner, stop } = scaffold(model, el, "attention", CSS, { parts: [GRID_CSS, TOKENS_CSS], title: "Attention" });
+  const { banner, stop } = scaffold(model, el, "attention", CSS, { parts: [GRID_CSS, TOKENS_CSS], title: "Attention", extra: [saveButton(el, "attention")] });
   const ui = {
     banner,
     stop,

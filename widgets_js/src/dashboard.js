@@ -9,6 +9,7 @@ import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { TOKENS_CSS, DETAIL_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, cleanup, stamp } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/dashboard.py:DashboardView (the Python <-> JS contract). N features, C
@@ -65,7 +66,7 @@ const at2 = (arr, n, i, stride) => arr.at(n * stride + i);
 
 // -- build --------------------------------------------------------------------------------------------
 function build(model, el, S) {
-  const { banner, stop } = scaffold(model, el, "dashboard", CSS, { parts: [TOKENS_CSS, DETAIL_CSS], title: "Feature dashboard" });
+  const { banner, stop } = scaffold(model, el, "dashboard", CSS, { parts: [TOKENS_CSS, DETAIL_CSS], title: "Feature dashboard", extra: [saveButton(el, "dashboard")] });
   const ui = {
     banner, stop,
     status: h("div", { class: "mv-dim mv-status" }),

@@ -10,6 +10,7 @@ import { virtualGrid, VIRTUAL_CSS } from "./lib/virtual.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS, TOKENS_CSS, DETAIL_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend, parseFeature, parseValue } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/features.py:FeatureView (the Python <-> JS contract).
@@ -88,7 +89,7 @@ function build(model, el, S) {
   const sae = h("span", { class: "mv-dim mv-sae" });
   const dictSel = h("select", { class: "mv-dictionary", "aria-label": "dictionary", hidden: true });
   const { banner, stop } = scaffold(model, el, "features", CSS,
-    { parts: [GRID_CSS, VIRTUAL_CSS, TOKENS_CSS, DETAIL_CSS], title: "SAE features", extra: [sae] });
+    { parts: [GRID_CSS, VIRTUAL_CSS, TOKENS_CSS, DETAIL_CSS], title: "SAE features", extra: [sae, saveButton(el, "features")] });
   const heat = h("canvas", { class: "mv-heat", width: 1, height: 1 });
   const nextBase = h("ol", { class: "mv-next-base" }), nextSteered = h("ol", { class: "mv-next-steered" });
   const ui = {

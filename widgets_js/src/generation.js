@@ -9,6 +9,7 @@ import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { TOKENS_CSS, DETAIL_CSS } from "./lib/base_css.js";
 import { scaffold, cleanup, stamp, readout, parseFeature, parseValue } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/generation.py:SteeringView (the Python <-> JS contract). n generated
@@ -91,7 +92,7 @@ function send(model, patch) {
 function build(model, el) {
   const subtitle = h("span", { class: "mv-dim mv-subtitle mv-steering" });
   const { banner, stop } = scaffold(model, el, "generation", CSS, { parts: [TOKENS_CSS, DETAIL_CSS],
-    title: "Steering: generated text", extra: [subtitle] });
+    title: "Steering: generated text", extra: [subtitle, saveButton(el, "generation")] });
   const ui = { banner, stop, subtitle, msg: h("span", { class: "mv-steer-msg" }) };
   ui.specs = h("table", { class: "mv-specs" });
   ui.fIn = h("input", { class: "mv-num mv-add-feature", type: "text", placeholder: "feature id" });

@@ -13,6 +13,7 @@ import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { DETAIL_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, cleanup, stamp } from "./lib/view.js";
 import { svg, nodeKey, layoutGraph, edgeLists } from "./lib/graph_layout.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/graph.py:GraphView (the Python <-> JS contract). N nodes, E edges.
@@ -94,7 +95,7 @@ const HINT = "hover a node for its edges; click to keep it in this panel (a feat
 const f4 = (v) => Number(v).toFixed(4);
 
 function build(model, el) {
-  const { banner, stop } = scaffold(model, el, "graph", CSS, { parts: [DETAIL_CSS], title: "Attribution graph" });
+  const { banner, stop } = scaffold(model, el, "graph", CSS, { parts: [DETAIL_CSS], title: "Attribution graph", extra: [saveButton(el, "graph")] });
   const slider = (name, label) => {
     const input = h("input", { type: "range", min: "0", max: "1", step: "0.01", class: `mv-${name}`, "aria-label": label });
     const val = h("span", { class: "mv-dim" });

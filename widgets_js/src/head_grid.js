@@ -9,6 +9,7 @@ import { outline, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, cleanup, stamp, readout, legend, labelStrips } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/head_grid.py:HeadGridView (the Python <-> JS contract).
@@ -48,7 +49,7 @@ const fmt = (v) => (Number.isNaN(v) ? "n/a" : v.toFixed(4));
 
 function build(model, el) {
   const subtitle = h("span", { class: "mv-dim mv-subtitle" });
-  const { banner, stop } = scaffold(model, el, "head-grid", CSS, { parts: [GRID_CSS], title: "Heads", extra: [subtitle] });
+  const { banner, stop } = scaffold(model, el, "head-grid", CSS, { parts: [GRID_CSS], title: "Heads", extra: [subtitle, saveButton(el, "head-grid")] });
   const grid = h("canvas", { class: "mv-grid", width: 1, height: 1 });
   const modeSel = h("select", { class: "mv-mode" }, [
     h("option", { value: "heads", text: "layer x head" }), h("option", { value: "position", text: "by source token" })]);

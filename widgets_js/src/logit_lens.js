@@ -11,6 +11,7 @@ import { virtualGrid, VIRTUAL_CSS } from "./lib/virtual.js";
 import { h, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/logit_lens.py:LogitLensView (the Python <-> JS contract).
@@ -55,7 +56,7 @@ const MAX_W = 56, MIN_W = 30, CELL_H = 18, TARGET_W = 900;  // long prompts scro
 
 // -- build ------------------------------------------------------------------------------------------
 function build(model, el, S) {
-  const { banner, stop } = scaffold(model, el, "logit-lens", CSS, { parts: [GRID_CSS, VIRTUAL_CSS], title: "Logit lens" });
+  const { banner, stop } = scaffold(model, el, "logit-lens", CSS, { parts: [GRID_CSS, VIRTUAL_CSS], title: "Logit lens", extra: [saveButton(el, "logit-lens")] });
   const grid = h("canvas", { class: "mv-grid", width: 1, height: 1 });
   const ui = {
     banner,

@@ -9,6 +9,7 @@ import { outline, hatch, sizeCanvas, cellAtWH } from "./lib/heatmap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { GRID_CSS, DETAIL_CSS } from "./lib/base_css.js";
 import { scaffold, setSelection, cleanup, stamp, readout, legend, labelStrips } from "./lib/view.js";
+import { saveButton } from "./lib/save_figure.js";
 
 /**
  * The traits of mechviz/widgets/patching.py:PatchGridView (the Python <-> JS contract).
@@ -66,7 +67,7 @@ const LEGEND = {
 // -- build ------------------------------------------------------------------------------------------
 function build(model, el) {
   const subtitle = h("span", { class: "mv-dim mv-subtitle" });
-  const { banner, stop } = scaffold(model, el, "patch-grid", CSS, { parts: [GRID_CSS, DETAIL_CSS], title: "Activation patching", prompt: false, extra: [subtitle] });
+  const { banner, stop } = scaffold(model, el, "patch-grid", CSS, { parts: [GRID_CSS, DETAIL_CSS], title: "Activation patching", prompt: false, extra: [subtitle, saveButton(el, "patch-grid")] });
   const grid = h("canvas", { class: "mv-grid", width: 1, height: 1 });
   const ui = {
     banner, stop, subtitle, grid,
