@@ -8,7 +8,7 @@ graphs over transcoders) and :mod:`.graph_edit` (interventions on them).
 """
 
 from . import (ablation, attention, causal_tracing, dashboards, dla, features, figures, generation, graph, graph_edit,
-               heads, logit_lens, path_patching, patching)
+               heads, logit_lens, path_patching, patching, view_figures)
 from .attention import attention_patterns, induction_scores
 from .dashboards import Dashboards, feature_dashboards
 from .features import (FeatureSummary, feature_activations, feature_logit_effects, feature_summary,
@@ -22,4 +22,4 @@ __all__ = ["ablation", "attention", "causal_tracing", "dashboards", "dla", "head
            "LogitLens", "feature_activations", "top_features", "feature_logit_effects", "steer",
            "steering_edit", "next_token_probs", "FeatureSummary", "feature_summary", "feature_dashboards",
            "Dashboards", "graph", "graph_edit", "Graph", "GraphCancelled", "attribution_graph", "graph_scores",
-           "influence", "prune", "Intervention", "edge_heads", "intervene"]
+           "influence", "prune", "Intervention", "edge_heads", "intervene", "view_figures"]
