@@ -224,15 +224,13 @@ def notebook7(tmp_path_factory):
     (kdir / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (mechviz tests)", "language": "python"}))
-    (Path(env["JUPYTER_CONFIG_DIR"]) / "labconfig").mkdir()
-    (Path(env["JUPYTER_CONFIG_DIR"]) / "labconfig" / "page_config.json").write_text(json.dumps({"disabledExtensions": {
-        "@jupyterlab/apputils-extension:announcements": True, "@jupyterlab/extensionmanager-extension": True}}))
     port, token = _free_port(), uuid.uuid4().hex
     cmd = [sys.executable, "-m", "jupyter", "notebook", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            "--ServerApp.port_retries=0", f"--ServerApp.token={token}", "--ServerApp.password=",
-           f"--ServerApp.root_dir={root}", "--JupyterNotebookApp.expose_app_in_browser=True",
-           "--JupyterNotebookApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-           "--JupyterNotebookApp.news_url=None", "--allow-root"]
+           f"--ServerApp.root_dir={root}", "--expose-app-in-browser",
+           # the JupyterLab extension the server also loads: no update check, news or PyPI manager
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=None",
+           "--LabApp.extension_manager=readonly", "--allow-root"]
     url = f"http://127.0.0.1:{port}"
     proc = _serve(cmd, env, root, base / "server.log", f"{url}/api/status?token={token}", "jupyter notebook")
     try:
