@@ -8,6 +8,7 @@ import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { binStart, maxPoolHead } from "./lib/maxpool.js";
 import { GRID_CSS, TOKENS_CSS } from "./lib/base_css.js";
+import { themeColours } from "./lib/theme.js";
 import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
 
 /**
@@ -265,10 +266,10 @@ function drawLabels(el, ui, S) {
   const tp = size(ui.top, px, LABEL_PX);
   el.dataset.labelPx = String(fs);
   el.dataset.labelStep = String(step);
-  const font = `${fs}px ${getComputedStyle(el).fontFamily || "sans-serif"}`;
-  lt.font = font; lt.fillStyle = "#333"; lt.textAlign = "right"; lt.textBaseline = "middle";
+  const font = `${fs}px ${getComputedStyle(el).fontFamily || "sans-serif"}`, ink = themeColours(el).text;
+  lt.font = font; lt.fillStyle = ink; lt.textAlign = "right"; lt.textBaseline = "middle";
   for (let i = 0; i < n; i += step) lt.fillText(quote(tokens[i], 14), LABEL_PX - 4, (i + 0.5) * cell, LABEL_PX - 6);
-  tp.font = font; tp.fillStyle = "#333"; tp.textAlign = "left"; tp.textBaseline = "middle";
+  tp.font = font; tp.fillStyle = ink; tp.textAlign = "left"; tp.textBaseline = "middle";
   for (let j = 0; j < n; j += step) {
     tp.save();
     tp.translate((j + 0.5) * cell, LABEL_PX - 4);
