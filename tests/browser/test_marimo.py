@@ -1,5 +1,6 @@
 """marimo (``marimo run``, a real Chromium): ``lab.show(attention, lens, features)`` is one anywidget
-(a Panel) that marimo draws with the prompt box and all three views; typing into the prompt box
+(a Panel) that marimo draws with the prompt box and all three views (so is ``lab.dashboard()``; a head
+grid and a patching grid draw on their own); typing into the prompt box
 recomputes every view; a click in one view moves the others, in the same panel and in a second panel
 in another cell (the panels link the views to the Lab's Selection in the browser: marimo has no
 jslink); the kernel's Selection follows. Values are checked against the model run in this process."""
@@ -67,6 +68,26 @@ def _(lab, mo, refresh):
     return
 
 
+@app.cell
+def _(lab):
+    lab.dashboard()
+    return
+
+
+@app.cell
+def _(lab):
+    from mechviz.widgets import HeadGridView
+
+    lab.add(HeadGridView(), detector="induction")
+    return
+
+
+@app.cell
+def _(lab):
+    lab.patching("The cat sat on the mat. The cat", ablate="zero", answers=(" sat", " on"))
+    return
+
+
 if __name__ == "__main__":
     app.run()
 '''
@@ -87,8 +108,12 @@ def test_marimo_panel_prompt_and_linked_selection(marimo_app, page, artifacts):
     page.goto(url)
     _all_show(page, DASH_PROMPT, timeout=120_000)
     print(f"marimo run: app open + three views drawn: {time.monotonic() - t0:.1f}s")
-    assert page.locator(".mechviz-panel").count() == 2
-    assert page.locator(BOX).count() == 2  # each panel shows the Lab's prompt box
+    # lab.dashboard() is a Panel too; a head grid and a patching grid show on their own
+    expect(page.locator(".mechviz-panel")).to_have_count(3)
+    expect(page.locator(BOX)).to_have_count(3)  # each panel shows the Lab's prompt box
+    expect(page.locator(".mechviz-head-grid")).to_have_attribute("data-rows", "4", timeout=60_000)  # 4 layers
+    expect(page.locator(".mechviz-head-grid")).to_have_attribute("data-cols", "4")                  # x 4 heads
+    expect(page.locator(".mechviz-patch-grid")).not_to_have_attribute("data-exact", "0", timeout=60_000)
     assert "Jupyter widgets are not supported" not in page.content()
     page.screenshot(path=str(artifacts / "marimo_panel.png"), full_page=True)
     # the lens draws the model's numbers (computed in this process)
