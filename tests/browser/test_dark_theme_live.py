@@ -93,5 +93,15 @@ def test_text_legible_in_light_and_dark_theme(jupyter_lab, page, artifacts, them
     assert not low, f"{theme}: {len(low)} of {len(rep['dom'])} text nodes below {DOM_MIN}:1, e.g. {low[:8]}"
     print(theme, "canvas", [round(c["ratio"], 1) for c in rep["canvas"]],
           "dom min", round(min(d["ratio"] for d in rep["dom"]), 2), "over", len(rep["dom"]), "text nodes")
+    # switching theme with the views on screen repaints the canvas labels in the other theme's colours
+    other = "dark" if theme == "light" else "light"
+    page.evaluate("(t) => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})", THEMES[other])
+    page.wait_for_function("(light) => document.body.dataset.jpThemeLight === light",
+                           arg="true" if other == "light" else "false", timeout=30_000)
+    page.wait_for_timeout(1500)
+    after = _contrast_report(page, ROOTS)["canvas"]
+    for c in after:
+        assert c["ratio"] >= CANVAS_MIN, f"{theme} -> {other}: canvas labels {c}"
+    print(f"after switching to {other}: canvas", [round(c["ratio"], 1) for c in after])
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session?.shutdown()")
     assert offline["aborted"] == [], f"JupyterLab tried the network: {offline['aborted']}"

@@ -18,3 +18,23 @@ export function themeColours(el) {
     background: v("--jp-layout-color0") || "#fff",
   };
 }
+
+/**
+ * Call `callback` when the front end switches theme (JupyterLab / Notebook 7 mark it on <body> with
+ * data-jp-theme-name and data-jp-theme-light; the OS colour scheme too): what a view painted itself
+ * must be repainted then. Returns the function that stops watching.
+ * @param {() => void} callback
+ */
+export function onThemeChange(callback) {
+  let timer = 0;
+  const fire = () => {  // now, and once more when the new theme's stylesheet has had time to apply
+    callback();
+    clearTimeout(timer);
+    timer = setTimeout(callback, 300);
+  };
+  const obs = new MutationObserver(fire);
+  obs.observe(document.body, { attributes: true, attributeFilter: ["data-jp-theme-name", "data-jp-theme-light"] });
+  const mq = window.matchMedia ? window.matchMedia("(prefers-color-scheme: dark)") : null;
+  mq?.addEventListener?.("change", fire);
+  return () => { obs.disconnect(); clearTimeout(timer); mq?.removeEventListener?.("change", fire); };
+}
