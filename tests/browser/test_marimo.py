@@ -99,7 +99,8 @@ def _all_show(page, prompt, roots=(ATT, LENS, FEAT), timeout=60_000):
 
 
 def test_marimo_panel_prompt_and_linked_selection(marimo_app, page, artifacts):
-    url = marimo_app(APP)
+    mode = "run"  # `marimo edit` headless opened with every cell stale here, and a click on run-all did not run them
+    url = marimo_app(APP, mode)
     aborted = []
     page.context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(
         (url, url.replace("http", "ws", 1), "data:", "blob:", "about:")) else (aborted.append(r.request.url), r.abort())[1])
@@ -107,7 +108,7 @@ def test_marimo_panel_prompt_and_linked_selection(marimo_app, page, artifacts):
     t0 = time.monotonic()
     page.goto(url)
     _all_show(page, DASH_PROMPT, timeout=120_000)
-    print(f"marimo run: app open + three views drawn: {time.monotonic() - t0:.1f}s")
+    print(f"marimo {mode}: app open + three views drawn: {time.monotonic() - t0:.1f}s")
     # lab.dashboard() is a Panel too; a head grid and a patching grid show on their own
     expect(page.locator(".mechviz-panel")).to_have_count(3)
     expect(page.locator(BOX)).to_have_count(3)  # each panel shows the Lab's prompt box
@@ -115,7 +116,7 @@ def test_marimo_panel_prompt_and_linked_selection(marimo_app, page, artifacts):
     expect(page.locator(".mechviz-head-grid")).to_have_attribute("data-cols", "4")                  # x 4 heads
     expect(page.locator(".mechviz-patch-grid")).not_to_have_attribute("data-exact", "0", timeout=60_000)
     assert "Jupyter widgets are not supported" not in page.content()
-    page.screenshot(path=str(artifacts / "marimo_panel.png"), full_page=True)
+    page.screenshot(path=str(artifacts / f"marimo_{mode}_panel.png"), full_page=True)
     # the lens draws the model's numbers (computed in this process)
     lens = dashboard_lens(DASH_PROMPT)
     R, T, _ = lens.top_probs.shape
