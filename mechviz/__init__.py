@@ -10,9 +10,9 @@ from .compare import Compare
 from .lab import Lab, pin_threads
 from .models import Run, SITES, wrap
 from .steering import Steering
-from .widgets import (AttentionView, DashboardView, FeatureView, GraphView, HeadGridView, LogitLensView, PatchGridView,
-                      PromptBox, SteeringView)
+from .widgets import (AttentionView, DashboardView, FeatureView, GraphView, HeadGridView, LogitLensView, Panel,
+                      PatchGridView, PromptBox, SteeringView)
 
 __version__ = "0.1.0"
 __all__ = ["Lab", "Compare", "Run", "SITES", "wrap", "pin_threads", "Steering", "AttentionView", "LogitLensView", "FeatureView",
-           "SteeringView", "DashboardView", "GraphView", "HeadGridView", "PatchGridView", "PromptBox", "__version__"]
+           "SteeringView", "DashboardView", "GraphView", "HeadGridView", "PatchGridView", "PromptBox", "Panel", "__version__"]

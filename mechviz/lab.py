@@ -348,10 +348,18 @@ class Lab(LivePasses):
         return view
 
     def show(self, *views):
-        """The prompt box above ``views`` (default: a new attention view), as one displayable box."""
-        import ipywidgets
+        """The prompt box above ``views`` (default: a new attention view), as one displayable
+        :class:`~mechviz.widgets.panel.Panel` (one anywidget: it renders in JupyterLab, Notebook 7,
+        marimo and a static export, and links the views' selection in the browser).
 
-        return ipywidgets.VBox([self.prompt_box, *(views or (self.attention(),))])
+        >>> import mechviz
+        >>> lab = mechviz.Lab.default(prompt="The cat sat")
+        >>> lab.show(lab.attention(), lab.logit_lens())
+        Panel(PromptBox, AttentionView, LogitLensView)
+        """
+        from .widgets.panel import Panel
+
+        return Panel(children=[self.prompt_box, *(views or (self.attention(),))], selection=self.selection)
 
     def dashboard(self):
         """Prompt box, attention, logit lens and (with an SAE) features: one pass, linked."""

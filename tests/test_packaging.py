@@ -46,7 +46,7 @@ def _metadata(wheel: zipfile.ZipFile) -> tuple[str, dict[str, list[str]]]:
 
 def test_wheel_holds_the_bundles_and_the_export_assets(wheel):
     names = set(wheel.namelist())
-    assert BUNDLES == ["attention", "dashboard", "features", "generation", "graph", "head_grid", "logit_lens", "patch_grid", "prompt"]
+    assert BUNDLES == ["attention", "dashboard", "features", "generation", "graph", "head_grid", "logit_lens", "panel", "patch_grid", "prompt"]
     for b in BUNDLES:
         assert wheel.read(f"mechviz/static/{b}.js") == (REPO / "mechviz" / "static" / f"{b}.js").read_bytes()
     assert sorted(MANIFEST) == ["anywidget.js", "embed-amd.js", "require.js"]

@@ -5,7 +5,7 @@ var rt={uint8:1,float16:2,float32:4,int32:4},_=null;function at(){if(_)return _;
 .mechviz .mv-error{display:none;margin:4px 0;padding:4px 8px;border-left:3px solid #dc2626;background:#fee2e2;color:#7f1d1d;white-space:pre-wrap}
 .mechviz.mv-has-error .mv-error{display:block}
 .mechviz .mv-dim{color:var(--jp-ui-font-color2,#666)}
-.mechviz .mv-note{margin:2px 0 4px;padding:2px 6px;border-left:3px solid #f59e0b;background:#fffbeb;font-size:11px}
+.mechviz .mv-note{margin:2px 0 4px;padding:2px 6px;border-left:3px solid #f59e0b;background:rgba(245,158,11,0.12);font-size:11px}
 .mechviz .mv-click{cursor:pointer}
 `,V=`
 .mechviz .mv-header{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap}
@@ -33,7 +33,7 @@ var rt={uint8:1,float16:2,float32:4,int32:4},_=null;function at(){if(_)return _;
 .mechviz-dashboard .mv-dash-ctx{flex:1;min-width:320px;max-height:32em;overflow-y:auto}
 .mechviz-dashboard .mv-ctx{display:flex;flex-wrap:nowrap;gap:0;margin:1px 0;font-family:var(--jp-code-font-family,monospace);overflow:hidden}
 .mechviz-dashboard .mv-ctx .mv-token{border:none;border-radius:0;padding:0 1px}
-.mechviz-dashboard .mv-ctx .mv-centre{outline:1px solid #111;font-weight:600}
+.mechviz-dashboard .mv-ctx .mv-centre{outline:1px solid currentColor;font-weight:600}
 .mechviz-dashboard canvas.mv-hist{display:block;width:220px;height:70px;background:#fff;border:1px solid #e2e8f0}
 .mechviz-dashboard .mv-search{display:flex;gap:6px;align-items:center;margin:4px 0;flex-wrap:wrap}
 .mechviz-dashboard .mv-search input{width:9em}

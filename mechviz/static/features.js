@@ -13,7 +13,7 @@ var ze={uint8:1,float16:2,float32:4,int32:4},H=null;function $e(){if(H)return H;
 .mechviz .mv-error{display:none;margin:4px 0;padding:4px 8px;border-left:3px solid #dc2626;background:#fee2e2;color:#7f1d1d;white-space:pre-wrap}
 .mechviz.mv-has-error .mv-error{display:block}
 .mechviz .mv-dim{color:var(--jp-ui-font-color2,#666)}
-.mechviz .mv-note{margin:2px 0 4px;padding:2px 6px;border-left:3px solid #f59e0b;background:#fffbeb;font-size:11px}
+.mechviz .mv-note{margin:2px 0 4px;padding:2px 6px;border-left:3px solid #f59e0b;background:rgba(245,158,11,0.12);font-size:11px}
 .mechviz .mv-click{cursor:pointer}
 `,ce=`
 .mechviz .mv-header{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap}
@@ -24,7 +24,7 @@ var ze={uint8:1,float16:2,float32:4,int32:4},H=null;function $e(){if(H)return H;
 `,de=`
 .mechviz .mv-main{display:flex;gap:16px;align-items:flex-start;flex-wrap:wrap}
 .mechviz .mv-gridwrap{display:grid;grid-template-columns:auto auto;justify-content:start;overflow:auto;max-width:100%}
-.mechviz .mv-colhead,.mechviz .mv-rowhead{display:flex;font-family:var(--jp-code-font-family,monospace);font-size:10px;color:#334155}
+.mechviz .mv-colhead,.mechviz .mv-rowhead{display:flex;font-family:var(--jp-code-font-family,monospace);font-size:10px;color:var(--jp-ui-font-color1,#334155)}
 .mechviz .mv-colhead{align-items:flex-end;max-height:84px}
 .mechviz .mv-rowhead{flex-direction:column;align-items:flex-end;padding-right:4px}
 .mechviz .mv-collabel,.mechviz .mv-rowlabel{white-space:pre;overflow:hidden;text-overflow:ellipsis;box-sizing:border-box}

@@ -5,7 +5,7 @@ var gt={uint8:1,float16:2,float32:4,int32:4},q=null;function ut(){if(q)return q;
 .mechviz .mv-error{display:none;margin:4px 0;padding:4px 8px;border-left:3px solid #dc2626;background:#fee2e2;color:#7f1d1d;white-space:pre-wrap}
 .mechviz.mv-has-error .mv-error{display:block}
 .mechviz .mv-dim{color:var(--jp-ui-font-color2,#666)}
-.mechviz .mv-note{margin:2px 0 4px;padding:2px 6px;border-left:3px solid #f59e0b;background:#fffbeb;font-size:11px}
+.mechviz .mv-note{margin:2px 0 4px;padding:2px 6px;border-left:3px solid #f59e0b;background:rgba(245,158,11,0.12);font-size:11px}
 .mechviz .mv-click{cursor:pointer}
 `,Q=`
 .mechviz .mv-header{display:flex;gap:12px;align-items:baseline;flex-wrap:wrap}

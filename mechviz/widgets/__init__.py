@@ -8,10 +8,11 @@ from .generation import SteeringView
 from .graph import GraphView
 from .head_grid import HeadGridView
 from .logit_lens import LogitLensView
+from .panel import Panel
 from .patching import PatchGridView, PatchingSession
 from .prompt import PromptBox
 from .runner import LatestOnlyRunner, ModelLock
 from .selection import Selection
 
 __all__ = ["View", "Feed", "Pass", "AttentionView", "DashboardView", "GraphView", "LogitLensView", "FeatureView", "SteeringView",
-           "HeadGridView", "PatchGridView", "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock"]
+           "HeadGridView", "PatchGridView", "PatchingSession", "PromptBox", "Selection", "LatestOnlyRunner", "ModelLock", "Panel"]

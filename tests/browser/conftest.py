@@ -161,3 +161,102 @@ def jupyter_lab(tmp_path_factory):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+def _serve(cmd, env, cwd, log_path, ready_url, what):
+    """Start ``cmd`` (its own process group) and wait until ``ready_url`` answers; -> the Popen."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.mv_log = log
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{Path(log_path).read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise TimeoutError(f"{what} did not answer {ready_url}:\n{Path(log_path).read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
+def _stop(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # our own process group (server + its kernels)
+        proc.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.mv_log.close()
+
+
+def _private_env(base: Path) -> dict:
+    """This environment with private Jupyter/IPython/home dirs and ``PYTHONPATH=<repo>``."""
+    dirs = {n: base / n for n in ("config", "data", "ipython", "home")}
+    for d in dirs.values():
+        d.mkdir(exist_ok=True)
+    return {**os.environ, "JUPYTER_CONFIG_DIR": str(dirs["config"]), "JUPYTER_DATA_DIR": str(dirs["data"]),
+            "JUPYTER_PATH": str(dirs["data"]), "IPYTHONDIR": str(dirs["ipython"]), "JUPYTER_PLATFORM_DIRS": "1",
+            "HOME": str(dirs["home"]), "XDG_CONFIG_HOME": str(dirs["home"] / ".config"),
+            "XDG_STATE_HOME": str(dirs["home"] / ".state"), "XDG_CACHE_HOME": str(dirs["home"] / ".cache"),
+            "MARIMO_SKIP_UPDATE_CHECK": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory):
+    """A throwaway Notebook 7 server (``jupyter notebook``, same Python) -> ``(url, token, root_dir)``;
+    private config/data dirs as in :func:`jupyter_lab`, nothing reaches the network."""
+    pytest.importorskip("notebook")
+    base = tmp_path_factory.mktemp("nb7")
+    root = base / "root"
+    root.mkdir()
+    env = _private_env(base)
+    kdir = Path(env["JUPYTER_DATA_DIR"]) / "kernels" / "python3"
+    kdir.mkdir(parents=True)
+    (kdir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (mechviz tests)", "language": "python"}))
+    port, token = _free_port(), uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "jupyter", "notebook", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           "--ServerApp.port_retries=0", f"--ServerApp.token={token}", "--ServerApp.password=",
+           f"--ServerApp.root_dir={root}", "--expose-app-in-browser",
+           # the JupyterLab extension the server also loads: no update check, news or PyPI manager
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=None",
+           "--LabApp.extension_manager=readonly", "--allow-root"]
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(cmd, env, root, base / "server.log", f"{url}/api/status?token={token}", "jupyter notebook")
+    try:
+        yield url, token, root
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def marimo_app(tmp_path):
+    """``marimo_app(source, mode="run")`` serves the marimo app ``source`` (``marimo run``, or ``"edit"``)
+    headless on a free local port, no token, no update check -> its URL; stopped after the test."""
+    pytest.importorskip("marimo")
+    procs = []
+
+    def start(source: str, mode: str = "run") -> str:
+        app = tmp_path / "app.py"
+        app.write_text(source)
+        port = _free_port()
+        cmd = [sys.executable, "-m", "marimo", "-y", mode, str(app), "--headless", f"--port={port}",
+               "--host=127.0.0.1", "--no-token", "--no-sandbox"]
+        url = f"http://127.0.0.1:{port}"
+        procs.append(_serve(cmd, _private_env(tmp_path), tmp_path, tmp_path / f"marimo-{port}.log",
+                            f"{url}/health", f"marimo {mode}"))
+        return url
+
+    yield start
+    for p in procs:
+        _stop(p)

@@ -8,6 +8,7 @@ import { rgbAt, rgbCss, textOn } from "./lib/colormap.js";
 import { h, clear, quote, redrawOn } from "./lib/dom.js";
 import { binStart, maxPoolHead } from "./lib/maxpool.js";
 import { GRID_CSS, TOKENS_CSS } from "./lib/base_css.js";
+import { themeColours, onThemeChange } from "./lib/theme.js";
 import { scaffold, setSelection, toggleSelection, cleanup, stamp, readout, legend } from "./lib/view.js";
 import { saveButton } from "./lib/save_figure.js";
 
@@ -249,7 +250,8 @@ function buildTokens(model, ui, S) {
 function drawLabels(el, ui, S) {
   const dpr = Math.max(1, Math.min(3, Math.round(window.devicePixelRatio || 1)));
   const { cell, T, tokens } = S;
-  const key = `${S.tokKey}|${cell}|${T}|${dpr}`;
+  const ink = themeColours(el).text;  // the theme's text colour, now (a theme switch repaints)
+  const key = `${S.tokKey}|${cell}|${T}|${dpr}|${ink}`;
   if (key === S.labelKey) return;
   S.labelKey = key;
   const fs = Math.max(11, Math.min(12, Math.floor(cell) - 2)); // never below 11 px: thinned instead
@@ -267,9 +269,9 @@ function drawLabels(el, ui, S) {
   el.dataset.labelPx = String(fs);
   el.dataset.labelStep = String(step);
   const font = `${fs}px ${getComputedStyle(el).fontFamily || "sans-serif"}`;
-  lt.font = font; lt.fillStyle = "#333"; lt.textAlign = "right"; lt.textBaseline = "middle";
+  lt.font = font; lt.fillStyle = ink; lt.textAlign = "right"; lt.textBaseline = "middle";
   for (let i = 0; i < n; i += step) lt.fillText(quote(tokens[i], 14), LABEL_PX - 4, (i + 0.5) * cell, LABEL_PX - 6);
-  tp.font = font; tp.fillStyle = "#333"; tp.textAlign = "left"; tp.textBaseline = "middle";
+  tp.font = font; tp.fillStyle = ink; tp.textAlign = "left"; tp.textBaseline = "middle";
   for (let j = 0; j < n; j += step) {
     tp.save();
     tp.translate((j + 0.5) * cell, LABEL_PX - 4);
@@ -411,7 +413,7 @@ function render({ model, el }) {
   const S = { dec: traitDecoder(model), arr: null, T: 0, cell: 8, tokens: [], tokKey: null, labelKey: null,
     thumbBoxes: [], thumbKey: null, spans: [], draws: 0, pool: new Map(), pools: 0, hoverKey: null };
   bindEvents(model, ui, S);
-  return cleanup(ui.stop, redrawOn(model, DRAWN, () => draw(model, el, ui, S)));
+  return cleanup(ui.stop, redrawOn(model, DRAWN, () => draw(model, el, ui, S)), onThemeChange(() => drawLabels(el, ui, S)));
 }
 
 export default { render };

@@ -52,7 +52,7 @@ const CSS = `
 .mechviz-dashboard .mv-dash-ctx{flex:1;min-width:320px;max-height:32em;overflow-y:auto}
 .mechviz-dashboard .mv-ctx{display:flex;flex-wrap:nowrap;gap:0;margin:1px 0;font-family:var(--jp-code-font-family,monospace);overflow:hidden}
 .mechviz-dashboard .mv-ctx .mv-token{border:none;border-radius:0;padding:0 1px}
-.mechviz-dashboard .mv-ctx .mv-centre{outline:1px solid #111;font-weight:600}
+.mechviz-dashboard .mv-ctx .mv-centre{outline:1px solid currentColor;font-weight:600}
 .mechviz-dashboard canvas.mv-hist{display:block;width:220px;height:70px;background:#fff;border:1px solid #e2e8f0}
 .mechviz-dashboard .mv-search{display:flex;gap:6px;align-items:center;margin:4px 0;flex-wrap:wrap}
 .mechviz-dashboard .mv-search input{width:9em}

@@ -53,7 +53,7 @@ const CSS = `
 .mechviz-patch-grid .mv-collabel{max-height:92px}
 .mechviz-patch-grid canvas.mv-grid{display:block;cursor:pointer;background:#fff}
 .mechviz-patch-grid .mv-lens-row{display:flex;gap:6px;font-family:var(--jp-code-font-family,monospace);white-space:pre}
-.mechviz-patch-grid .mv-lens-label{min-width:8em;color:#334155}
+.mechviz-patch-grid .mv-lens-label{min-width:8em;color:var(--jp-ui-font-color1,#334155)}
 .mechviz-patch-grid .mv-lens-tok{padding:0 3px;border:1px solid #e2e8f0;border-radius:2px}
 `;
 
