@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mechviz
-from tests.test_chapters import _execute, _tagged, _text
+from tests.test_chapters import _execute, _tagged, _text, assert_exercises
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER2 = ROOT / "notebooks" / "chapter2_logit_lens.ipynb"
@@ -27,17 +27,7 @@ def chapter2(tmp_path_factory):
 
 def test_chapter2_is_well_formed():
     nb = nbformat.read(CHAPTER2, as_version=4)
-    sols, checks = _tagged(nb, "solution"), _tagged(nb, "check")
-    assert len(sols) == len(checks) == 3
-    for s in sols:
-        assert s.metadata == {"jupyter": {"source_hidden": True}, "tags": ["solution"]}
-        i = nb.cells.index(s)
-        stub = nb.cells[i - 1]
-        assert "raise NotImplementedError" in stub.source and "raise NotImplementedError" not in s.source
-        assert re.match(r"def (\w+)\(", stub.source)[1] == re.match(r"def (\w+)\(", s.source)[1]
-        assert nb.cells[i + 1] in checks
-    assert all(c.source.startswith("check(") for c in checks)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")      # committed without outputs
+    assert_exercises(nb, 3)
     assert [c.id for c in nb.cells] == [f"ch2-{i:02d}" for i in range(len(nb.cells))]
     assert PROMPT in nb.cells[1].source
 

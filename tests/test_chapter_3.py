@@ -12,7 +12,7 @@ import nbformat
 import pytest
 import torch
 
-from tests.test_chapters import _execute, _tagged, _text
+from tests.test_chapters import _execute, _tagged, _text, assert_exercises
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER3 = ROOT / "notebooks" / "chapter3_sae_features.ipynb"
@@ -29,17 +29,7 @@ def _out(nb) -> str:
 
 def test_chapter3_exercises_are_well_formed():
     nb = nbformat.read(CHAPTER3, as_version=4)
-    sols, checks = _tagged(nb, "solution"), _tagged(nb, "check")
-    assert len(sols) == len(checks) == 3
-    for s in sols:
-        assert s.metadata == {"jupyter": {"source_hidden": True}, "tags": ["solution"]}
-        i = nb.cells.index(s)
-        stub = nb.cells[i - 1]
-        assert "raise NotImplementedError" in stub.source and "raise NotImplementedError" not in s.source
-        assert re.match(r"def (\w+)\(", stub.source)[1] == re.match(r"def (\w+)\(", s.source)[1]
-        assert nb.cells[i + 1] in checks
-    assert all(c.source.startswith("check(") for c in checks)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")      # committed without outputs
+    assert_exercises(nb, 3)
     assert len({c.id for c in nb.cells}) == len(nb.cells) and all(c.id.startswith("ch3-") for c in nb.cells)
     workers = [c for c in nb.cells if c.cell_type == "code" and re.search(r"(Dashboard|Steering)View\(", c.source)]
     assert len(workers) == 2 and all("await" in c.source and ".finished()" in c.source for c in workers)

@@ -37,6 +37,23 @@ def _tagged(nb, tag):
     return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
 
 
+def assert_exercises(nb, n: int | None = None, *, gap: int = 1) -> None:
+    """The exercise pattern every chapter follows: each solution (hidden, tagged "solution") comes right after
+    its stub (the same function, raising NotImplementedError) and within ``gap`` cells before its check (tagged
+    "check", starting with ``check(``); ``n`` exercises (at least 2 if None); committed without outputs."""
+    sols, checks = _tagged(nb, "solution"), _tagged(nb, "check")
+    assert len(sols) == len(checks) and (len(sols) == n if n is not None else len(sols) >= 2)
+    for s in sols:
+        assert s.metadata == {"jupyter": {"source_hidden": True}, "tags": ["solution"]}
+        i = nb.cells.index(s)
+        stub = nb.cells[i - 1]   # the student's cell comes just before its solution and defines the same name
+        assert "raise NotImplementedError" in stub.source and "raise NotImplementedError" not in s.source
+        assert re.match(r"def (\w+)\(", stub.source)[1] == re.match(r"def (\w+)\(", s.source)[1]
+        assert any(c in checks for c in nb.cells[i + 1:i + 1 + gap])
+    assert all(c.source.startswith("check(") for c in checks)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")      # committed without outputs
+
+
 @pytest.fixture(scope="module")
 def chapter5(tmp_path_factory):
     return _execute(nbformat.read(CHAPTER5, as_version=4), tmp_path_factory.mktemp("ch5"))
@@ -44,17 +61,7 @@ def chapter5(tmp_path_factory):
 
 def test_chapter5_exercises_are_well_formed():
     nb = nbformat.read(CHAPTER5, as_version=4)
-    sols, checks = _tagged(nb, "solution"), _tagged(nb, "check")
-    assert len(sols) == len(checks) >= 2
-    for s in sols:
-        assert s.metadata == {"jupyter": {"source_hidden": True}, "tags": ["solution"]}
-        i = nb.cells.index(s)
-        stub = nb.cells[i - 1]   # the student's cell comes just before its solution and defines the same name
-        assert "raise NotImplementedError" in stub.source and "raise NotImplementedError" not in s.source
-        assert re.match(r"def (\w+)\(", stub.source)[1] == re.match(r"def (\w+)\(", s.source)[1]
-        assert any(c in checks for c in nb.cells[i + 1:i + 3])
-    for c in checks:
-        assert c.source.startswith("check(")
+    assert_exercises(nb, gap=2)
     heads = [c.source.splitlines()[0] for c in nb.cells if c.cell_type == "markdown"]
     assert "## Explore it in the graph view" in heads[:3]
 
