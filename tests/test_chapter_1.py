@@ -14,7 +14,7 @@ import torch
 
 import mechviz
 from mechviz.analysis import heads
-from tests.test_chapters import _execute, _tagged, _text, assert_exercises
+from tests.test_chapters import _execute, _text, assert_checks_right, assert_exercises, assert_stubs_not_done
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER1 = ROOT / "notebooks" / "chapter1_attention_induction.ipynb"
@@ -41,10 +41,7 @@ def test_chapter1_is_well_formed():
 
 
 def test_chapter1_checks_say_right(chapter1):
-    said = [_text(c) for c in _tagged(chapter1, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✓ [^\n]+: right\n", s), s
+    assert_checks_right(chapter1, 3)
 
 
 def test_chapter1_numbers_the_prose_quotes(chapter1):
@@ -103,10 +100,4 @@ def test_chapter1_heads_against_an_independent_detector():
 
 
 def test_chapter1_without_solutions_says_not_done(tmp_path):
-    nb = nbformat.read(CHAPTER1, as_version=4)
-    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
-    _execute(nb, tmp_path)
-    said = [_text(c) for c in _tagged(nb, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✗ [^\n]+: (not done yet|wrong: [^\n]+)\n", s), s
+    assert_stubs_not_done(CHAPTER1, tmp_path, 3)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import mechviz
-from tests.test_chapters import _execute, _tagged, _text, assert_exercises
+from tests.test_chapters import _execute, _text, assert_checks_right, assert_exercises, assert_stubs_not_done
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER2 = ROOT / "notebooks" / "chapter2_logit_lens.ipynb"
@@ -33,10 +33,7 @@ def test_chapter2_is_well_formed():
 
 
 def test_chapter2_checks_say_right(chapter2):
-    said = [_text(c) for c in _tagged(chapter2, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✓ [^\n]+: right\n", s), s
+    assert_checks_right(chapter2, 3)
 
 
 def test_chapter2_numbers_the_prose_quotes(chapter2):
@@ -87,10 +84,4 @@ def test_chapter2_headline_by_hand():
 
 
 def test_chapter2_without_solutions_says_not_done(tmp_path):
-    nb = nbformat.read(CHAPTER2, as_version=4)
-    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
-    _execute(nb, tmp_path)
-    said = [_text(c) for c in _tagged(nb, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✗ [^\n]+: (not done yet|wrong: [^\n]+)\n", s), s
+    assert_stubs_not_done(CHAPTER2, tmp_path, 3)

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 import torch
 
-from tests.test_chapters import _execute, _tagged, _text, assert_exercises
+from tests.test_chapters import _execute, _text, assert_checks_right, assert_exercises, assert_stubs_not_done
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER3 = ROOT / "notebooks" / "chapter3_sae_features.ipynb"
@@ -64,10 +64,7 @@ def test_feature_692_is_a_number_word_feature():
 
 
 def test_chapter3_checks_say_right(chapter3):
-    said = [_text(c) for c in _tagged(chapter3, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✓ [^\n]+: right\n", s), s
+    assert_checks_right(chapter3, 3)
 
 
 def test_chapter3_numbers_the_prose_quotes(chapter3):
@@ -100,10 +97,4 @@ def test_chapter3_numbers_the_prose_quotes(chapter3):
 
 
 def test_chapter3_without_solutions_says_not_done(tmp_path):
-    nb = nbformat.read(CHAPTER3, as_version=4)
-    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
-    _execute(nb, tmp_path)
-    said = [_text(c) for c in _tagged(nb, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✗ [^\n]+: (not done yet|wrong: [^\n]+)\n", s), s
+    assert_stubs_not_done(CHAPTER3, tmp_path, 3)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_chapters import _execute, _tagged, _text, assert_exercises
+from tests.test_chapters import _execute, _text, assert_checks_right, assert_exercises, assert_stubs_not_done
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTER4 = ROOT / "notebooks" / "chapter4_patching.ipynb"
@@ -57,10 +57,7 @@ def test_the_task_has_a_large_gap_of_opposite_signs():
 
 
 def test_chapter4_checks_say_right(chapter4):
-    said = [_text(c) for c in _tagged(chapter4, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✓ [^\n]+: right\n", s), s
+    assert_checks_right(chapter4, 3)
 
 
 def test_chapter4_numbers_the_prose_quotes(chapter4):
@@ -88,10 +85,4 @@ def test_chapter4_numbers_the_prose_quotes(chapter4):
 
 
 def test_chapter4_without_solutions_says_not_done(tmp_path):
-    nb = nbformat.read(CHAPTER4, as_version=4)
-    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
-    _execute(nb, tmp_path)
-    said = [_text(c) for c in _tagged(nb, "check")]
-    assert len(said) == 3
-    for s in said:
-        assert re.fullmatch(r"✗ [^\n]+: (not done yet|wrong: [^\n]+)\n", s), s
+    assert_stubs_not_done(CHAPTER4, tmp_path, 3)

@@ -54,6 +54,26 @@ def assert_exercises(nb, n: int | None = None, *, gap: int = 1) -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")      # committed without outputs
 
 
+def assert_checks_right(nb, n: int | None = None) -> None:
+    """Every check cell of an executed chapter printed "✓ <name>: right" (``n`` of them; at least 3 if None)."""
+    said = [_text(c) for c in _tagged(nb, "check")]
+    assert len(said) == n if n is not None else len(said) >= 3
+    for s in said:
+        assert re.fullmatch(r"✓ [^\n]+: right\n", s), s
+
+
+def assert_stubs_not_done(path, tmp_path, n: int | None = None) -> None:
+    """The chapter at ``path`` executed with its solution cells taken out: every check says "not done yet" or
+    "wrong" (``n`` of them; at least 3 if None)."""
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
+    _execute(nb, tmp_path)
+    said = [_text(c) for c in _tagged(nb, "check")]
+    assert len(said) == n if n is not None else len(said) >= 3
+    for s in said:
+        assert re.fullmatch(r"✗ [^\n]+: (not done yet|wrong: [^\n]+)\n", s), s
+
+
 @pytest.fixture(scope="module")
 def chapter5(tmp_path_factory):
     return _execute(nbformat.read(CHAPTER5, as_version=4), tmp_path_factory.mktemp("ch5"))
@@ -67,10 +87,7 @@ def test_chapter5_exercises_are_well_formed():
 
 
 def test_chapter5_checks_say_right(chapter5):
-    said = [_text(c) for c in _tagged(chapter5, "check")]
-    assert len(said) >= 3
-    for s in said:
-        assert re.fullmatch(r"✓ [^\n]+: right\n", s), s
+    assert_checks_right(chapter5)
 
 
 def test_chapter5_numbers_the_prose_quotes(chapter5):
@@ -90,10 +107,4 @@ def test_chapter5_numbers_the_prose_quotes(chapter5):
 
 
 def test_chapter5_without_solutions_says_not_done(tmp_path):
-    nb = nbformat.read(CHAPTER5, as_version=4)
-    nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
-    _execute(nb, tmp_path)
-    said = [_text(c) for c in _tagged(nb, "check")]
-    assert len(said) >= 3
-    for s in said:
-        assert re.fullmatch(r"✗ [^\n]+: (not done yet|wrong: [^\n]+)\n", s), s
+    assert_stubs_not_done(CHAPTER5, tmp_path)
