@@ -133,34 +133,12 @@ def jupyter_lab(tmp_path_factory):
            f"--LabApp.workspaces_dir={ws}", f"--LabApp.user_settings_dir={settings}",
            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.news_url=None",
            "--LabApp.extension_manager=readonly", "--allow-root"]
-    log = open(base / "server.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    proc = _serve(cmd, env, root, base / "server.log", f"{url}/api/status?token={token}", "jupyter lab")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{(base / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"jupyter lab did not answer /api/status:\n{(base / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.25)
         yield url, token, root
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # our own process group (server + its kernels)
-            proc.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
+        _stop(proc)
 
 
 def _serve(cmd, env, cwd, log_path, ready_url, what):
